@@ -6,8 +6,11 @@ Every client uploads the same image again and again, so template_probs come from
 gateway's cache after the first request and the decoder dominates (5 beams, up to 24
 tokens, five memes per request). `memefly serve` runs in its own process, once with
 continuous batching and once without (one request's beams per decoder call); the clients
-run in this process. Each cell runs for --seconds after a warm-up round; memes/s counts
-the memes of requests that completed inside the window.
+run in this process, on keep-alive connections with prebuilt request bytes
+(benchmarks/_http_load.py), so that they take little of the CPU being measured. After a
+warm-up round the clients start spread over one request's time (as independent clients
+would be, not in lock-step), and memes/s counts the memes of the requests that completed
+inside the next --seconds.
 
 Target (docs/gateway.md): continuous batching >= 6x the throughput without it at 64 clients.
 """
@@ -21,11 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _http_load import Connection, count_memes, multipart_request  # noqa: E402
 from _servers import default_image, gateway, loopback_serving, percentile  # noqa: E402
 
 from memefly.paths import models_dir as default_models_dir  # noqa: E402
@@ -36,25 +38,32 @@ CLIENTS = (1, 8, 32, 64)
 
 async def load(url: str, image: bytes, clients: int, seconds: float) -> tuple[float, float, int]:
     """(memes/s, p50 latency ms, requests) with `clients` concurrent clients for `seconds`."""
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        async def one() -> tuple[float, float, int]:
-            started = time.perf_counter()
-            response = await client.post("/memes", files={"image": ("meme.jpg", image, "image/jpeg")}, data=OPTIONS)
-            response.raise_for_status()
-            return started, time.perf_counter(), len(response.json()["memes"])
+    request = multipart_request(url, "/memes", {"image": ("meme.jpg", image, "image/jpeg")}, OPTIONS)
+    connections = [Connection(url) for _ in range(clients)]
 
-        await asyncio.gather(*(one() for _ in range(clients)))  # warm-up round
-        window_start = time.perf_counter()
-        window_end = window_start + seconds
-        done: list[tuple[float, float, int]] = []
+    async def one(connection: Connection) -> tuple[float, float, int]:
+        started = time.perf_counter()
+        status, body = await connection.send(request)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+        return started, time.perf_counter(), count_memes(body)
 
-        async def client_loop():
-            while time.perf_counter() < window_end:
-                done.append(await one())
+    warmup = await asyncio.gather(*(one(c) for c in connections))  # warm-up round (and the cache)
+    # Identical requests started together would stay in lock-step forever (same length, same
+    # batch), which real clients are not: spread the starts over one request's time.
+    spread = max(end - start for start, end, _ in warmup)
+    window_start = time.perf_counter() + spread
+    window_end = window_start + seconds
+    done: list[tuple[float, float, int]] = []
 
-        await asyncio.gather(*(client_loop() for _ in range(clients)))
-    inside = [d for d in done if d[1] <= window_end]
+    async def client_loop(index: int, connection: Connection):
+        await asyncio.sleep(spread * index / clients)
+        while time.perf_counter() < window_end:
+            done.append(await one(connection))
+
+    await asyncio.gather(*(client_loop(i, c) for i, c in enumerate(connections)))
+    await asyncio.gather(*(c.close() for c in connections))
+    inside = [d for d in done if window_start <= d[1] <= window_end]
     memes = sum(n for _, _, n in inside)
     latencies = [1000 * (end - start) for start, end, _ in inside]
     return memes / seconds, percentile(latencies, 50) if latencies else float("nan"), len(inside)

@@ -1,43 +1,40 @@
-"""A bounded LRU of template_probs by image SHA-256: popular templates are uploaded again and again."""
+"""A bounded LRU with hit/miss counters: what an image means to the decoder, by image SHA-256."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
-import numpy as np
 
-
-class TemplateProbsCache:
+class LruCache:
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._entries: OrderedDict[str, Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, sha256: str) -> np.ndarray | None:
-        probs = self._entries.get(sha256)
-        if probs is None:
+    def get(self, key: str) -> Any | None:
+        value = self._entries.get(key)
+        if value is None:
             self.misses += 1
             return None
-        self._entries.move_to_end(sha256)
+        self._entries.move_to_end(key)
         self.hits += 1
-        return probs
+        return value
 
-    def __contains__(self, sha256: str) -> bool:
+    def __contains__(self, key: str) -> bool:
         """Whether an entry exists; counts nothing and keeps the order."""
-        return sha256 in self._entries
+        return key in self._entries
 
-    def put(self, sha256: str, probs: np.ndarray) -> None:
-        probs = np.array(probs, dtype=np.float32)
-        probs.setflags(write=False)  # shared by every later request for this image
-        self._entries[sha256] = probs
-        self._entries.move_to_end(sha256)
+    def put(self, key: str, value: Any) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
     def clear(self) -> None:
-        """New models: the old probabilities no longer apply."""
+        """New models: what was cached no longer applies."""
         self._entries.clear()

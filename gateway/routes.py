@@ -21,7 +21,8 @@ router = APIRouter()
 CLIENT_CLOSED = 499  # nginx's code for "the client went away"; nobody receives it
 
 
-def get_service(request: Request) -> MemeService:
+async def get_service(request: Request) -> MemeService:
+    # async: FastAPI would run a plain `def` dependency on a worker thread, per request.
     return request.app.state.service
 
 
@@ -71,18 +72,24 @@ def _response(service: MemeService, result: MemeResult) -> MemeResponse:
 async def _unless_disconnected(request: Request, work):
     """Runs `work`; if the client disconnects first, cancels it (freeing its beams) and returns None."""
     task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.05)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                return None
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
     finally:
-        if not task.done():
-            task.cancel()
+        for pending in (task, watcher):
+            pending.cancel()
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client goes away. The body is read by now, so the server's next
+    message can only be the disconnect: no polling."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.post("/memes", response_model=MemeResponse, openapi_extra=_BODY_DOC,
@@ -101,7 +108,8 @@ async def create_memes(request: Request, service: Service):
     result = await _unless_disconnected(request, service.memes(image, body.template, _options(body)))
     if result is None:
         return Response(status_code=CLIENT_CLOSED)
-    return _response(service, result)
+    # Built and validated as MemeResponse already: send it as is (FastAPI would validate again).
+    return JSONResponse(_response(service, result).model_dump(mode="json"))
 
 
 @router.post("/memes/batch", response_model=BatchResponse, responses={413: {}, 415: {}, 422: {}, 503: {}})

@@ -131,6 +131,9 @@ class DecodeScheduler:
                 continue
             for entry in batch:
                 entry.busy = True
+            if self.pipeline == 1:  # no overlap wanted: skip a task per call (it costs latency)
+                await self._call(batch)
+                continue
             task = asyncio.create_task(self._call(batch))
             self._inflight.add(task)
             task.add_done_callback(self._call_done)

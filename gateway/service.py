@@ -17,7 +17,7 @@ import numpy as np
 
 from gateway.backends import Backend, make_backend
 from gateway.batcher import MicroBatcher
-from gateway.cache import TemplateProbsCache
+from gateway.cache import LruCache
 from gateway.decoding.constraints import Constraints
 from gateway.decoding.options import DecodingOptions
 from gateway.decoding.search import Hypothesis, make_search
@@ -41,6 +41,15 @@ class Readiness:
 
 
 @dataclass(frozen=True)
+class Conditioning:
+    """What an image (or a named template) means to the decoder; cached, so computed once."""
+
+    probs: np.ndarray  # template_probs [T]
+    state: np.ndarray  # the decoder's `init` output for them [H]
+    context: np.ndarray  # [C]
+
+
+@dataclass(frozen=True)
 class Meme:
     rank: int
     text: str  # boxes joined by "\n"
@@ -54,6 +63,12 @@ class MemeResult:
     templates: list[tuple[str, float]]  # the three likeliest, with probability
     image_sha256: str | None
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _read_only(array) -> np.ndarray:
+    array = np.array(array, dtype=np.float32)
+    array.setflags(write=False)  # shared by every later request that hits the cache
+    return array
 
 
 def caption_key(text: str) -> str:
@@ -75,7 +90,7 @@ class MemeService:
         self.models = ServedModels(self.backend, encoder_max_batch=settings.encoder_max_batch,
                                    decoder_max_rows=settings.decoder_max_rows)
         self.metrics = metrics or Metrics()
-        self.cache = TemplateProbsCache(settings.template_cache_size)
+        self.cache = LruCache(settings.template_cache_size)
         self.readiness = Readiness()
         self.vocabulary: list[str] = []
         self.templates: list[Template] = []
@@ -192,7 +207,7 @@ class MemeService:
         Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, format="PNG")
         await self.encoder.submit(buffer.getvalue())
         options = DecodingOptions(num_beams=2, num_return_sequences=1, max_length=3)
-        await self._decode(self._one_hot(0), options)
+        await self._decode(await self._conditioning("template:0", None), options)
 
     # ---- serving --------------------------------------------------------------------
     def require_ready(self) -> None:
@@ -211,13 +226,13 @@ class MemeService:
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 if template is not None:
-                    probs = self._one_hot(self.template_id(template))
+                    conditioning = await self._conditioning(f"template:{self.template_id(template)}", None)
                 elif image is not None:
-                    probs = await self._template_probs(image)
+                    conditioning = await self._conditioning(image.sha256, image.data)
                 else:
                     raise InvalidRequest("send an image or name a template")
                 encoded = time.perf_counter()
-                hypotheses = await self._decode(probs, options)
+                hypotheses = await self._decode(conditioning, options)
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s:g} s") from None
         except ModelUnavailable as error:
@@ -226,23 +241,30 @@ class MemeService:
         done = time.perf_counter()
         return MemeResult(
             memes=[self._meme(rank, h) for rank, h in enumerate(hypotheses, start=1)],
-            templates=self._top_templates(probs, 3),
+            templates=self._top_templates(conditioning.probs, 3),
             image_sha256=image.sha256 if image else None,
             timings_ms={"encode": round(1000 * (encoded - started), 2), "decode": round(1000 * (done - encoded), 2),
                         "total": round(1000 * (done - started), 2)},
         )
 
-    async def _template_probs(self, image: CheckedImage) -> np.ndarray:
-        probs = self.cache.get(image.sha256)
-        if probs is not None:
+    async def _conditioning(self, key: str, image: bytes | None) -> Conditioning:
+        """Cached by image SHA-256 (or template): popular templates come again and again, and
+        then neither the encoder nor the decoder's `init` runs."""
+        found = self.cache.get(key)
+        if found is not None:
             self.metrics.cache_hits.inc()
-            return probs
+            return found
         self.metrics.cache_misses.inc()
-        self.metrics.queue.set(self.encoder.waiting + 1)
-        probs = await self.encoder.submit(image.data)
-        self.metrics.queue.set(self.encoder.waiting)
-        self.cache.put(image.sha256, probs)
-        return probs
+        if image is None:
+            probs = self._one_hot(int(key.split(":", 1)[1]))
+        else:
+            self.metrics.queue.set(self.encoder.waiting + 1)
+            probs = await self.encoder.submit(image)
+            self.metrics.queue.set(self.encoder.waiting)
+        state, context = await self.initializer.submit(np.asarray(probs, np.float32))
+        conditioning = Conditioning(*(_read_only(a) for a in (probs, state, context)))
+        self.cache.put(key, conditioning)
+        return conditioning
 
     async def _encode(self, images: list[bytes]) -> list[np.ndarray]:
         return list(await self.models.encode(images))
@@ -251,13 +273,13 @@ class MemeService:
         state, context = await self.models.init(np.stack(rows))
         return list(zip(state, context))
 
-    async def _decode(self, probs: np.ndarray, options: DecodingOptions) -> list[Hypothesis]:
-        state, context = await self.initializer.submit(np.asarray(probs, np.float32))
+    async def _decode(self, conditioning: Conditioning, options: DecodingOptions) -> list[Hypothesis]:
         blocked = set(self._offensive) if options.safe else set()
         blocked |= {self._word_ids[w.lower()] for w in options.blocked_words if w.lower() in self._word_ids}
         constraints = Constraints(len(self.vocabulary), blocked, min_length=options.min_length,
                                   max_length=options.max_length, no_repeat_ngram_size=options.no_repeat_ngram_size)
-        search = make_search(state, context, options, constraints, self._acceptor(options.exclude))
+        search = make_search(conditioning.state, conditioning.context, options, constraints,
+                             self._acceptor(options.exclude))
         self.metrics.searches.inc()
         try:
             await self.scheduler.run(search)

@@ -9,9 +9,14 @@ def repeated_ngram_bans(history: Sequence[int], n: int) -> list[int]:
     """Tokens that would complete an n-gram already present in history (n <= 0: none)."""
     if n <= 0 or len(history) < n - 1:
         return []
-    prefix = tuple(history[len(history) - n + 1 :]) if n > 1 else ()
+    k = n - 1
+    if k == 0:
+        return list(history)
+    prefix = history[len(history) - k :]
+    first = prefix[0]
+    # Compare the first token before slicing: this runs for every beam at every step.
     return [
-        history[i + n - 1]
-        for i in range(len(history) - n + 1)
-        if tuple(history[i : i + n - 1]) == prefix
+        history[i + k]
+        for i in range(len(history) - k)
+        if history[i] == first and history[i : i + k] == prefix
     ]

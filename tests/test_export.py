@@ -231,3 +231,20 @@ def test_warmup_steps_cover_the_decoder_batch_sizes(tiny_export):
 
     assert sizes(c.DECODER_MODEL, c.STEP_SIGNATURE) == set(DECODER_BATCH_SIZES)
     assert sizes(c.ENCODER_MODEL, c.ENCODER_BYTES_SIGNATURE) == set(ENCODER_BATCH_SIZES)
+
+
+@pytest.mark.parametrize("vocabulary, k", [(12_000, 64), (5_000, 64), (4_097, 32), (300, 64), (64, 64)])
+def test_served_top_k_is_exactly_tensorflows(vocabulary, k):
+    import tensorflow as tf
+
+    from model_export.decoder_serving import top_k
+
+    values = tf.random.stateless_normal([37, vocabulary], seed=[vocabulary, k])
+    got_values, got_ids = top_k(values, k)
+    want = tf.math.top_k(values, k=k)
+    np.testing.assert_array_equal(got_values.numpy(), want.values.numpy())
+    np.testing.assert_array_equal(got_ids.numpy(), want.indices.numpy())
+    # Every top element in one chunk (the worst case for the chunk bound) still comes out right.
+    n = min(k, vocabulary)
+    crowded = tf.tensor_scatter_nd_update(values, [[0, i] for i in range(n)], 100.0 + tf.range(n, dtype=tf.float32))
+    np.testing.assert_array_equal(top_k(crowded, k)[1].numpy()[0], tf.math.top_k(crowded, k=k).indices.numpy()[0])

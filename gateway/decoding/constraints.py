@@ -27,11 +27,12 @@ class Constraints:
         """Bool [rows, K]: True where row i may not take candidate top_ids[i, k]."""
         in_vocab = (top_ids >= 0) & (top_ids < self.blocked.size)
         mask = ~in_vocab | self.blocked[np.where(in_vocab, top_ids, 0)]
-        for i, history in enumerate(histories):
-            if len(history) < self.min_length:
-                mask[i] |= top_ids[i] == END_ID
-            elif len(history) >= self.max_length:  # full: only <end> may follow
-                mask[i] |= top_ids[i] != END_ID
-            for token in set(repeated_ngram_bans(history, self.no_repeat_ngram_size)):
-                mask[i] |= top_ids[i] == token  # a few bans at most: cheaper than np.isin
+        lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))[:, None]
+        is_end = top_ids == END_ID
+        mask |= is_end & (lengths < self.min_length)
+        mask |= ~is_end & (lengths >= self.max_length)  # full: only <end> may follow
+        if self.no_repeat_ngram_size:
+            for i, history in enumerate(histories):
+                for token in set(repeated_ngram_bans(history, self.no_repeat_ngram_size)):
+                    mask[i] |= top_ids[i] == token  # a few bans at most: cheaper than np.isin
         return mask
