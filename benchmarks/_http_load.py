@@ -36,6 +36,17 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
+        try:
+            return await self._send(request)
+        except (asyncio.IncompleteReadError, ConnectionError) as error:
+            if isinstance(error, asyncio.IncompleteReadError) and error.partial:
+                raise
+            # The server closed an idle keep-alive connection (uvicorn does after 5 s), before
+            # any byte of a reply: send again on a new one, as HTTP clients do.
+            await self.close()
+            return await self._send(request)
+
+    async def _send(self, request: bytes) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.writer.write(request)
@@ -47,8 +58,12 @@ class Connection:
 
     async def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
-            await self.writer.wait_closed()
+            writer, self.reader, self.writer = self.writer, None, None
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except ConnectionError:
+                pass
 
 
 def count_memes(body: bytes) -> int:

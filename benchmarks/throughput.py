@@ -7,8 +7,8 @@ gateway's cache after the first request and the decoder dominates (5 beams, up t
 tokens, five memes per request). `memefly serve` runs in its own process, once with
 continuous batching and once without (one request's beams per decoder call); the clients
 run in this process, on keep-alive connections with prebuilt request bytes
-(benchmarks/_http_load.py), so that they take little of the CPU being measured. After a
-warm-up round the clients start spread over one request's time (as independent clients
+(benchmarks/_http_load.py), so that they take little of the CPU being measured. After two
+warm-up rounds the clients start spread over one request's time (as independent clients
 would be, not in lock-step), and memes/s counts the memes of the requests that completed
 inside the next --seconds.
 
@@ -48,7 +48,8 @@ async def load(url: str, image: bytes, clients: int, seconds: float) -> tuple[fl
             raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
         return started, time.perf_counter(), count_memes(body)
 
-    warmup = await asyncio.gather(*(one(c) for c in connections))  # warm-up round (and the cache)
+    for _ in range(2):  # warm-up rounds: the cache, and the first calls at each batch size
+        warmup = await asyncio.gather(*(one(c) for c in connections))
     # Identical requests started together would stay in lock-step forever (same length, same
     # batch), which real clients are not: spread the starts over one request's time.
     spread = max(end - start for start, end, _ in warmup)

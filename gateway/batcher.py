@@ -4,7 +4,8 @@ Used for the encoder (images -> template_probs) and the decoder's `init`. At mos
 `max_concurrent` calls are in flight; whatever queues meanwhile goes out together in the
 next call (up to `max_batch`), so batches grow with the load and a lone request does not
 wait. `max_wait_s` > 0 adds a wait for company after the first item. A caller that is
-cancelled while waiting drops out of its batch.
+cancelled while waiting drops out of its batch. `call` may return an exception in an item's
+place: that caller alone gets it.
 """
 
 from __future__ import annotations
@@ -90,7 +91,11 @@ class MicroBatcher(Generic[Item, Result]):
             self.on_batch(len(batch))
             results = await self.call([item for item, _ in batch])
             for (_, future), result in zip(batch, results):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(result, Exception):  # this item failed alone; the others did not
+                    future.set_exception(result)
+                else:
                     future.set_result(result)
         except Exception as error:
             for _, future in batch:

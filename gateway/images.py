@@ -1,6 +1,6 @@
 """Upload checks before an image reaches the encoder: size, type from the bytes, pixels, decodability.
 
-The encoder decodes JPEG, PNG, GIF and BMP itself. Anything else we accept (WebP), images
+The encoder decodes JPEG, PNG and GIF itself. Anything else we accept (BMP, WebP), images
 with an EXIF rotation, and unusual pixel modes are re-encoded to PNG, upright.
 """
 
@@ -14,7 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from gateway.errors import BadImage, ImageTooLarge, UnsupportedImage
 
-ENCODER_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
+# What the encoder graph decodes as sent. BMP is re-encoded, whatever its depth: TensorFlow's
+# BMP decoder reads only some bit depths (not 1-bit, 4-bit or compressed files).
+ENCODER_FORMATS = {"JPEG", "PNG", "GIF"}
 ACCEPTED = "JPEG, PNG, GIF, BMP or WebP"
 _PLAIN_MODES = {"RGB", "RGBA", "L", "LA", "P", "1"}
 _EXIF_ORIENTATION = 0x0112

@@ -26,8 +26,8 @@ async def parse(request: Request, model: type[BaseModel], *, max_files: int) -> 
     if kind == "application/json":
         try:
             data = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise BadRequestBody(f"the body is not valid JSON: {error}") from None
+        except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, an integer too long, nesting too deep
+            raise BadRequestBody(f"the body is not valid JSON: {str(error)[:200]}") from None
         if not isinstance(data, dict):
             raise BadRequestBody("the JSON body must be an object")
         return validate(model, data), []

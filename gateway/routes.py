@@ -60,13 +60,7 @@ def _options(body) -> DecodingOptions:
 
 
 def _response(service: MemeService, result: MemeResult) -> MemeResponse:
-    return MemeResponse(
-        memes=[vars(m) for m in result.memes],
-        templates=[{"name": n, "probability": p} for n, p in result.templates],
-        model=service.model_info,
-        timings_ms=result.timings_ms,
-        image_sha256=result.image_sha256,
-    )
+    return MemeResponse.from_result(result, service.model_info)
 
 
 async def _unless_disconnected(request: Request, work):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway.decoding.search import Search
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class DecodeScheduler:
     async def run(self, search: Search) -> Search:
         """Step `search` until it is done. Cancelling the caller frees its rows at once."""
         if search.rows > self.max_rows:
-            raise ValueError(f"a search of {search.rows} rows exceeds the batch cap {self.max_rows}")
+            raise InvalidRequest(f"{search.rows} beams or samples: at most {self.max_rows} (MEMEFLY_DECODER_MAX_ROWS)")
         if search.done:
             return search
         entry = _Entry(search, asyncio.get_running_loop().create_future())
@@ -144,17 +144,17 @@ class DecodeScheduler:
 
     async def _call(self, batch: list[_Entry]) -> None:
         try:
-            parts = [entry.search.inputs() for entry in batch]
-            sizes = [len(p[0]) for p in parts]
-            tokens, state, context = (np.concatenate([p[i] for p in parts]) for i in range(3))
-            self.calls += 1
-            self.on_batch(len(tokens))
             try:
+                parts = [entry.search.inputs() for entry in batch]
+                sizes = [len(p[0]) for p in parts]
+                tokens, state, context = (np.concatenate([p[i] for p in parts]) for i in range(3))
+                self.calls += 1
+                self.on_batch(len(tokens))
                 top_ids, top_log_probs, new_state = await self.step(tokens, state, context)
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # the model server failed: every search in this call fails
-                if not isinstance(error, GatewayError):
+            except Exception as error:  # the model server (or a bug) failed this call: its searches fail,
+                if not isinstance(error, GatewayError):  # and the loop goes on for everyone else
                     log.exception("decoder step failed")
                 for entry in batch:
                     self._fail(entry, error)

@@ -39,6 +39,17 @@ class MemeResponse(BaseModel):
     timings_ms: dict[str, float]
     image_sha256: str | None
 
+    @classmethod
+    def from_result(cls, result, model_info: dict[str, str]) -> "MemeResponse":
+        """From the service's MemeResult: the one shape of a result, over HTTP or from the client."""
+        return cls(
+            memes=[vars(m) for m in result.memes],
+            templates=[{"name": n, "probability": p} for n, p in result.templates],
+            model=model_info,
+            timings_ms=result.timings_ms,
+            image_sha256=result.image_sha256,
+        )
+
 
 class BatchItemError(BaseModel):
     status: int

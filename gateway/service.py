@@ -111,6 +111,8 @@ class MemeService:
         self.initializer = MicroBatcher(self._init_rows, max_batch=settings.decoder_max_rows, max_wait_s=0.0)
         self._monitor: asyncio.Task | None = None
         self._connected = asyncio.Event()
+        self._checked = asyncio.Event()  # the first start-up check has finished, either way
+        self._check_now = asyncio.Event()  # a request saw the model servers fail: check them now
 
     # ---- life cycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -128,10 +130,12 @@ class MemeService:
         await self.initializer.stop()
         await self.backend.close()
 
-    async def wait_ready(self, timeout_s: float) -> Readiness:
-        """For callers that want to block until ready (benchmarks, `memefly serve --wait`)."""
+    async def wait_ready(self, timeout_s: float, *, first_check_only: bool = False) -> Readiness:
+        """For callers that want to block until ready (the client, benchmarks). With
+        first_check_only, returns after the first start-up check even if it failed."""
+        event = self._checked if first_check_only else self._connected
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
+            await asyncio.wait_for(event.wait(), timeout_s)
         except TimeoutError:
             pass
         return self.readiness
@@ -161,8 +165,13 @@ class MemeService:
             except Exception as error:  # keep monitoring whatever happens; say what it was
                 log.exception("readiness check failed")
                 self._set_ready(False, f"{type(error).__name__}: {error}")
+            self._checked.set()
             interval = self.settings.health_interval_s
-            await asyncio.sleep(interval if self.readiness.ready else min(interval, 1.0))
+            try:
+                await asyncio.wait_for(self._check_now.wait(), interval if self.readiness.ready else min(interval, 1.0))
+            except TimeoutError:
+                pass
+            self._check_now.clear()
 
     async def _connect(self) -> None:
         await self.backend.start()
@@ -235,8 +244,10 @@ class MemeService:
                 hypotheses = await self._decode(conditioning, options)
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s:g} s") from None
-        except ModelUnavailable as error:
-            self._set_ready(False, error.detail)
+        except ModelUnavailable:
+            # Not ready only if the monitor's own check fails too: one overloaded call
+            # (RESOURCE_EXHAUSTED) must not take the gateway out of rotation.
+            self._check_now.set()
             raise
         done = time.perf_counter()
         return MemeResult(
@@ -266,8 +277,16 @@ class MemeService:
         self.cache.put(key, conditioning)
         return conditioning
 
-    async def _encode(self, images: list[bytes]) -> list[np.ndarray]:
-        return list(await self.models.encode(images))
+    async def _encode(self, images: list[bytes]) -> list[np.ndarray | Exception]:
+        try:
+            return list(await self.models.encode(images))
+        except ModelError:
+            if len(images) == 1:
+                raise
+        # The encoder refused the batch: one image it cannot read must not fail the others'
+        # requests, so each goes again alone and fails (or not) on its own.
+        alone = await asyncio.gather(*(self.models.encode([image]) for image in images), return_exceptions=True)
+        return [probs if isinstance(probs, Exception) else probs[0] for probs in alone]
 
     async def _init_rows(self, rows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         state, context = await self.models.init(np.stack(rows))

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from gateway.decoding.options import MAX_BEAMS
 from memefly.paths import models_dir as default_models_dir
 
 
@@ -66,6 +67,8 @@ class Settings:
         for name in ("decoder_max_rows", "encoder_max_batch", "template_cache_size", "max_batch_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MEMEFLY_{name.upper()} must be at least 1")
+        if self.decoder_max_rows < MAX_BEAMS:  # one request of the widest beam search must fit in a call
+            raise ValueError(f"MEMEFLY_DECODER_MAX_ROWS must be at least {MAX_BEAMS} (the most beams a request may ask for)")
 
 
 def _parse(name: str, kind: str, raw: str):

@@ -25,10 +25,27 @@ EXAMPLES = {
   memefly export --run runs/small --version 1                     # ImageNet weights (downloads)
   memefly export --run runs/small --version 1 --weights random --seed 0   # offline
   memefly export --run runs/small --version 2 --weights ~/inception_v3_notop.h5 --models-dir /srv/models""",
+    "data download": """examples:
+  memefly data download                         # the template images, into $MEMEFLY_TEMPLATES_DIR
+  memefly data download --to ~/memefly/templates
+  MEMEFLY_TEMPLATES_URL=https://mirror.example/templates/ memefly data download""",
+    "generate": """examples:
+  memefly generate cat.jpg                       # five memes for the template the image shows
+  memefly generate shots/*.png --n 3 --json      # JSON, one object per image
+  memefly generate --template "Drake Hotline Bling" --template Grumpy-Cat
+  memefly generate cat.jpg --sample --temperature 0.9 --seed 7
+
+With no exported models, the first run builds them from the shipped default model
+(like `memefly serve`); offline: MEMEFLY_ENCODER_WEIGHTS=random.""",
     "serve": """examples:
   memefly serve                                  # models/ in-process on http://127.0.0.1:8000
   memefly serve --backend grpc --encoder-target localhost:8500 --decoder-target localhost:8510
-  MEMEFLY_BACKEND=grpc memefly serve --host 0.0.0.0   # every flag has a MEMEFLY_* variable (README)""",
+  MEMEFLY_BACKEND=grpc memefly serve --host 0.0.0.0   # every flag has a MEMEFLY_* variable (README)
+  MEMEFLY_ENCODER_WEIGHTS=random memefly serve   # offline first run: seeded InceptionV3 weights
+
+In-process, with no exported models in the models folder, the first run builds them from
+the shipped default model (downloading the template images if they are missing); later
+runs reuse them, and rebuild when the default model or MEMEFLY_ENCODER_WEIGHTS changes.""",
 }
 
 
@@ -47,6 +64,19 @@ def _cmd_data_prepare(args) -> int:
         return 2
     print(format_report(report))
     print(f"wrote {args.out}/captions.jsonl, templates.json, report.json")
+    return 0
+
+
+def _cmd_data_download(args) -> int:
+    from model_export.download import DownloadError, download_templates
+
+    try:
+        report = download_templates(Path(args.to), args.url, progress=not args.quiet)
+    except (DownloadError, OSError) as e:  # unreachable, a bad checksum, or a folder we cannot write
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"template images in {report.folder}: {len(report.fetched)} downloaded "
+          f"({report.bytes_fetched / 1e6:.1f} MB), {len(report.present)} already there and intact")
     return 0
 
 
@@ -144,9 +174,94 @@ def _cmd_serve(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.backend == "inprocess":
+        from model_export.first_run import BuildError
+
+        try:
+            settings = _with_built_models(settings)
+        except BuildError as e:  # it says which setting to point where
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=10)
     return 0
+
+
+def _with_built_models(settings):
+    """In-process settings pinned to a served pair: the exported one, or one built now from
+    the default model (model_export.first_run). Raises first_run.BuildError."""
+    from dataclasses import replace
+
+    from model_export.first_run import BuildSettings, ensure_models
+
+    version = ensure_models(BuildSettings(models_dir=Path(settings.models_dir)))
+    return settings if settings.model_version is not None else replace(settings, model_version=version)
+
+
+def _cmd_generate(args) -> int:
+    _quiet_tensorflow()
+    import asyncio
+
+    from gateway.client import Item, ItemResult, MemeflyClient
+    from gateway.decoding.options import DecodingOptions
+    from gateway.errors import GatewayError
+    from gateway.schemas import BatchItemError
+    from gateway.settings import Settings
+    from model_export.first_run import BuildError
+
+    if not args.images and not args.template:
+        print("error: give one or more images, or --template NAME", file=sys.stderr)
+        return 2
+    if not args.sample and (args.temperature is not None or args.seed is not None):
+        print("error: --temperature and --seed go with --sample", file=sys.stderr)
+        return 2
+    # One slot per input, in order: an Item to generate for, or already an error (unreadable file).
+    slots = [Item(name, template=name) for name in args.template]
+    for path in args.images:
+        try:
+            slots.append(Item(path, image=Path(path).read_bytes()))
+        except OSError as e:  # this input's error; the others still get memes
+            slots.append(ItemResult(path, error=BatchItemError(status=400, detail=f"cannot read it: {e.strerror}")))
+    items = [slot for slot in slots if isinstance(slot, Item)]
+    try:
+        search = {"do_sample": True, "temperature": args.temperature or 1.0, "seed": args.seed} if args.sample else \
+            {"num_beams": max(args.beams, args.n)}
+        options = DecodingOptions(num_return_sequences=args.n, safe=not args.unsafe, **search)
+        if not items:  # nothing readable: no models needed to say so
+            return _print_results(slots, args.json)
+        settings = _with_built_models(Settings.from_env(backend="inprocess", models_dir=args.models_dir))
+    except (ValueError, BuildError) as e:  # bad options (pydantic's message), bad settings, or a failed build
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    async def run():
+        async with MemeflyClient(settings) as client:
+            return await client.generate(items, options)
+
+    try:
+        generated = iter(asyncio.run(run()))
+    except GatewayError as e:
+        print(f"error: {e.detail}", file=sys.stderr)
+        return 2
+    return _print_results([next(generated) if isinstance(slot, Item) else slot for slot in slots], args.json)
+
+
+def _print_results(results, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps([r.to_json() for r in results], indent=1, ensure_ascii=False))
+    else:
+        print("\n\n".join(_pretty(r) for r in results))
+    return 1 if any(r.error for r in results) else 0
+
+
+def _pretty(result) -> str:
+    if result.error is not None:
+        return f"{result.label}: error {result.error.status}: {result.error.detail}"
+    guesses = ", ".join(f"{t.name} {t.probability:.0%}" for t in result.response.templates)
+    lines = [f"{result.label}  ({guesses})"]
+    for meme in result.response.memes:
+        lines.append(f"  {meme.rank}. " + " / ".join(box.upper() for box in meme.boxes))
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memefly", description="Memefly: image in, meme text out.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="ingest and clean caption data")
+    data = sub.add_parser("data", help="prepare caption data; download template images", formatter_class=formatter,
+                          epilog="examples:\n  memefly data prepare --help\n  memefly data download --help")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser(
         "prepare", help="read, clean and split captions", epilog=EXAMPLES["data prepare"], formatter_class=formatter
@@ -167,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", default=str(paths.prepared_dir()), help="output folder (default: %(default)s)")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
     prep.set_defaults(func=_cmd_data_prepare)
+    dl = data_sub.add_parser(
+        "download", help="fetch the template images (resumable, checksummed)", epilog=EXAMPLES["data download"],
+        formatter_class=formatter,
+    )
+    dl.add_argument("--to", default=str(paths.templates_download_dir()),
+                    help="folder for <Name>.jpg|png (default: $MEMEFLY_TEMPLATES_DIR or %(default)s)")
+    dl.add_argument("--url", default=paths.templates_url(),
+                    help="where the images are (default: $MEMEFLY_TEMPLATES_URL or %(default)s)")
+    dl.add_argument("--quiet", action="store_true", help="no progress bar")
+    dl.set_defaults(func=_cmd_data_download)
 
     tr = sub.add_parser("train", help="train the caption decoder", epilog=EXAMPLES["train"], formatter_class=formatter)
     tr.add_argument("--run", default=str(paths.runs_dir() / "default"), help="run directory (default: %(default)s)")
@@ -214,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--seed", type=int, default=0, help="seed for random weights and the augmented views")
     ex.add_argument(
         "--templates-dir",
-        default=str(paths.dataset_dir() / "dataset" / "templates" / "img"),
-        help="template images, <Name>.jpg|png (default: %(default)s)",
+        default=str(paths.templates_dir()),
+        help="template images, <Name>.jpg|png (default: $MEMEFLY_TEMPLATES_DIR or %(default)s)",
     )
     ex.add_argument("--fit-views", type=int, default=20, help="views per template to fit the template head")
     ex.add_argument("--top-k", type=int, default=contract.TOP_K, help="candidates per decoder step (default: %(default)s)")
@@ -234,6 +360,22 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--no-continuous-batching", action="store_true", help="one request's beams per decoder call")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sv.set_defaults(func=_cmd_serve)
+
+    gen = sub.add_parser("generate", help="memes for local images, no server needed", epilog=EXAMPLES["generate"],
+                         formatter_class=formatter,
+                         description="Memes for each --template, then for each image, in the order given. "
+                                     "Exit code 1 if any input failed (its error is printed in its place).")
+    gen.add_argument("images", nargs="*", help="image files (JPEG, PNG, GIF, BMP, WebP)")
+    gen.add_argument("--template", action="append", default=[], help="a template name instead of an image (repeatable)")
+    gen.add_argument("--n", type=int, default=5, help="memes per image (default: %(default)s)")
+    gen.add_argument("--beams", type=int, default=5, help="beam width, at least --n (default: %(default)s)")
+    gen.add_argument("--sample", action="store_true", help="sample instead of beam search (more varied)")
+    gen.add_argument("--temperature", type=float, help="with --sample: creativity (default: 1.0)")
+    gen.add_argument("--seed", type=int, help="with --sample: the same seed, the same memes (default: random)")
+    gen.add_argument("--unsafe", action="store_true", help="allow words the offensive-word list flags")
+    gen.add_argument("--models-dir", type=Path, help="exported models (default: $MEMEFLY_MODELS_DIR or models/)")
+    gen.add_argument("--json", action="store_true", help="JSON: one object per input, as POST /memes answers")
+    gen.set_defaults(func=_cmd_generate)
     return parser
 
 

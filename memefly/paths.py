@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+from memefly import contract as c
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,3 +29,58 @@ def runs_dir() -> Path:
 def models_dir() -> Path:
     """Root of the exported models (ROOT/memefly_encoder/<v>/...): $MEMEFLY_MODELS_DIR, else models/."""
     return Path(os.environ.get("MEMEFLY_MODELS_DIR", PROJECT_ROOT / "models")).expanduser()
+
+
+def templates_dir() -> Path:
+    """Blank template images (<Name>.jpg|png) to read: $MEMEFLY_TEMPLATES_DIR, else the
+    dataset's dataset/templates/img when it is there, else where downloads go."""
+    in_dataset = dataset_dir() / "dataset" / "templates" / "img"
+    if os.environ.get("MEMEFLY_TEMPLATES_DIR") or not in_dataset.is_dir():
+        return templates_download_dir()
+    return in_dataset
+
+
+def templates_download_dir() -> Path:
+    """Where `memefly data download` writes: $MEMEFLY_TEMPLATES_DIR, else data/templates
+    (never into the dataset copy)."""
+    env = os.environ.get("MEMEFLY_TEMPLATES_DIR")
+    return Path(env).expanduser() if env else PROJECT_ROOT / "data" / "templates"
+
+
+# Where `memefly data download` fetches template images from: the public ImgFlip575K repository.
+DEFAULT_TEMPLATES_URL = "https://raw.githubusercontent.com/schesa/ImgFlip575K_Dataset/master/dataset/templates/img/"
+
+
+def templates_url() -> str:
+    """$MEMEFLY_TEMPLATES_URL, else the public ImgFlip575K repository's template folder."""
+    return os.environ.get("MEMEFLY_TEMPLATES_URL", DEFAULT_TEMPLATES_URL)
+
+
+def cache_dir() -> Path:
+    """Export's feature cache: $MEMEFLY_CACHE_DIR, else ~/.cache/memefly."""
+    return Path(os.environ.get("MEMEFLY_CACHE_DIR", Path.home() / ".cache" / "memefly")).expanduser()
+
+
+def decoder_run() -> Path:
+    """The trained decoder that `memefly serve` builds its models from when none are exported:
+    $MEMEFLY_DECODER_RUN, else the default model shipped in the package."""
+    env = os.environ.get("MEMEFLY_DECODER_RUN")
+    return Path(env).expanduser() if env else PROJECT_ROOT / "model_export" / "trained" / "default"
+
+
+def encoder_weights() -> str:
+    """InceptionV3 weights for builds: $MEMEFLY_ENCODER_WEIGHTS (`imagenet`, a file, or `random`)."""
+    return os.environ.get("MEMEFLY_ENCODER_WEIGHTS", "imagenet")
+
+
+def exported_versions(models_dir: Path, model: str) -> set[int]:
+    """Versions of MODEL under MODELS_DIR, as TF Serving sees them: numeric folders with a saved_model.pb."""
+    folder = Path(models_dir) / model
+    if not folder.is_dir():
+        return set()
+    return {int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "saved_model.pb").exists()}
+
+
+def exported_pairs(models_dir: Path) -> set[int]:
+    """Versions that both models have: the pairs a gateway can serve."""
+    return exported_versions(models_dir, c.ENCODER_MODEL) & exported_versions(models_dir, c.DECODER_MODEL)

@@ -8,13 +8,13 @@ fitting at export time, computes features with the very same function.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from memefly import contract as c
+from memefly import paths
 from model_export.template_head import TemplateHead
 
 
@@ -152,7 +152,7 @@ class FeatureExtractor:
 
     def __init__(self, backbone, weights_name: str, cache_dir: str | Path | None = None, batch_size: int = 16):
         self.backbone, self.batch_size = backbone, batch_size
-        root = Path(cache_dir or os.environ.get("MEMEFLY_CACHE_DIR", Path.home() / ".cache" / "memefly"))
+        root = Path(cache_dir) if cache_dir else paths.cache_dir()
         self.cache = root / "features" / weights_name
         self.cache.mkdir(parents=True, exist_ok=True)
 

@@ -151,6 +151,7 @@ def evaluate_run(run_path, prepared=None, per_template: int = 20, max_test: int 
     data, _ = load_evaluation_data(run, prepared or run.config["prepared"], max_test, seed)
     metrics = evaluate_caption_model(DecoderCaptionModel(run.model, len(run.templates)), data, per_template, seed)
     metrics["run"] = str(run.path)
+    metrics["weights_fingerprint"] = rd.weights_fingerprint(run.model)  # which weights these numbers are for
     (run.path / rd.METRICS).write_text(json.dumps(metrics, indent=1, ensure_ascii=False))
     return metrics
 

@@ -24,6 +24,7 @@ import numpy as np
 from memefly import contract as c
 from memefly import paths
 from model_export.augment import to_png
+from model_export.run_dir import template_fingerprint, weights_fingerprint
 from model_export.warmup import DECODER_BATCH_SIZES, ENCODER_BATCH_SIZES, write_warmup
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -44,21 +45,14 @@ class ExportConfig:
     top_k: int = c.TOP_K
     cache_dir: str | None = None
     progress: bool = True
+    describe: bool = True  # `saved_model_cli show --all` of both models into the export log
+    # Extra files for both versions' assets.extra/ (TF Serving ignores them): written before
+    # the swap-in, so they appear together with the models or not at all.
+    extra_assets: dict[str, str] = field(default_factory=dict)
 
 
 class ExportError(Exception):
     pass
-
-
-def template_fingerprint(names: list[str]) -> str:
-    return hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()
-
-
-def weights_fingerprint(model) -> str:
-    digest = hashlib.sha256()
-    for w in model.get_weights():
-        digest.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
-    return digest.hexdigest()
 
 
 def find_template_images(names: list[str], templates_dir: Path) -> dict[str, Path]:
@@ -72,8 +66,8 @@ def find_template_images(names: list[str], templates_dir: Path) -> dict[str, Pat
     if missing:
         raise ExportError(
             f"{len(missing)} template images missing in {templates_dir} (e.g. {', '.join(missing[:5])}); "
-            "point --templates-dir (default: $MEMEFLY_DATASET_DIR/dataset/templates/img) at the folder "
-            "holding <TemplateName>.jpg|png for every template of the run"
+            "point --templates-dir or MEMEFLY_TEMPLATES_DIR at the folder holding <TemplateName>.jpg|png "
+            "for every template of the run, or fetch them with `memefly data download`"
         )
     return found
 
@@ -343,6 +337,9 @@ def export(config: ExportConfig) -> dict:
         decoder_cases, decoder_warmup = _decoder_cases(run, decoder.top_k, decoder_meta, config.seed)
         write_warmup(tmp[c.ENCODER_MODEL], c.ENCODER_MODEL, encoder_warmup)
         write_warmup(tmp[c.DECODER_MODEL], c.DECODER_MODEL, decoder_warmup)
+        for path in tmp.values():
+            for name, text in config.extra_assets.items():
+                (path / "assets.extra" / name).write_text(text)
 
         reports = {}
         for name, cases in ((c.ENCODER_MODEL, encoder_cases), (c.DECODER_MODEL, decoder_cases)):
@@ -353,7 +350,7 @@ def export(config: ExportConfig) -> dict:
             )
             log(f"verified {name} with the TF1 session loader in a fresh process: "
                 f"{len(reports[name]['signatures'])} signatures, max abs diff {worst:.2e}")
-        cli = {name: saved_model_cli_show(tmp[name]) for name in finals}
+        cli = {name: saved_model_cli_show(tmp[name]) for name in finals} if config.describe else {}
 
         _swap_in(tmp, finals)
     finally:

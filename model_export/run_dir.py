@@ -15,9 +15,12 @@ RUN/
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from model_export.text import Tokenizer, load_vocabulary
 
@@ -62,3 +65,16 @@ def load_run(path: str | Path) -> TrainedRun:
     model = MemeDecoder(len(vocabulary), len(templates), **config["model"]).build_for()
     model.load_weights(weights)
     return TrainedRun(path, config, vocabulary, templates, Tokenizer(vocabulary), model)
+
+
+def template_fingerprint(names: list[str]) -> str:
+    """Both exported models carry it; the gateway serves a pair only if they agree."""
+    return hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 of the decoder's weights as float32: the same for an .h5 stored in float16 or 32."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
+    return digest.hexdigest()

@@ -1,5 +1,6 @@
 """The `memefly` command: subcommands, help with examples, clear errors, fast start."""
 
+import json
 import subprocess
 import sys
 
@@ -15,7 +16,8 @@ def test_cli_module_does_not_import_tensorflow():
     assert out.stdout.split() == ["False", "False"]
 
 
-@pytest.mark.parametrize("argv", [["data", "prepare"], ["train"], ["evaluate"], ["export"], ["serve"]])
+@pytest.mark.parametrize("argv", [["data", "prepare"], ["data", "download"], ["train"], ["evaluate"], ["export"],
+                                  ["serve"], ["generate"]])
 def test_every_subcommand_has_help_with_examples(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--help"])
@@ -25,20 +27,19 @@ def test_every_subcommand_has_help_with_examples(argv, capsys):
 
 def test_subcommands_are_listed():
     choices = build_parser()._subparsers._group_actions[0].choices
-    assert {"data", "train", "evaluate", "export", "serve"} <= set(choices)
+    assert {"data", "train", "evaluate", "export", "serve", "generate"} <= set(choices)
 
 
 def test_serve_starts_the_gateway_on_the_exported_models(served_models_dir, tmp_path):
     import os
     import signal
-    import socket
     import time
 
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from net import free_port
+
+    port = free_port()
     env = dict(os.environ, MEMEFLY_BACKEND="grpc")  # the flag must win over the environment
     process = subprocess.Popen([sys.executable, "-m", "memefly.cli", "serve", "--port", str(port), "--backend", "inprocess",
                                 "--models-dir", str(served_models_dir), "--log-level", "info"], env=env,
@@ -89,3 +90,33 @@ def test_prepare_command_end_to_end(tiny_dataset, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "captions kept:" in out
     assert (tmp_path / "captions.jsonl").exists() and (tmp_path / "report.json").exists()
+
+
+def test_generate_gives_memes_for_images_and_templates_and_errors_per_input(served_models_dir, tiny_dataset, tmp_path):
+    image = tiny_dataset / "dataset" / "templates" / "img" / "Grumpy-Cat.jpg"
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not an image")
+    missing = tmp_path / "missing.jpg"
+    command = [sys.executable, "-m", "memefly.cli", "generate", str(image), str(text_file), str(missing),
+               "--template", "drake hotline bling", "--n", "3", "--models-dir", str(served_models_dir)]
+    result = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr  # some inputs failed, and said so
+    out = json.loads(result.stdout)
+    assert [o["input"] for o in out] == ["drake hotline bling", str(image), str(text_file), str(missing)]
+    assert len(out[0]["memes"]) == 3 and out[0]["templates"][0]["name"] == "Drake-Hotline-Bling"
+    assert len(out[1]["memes"]) == 3 and out[1]["templates"][0]["name"] == "Grumpy-Cat"
+    assert all(m["boxes"] and m["text"] == "\n".join(m["boxes"]) for m in out[1]["memes"])
+    assert out[2]["error"]["status"] == 415 and "JPEG" in out[2]["error"]["detail"]
+    assert out[3]["error"]["status"] == 400 and "cannot read it" in out[3]["error"]["detail"]
+
+    pretty = subprocess.run(command[:4] + command[7:], capture_output=True, text=True, timeout=300)
+    assert pretty.returncode == 0, pretty.stderr
+    lines = pretty.stdout.splitlines()
+    assert lines[0].startswith("drake hotline bling  (Drake-Hotline-Bling ")
+    assert [line.split(".")[0].strip() for line in lines[1:4]] == ["1", "2", "3"]
+    assert lines[1] == lines[1].upper()
+
+
+def test_generate_needs_an_input(capsys):
+    assert main(["generate"]) == 2
+    assert "--template" in capsys.readouterr().err

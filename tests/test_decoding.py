@@ -161,7 +161,23 @@ def test_diverse_groups_pick_different_first_tokens():
     groups_first = {h.ids[0] for h in run(new_search(model, diverse), model)}
     # A huge penalty forces each group of one beam onto a token earlier groups did not take.
     assert len(groups_first) == 4
-    assert len({h.ids[0] for h in run(new_search(model, plain), model)}) <= 4
+    # Plain beam search on this sharp model keeps its beams on fewer first tokens.
+    assert len({h.ids[0] for h in run(new_search(model, plain), model)}) < 4
+
+
+def test_temperature_sharpens_and_flattens_sampling():
+    model = TinyModel(11, sharpness=1.0)
+    base = DecodingOptions(do_sample=True, num_return_sequences=12, max_length=1, min_length=1, seed=3,
+                           no_repeat_ngram_size=0)
+    lp = model.log_probs(()).copy()
+    lp[[PAD_ID, START_ID, UNK_ID, END_ID]] = -np.inf
+    best = int(np.argmax(lp))
+    cold = {h.ids[0] for h in run(new_search(model, base.model_copy(update={"temperature": 0.01})), model)}
+    assert cold == {best}  # near 0: always the likeliest word
+    warm = [h.ids[0] for h in run(new_search(model, base.model_copy(update={"temperature": 5.0})), model)]
+    plain = [h.ids[0] for h in run(new_search(model, base), model)]
+    # Flattened: the likeliest word is drawn less often than at temperature 1.
+    assert warm.count(best) < plain.count(best)
 
 
 def test_sampling_is_reproducible_by_seed_and_varies_without_it():

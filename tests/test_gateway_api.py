@@ -141,15 +141,48 @@ def test_sampling_is_reproducible_with_a_seed(client):
     assert [m["text"] for m in one] != [m["text"] for m in other]
 
 
+def words_of(memes) -> set[str]:
+    return {w for m in memes for w in re.findall(r"[a-z']+", m["text"])}
+
+
 def test_diverse_beam_search_and_blocked_words(client):
-    plain = client.post("/memes", json={"template": "Drake-Hotline-Bling", "num_beams": 4, "num_return_sequences": 4}).json()
-    words = {w for m in plain["memes"] for w in re.findall(r"[a-z']+", m["text"])}
-    blocked = sorted(words)[:3]
-    diverse = client.post("/memes", json={"template": "Drake-Hotline-Bling", "num_beams": 4, "num_return_sequences": 4,
-                                          "num_beam_groups": 4, "diversity_penalty": 5.0, "blocked_words": blocked})
-    assert diverse.status_code == 200, diverse.text
-    for meme in diverse.json()["memes"]:
-        assert not set(re.findall(r"[a-z']+", meme["text"])) & set(blocked)
+    ask = {"template": "Drake-Hotline-Bling", "num_beams": 4, "num_return_sequences": 4}
+    diverse_ask = {**ask, "num_beam_groups": 4, "diversity_penalty": 5.0}
+    plain = client.post("/memes", json=ask).json()["memes"]
+    diverse = client.post("/memes", json=diverse_ask).json()["memes"]
+    assert len({m["text"] for m in diverse}) == 4
+    first_words = lambda memes: {m["text"].split()[0] for m in memes if m["text"].split()}  # noqa: E731
+    assert len(first_words(diverse)) >= len(first_words(plain))
+    blocked = sorted(words_of(diverse))[:3]  # words this very request would otherwise use
+    response = client.post("/memes", json={**diverse_ask, "blocked_words": blocked})
+    assert response.status_code == 200, response.text
+    assert not words_of(response.json()["memes"]) & set(blocked)
+
+
+def test_safe_mode_never_uses_the_offensive_list(client, gateway):
+    """The wiring of safe=true: whatever the offensive-word list holds is never generated."""
+    service = gateway.service
+    ask = {"template": "Grumpy-Cat", "num_beams": 3, "num_return_sequences": 3}
+    unsafe = client.post("/memes", json={**ask, "safe": False}).json()["memes"]
+    top_word = next(w for w in re.findall(r"[a-z']+", unsafe[0]["text"]) if w in service.vocabulary)
+    saved = service._offensive
+    service._offensive = [service.vocabulary.index(top_word)]  # as if the list flagged it
+    try:
+        safe = client.post("/memes", json=ask).json()["memes"]
+        again_unsafe = client.post("/memes", json={**ask, "safe": False}).json()["memes"]
+    finally:
+        service._offensive = saved
+    assert top_word not in words_of(safe)
+    assert again_unsafe == unsafe  # safe=false ignores the list
+
+
+def test_offensive_list_flags_words_not_their_innocent_neighbours():
+    from gateway.safety import offensive_token_ids
+
+    vocabulary = ["<pad>", "<start>", "<end>", "<unk>", "<sep>", "fuck", "class", "shit", "assassin", "cat", "bitch"]
+    flagged = {vocabulary[i] for i in offensive_token_ids(vocabulary)}
+    assert {"fuck", "shit", "bitch"} <= flagged
+    assert not flagged & {"class", "assassin", "cat", "<unk>"}
 
 
 def test_batch_answers_each_image(client, template_jpeg):
@@ -206,16 +239,25 @@ def test_bad_uploads_get_clear_errors(client, make, status, fragment):
     assert fragment in response.json()["detail"]
 
 
-def test_rotated_and_webp_images_are_accepted(client):
-    image = Image.new("RGB", (80, 40), (200, 30, 30))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees on display
+def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", exif=exif)
-    assert upload(client, buffer.getvalue()).status_code == 200
-    buffer = io.BytesIO()
-    image.save(buffer, format="WEBP")
-    assert upload(client, buffer.getvalue(), name="x.webp").status_code == 200
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("data", [
+    encoded(Image.new("RGB", (80, 40), (200, 30, 30)), "JPEG", exif={0x0112: 6}),  # shown rotated 90 degrees
+    encoded(Image.new("RGB", (80, 40), (200, 30, 30)), "WEBP"),
+    encoded(Image.new("1", (80, 40), 1), "BMP"),  # 1-bit: TensorFlow's BMP decoder cannot read it
+    encoded(Image.new("P", (80, 40), 3), "BMP"),
+    encoded(Image.new("RGB", (80, 40), (200, 30, 30)), "GIF"),
+    encoded(Image.new("CMYK", (80, 40), (0, 200, 30, 0)), "JPEG"),
+    encoded(Image.new("I;16", (80, 40), 3000), "PNG"),
+], ids=["exif-rotated-jpeg", "webp", "1-bit-bmp", "palette-bmp", "gif", "cmyk-jpeg", "16-bit-png"])
+def test_every_accepted_kind_of_image_gets_memes(client, data):
+    response = upload(client, data)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["memes"]) == 5
 
 
 @pytest.mark.parametrize(
@@ -244,6 +286,9 @@ def test_bad_bodies(client):
     huge = client.post("/memes", content=b"x" * (4 * 1024 * 1024), headers={"content-type": "application/json"})
     assert huge.status_code == 413
     assert client.post("/memes/batch", json={"images_base64": ["AAAA"] * 5}).status_code == 422
+    for body in (b"[" * 5000, b'{"a":' * 5000, b'{"seed": ' + b"9" * 5000 + b"}"):  # too deep, too long a number
+        response = client.post("/memes", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400 and "not valid JSON" in response.json()["detail"]
 
 
 def test_metrics_are_prometheus_text(client):

@@ -164,3 +164,33 @@ def test_unpinned_version_pins_the_decoders_newest(served_models_dir, serving):
     version, encoder_version = asyncio.run(pinned())
     assert version == 1 and encoder_version == b"1"
     assert serving.calls[-1].version == 1
+
+
+def test_warm_up_runs_before_ready(served_models_dir, serving):
+    serving.reset()
+    with running_gateway(settings_for(served_models_dir, serving)):
+        # No request was made: every call so far is start-up's, and readiness waited for them.
+        called = {(call.model, call.signature) for call in serving.calls}
+    assert {(c.ENCODER_MODEL, c.ENCODER_BYTES_SIGNATURE), (c.DECODER_MODEL, c.INIT_SIGNATURE),
+            (c.DECODER_MODEL, c.STEP_SIGNATURE), (c.DECODER_MODEL, c.VOCABULARY_SIGNATURE),
+            (c.DECODER_MODEL, c.TEMPLATES_SIGNATURE)} <= called
+
+
+def test_one_overloaded_call_does_not_take_the_gateway_out_of_rotation(served_models_dir, serving):
+    with running_gateway(settings_for(served_models_dir, serving, retries=0)) as gateway, gateway.client() as client:
+        serving.fail_next(grpc.StatusCode.RESOURCE_EXHAUSTED, count=1, model=c.DECODER_MODEL, rpc="Predict")
+        response = client.post("/memes", json=TEMPLATE)
+        assert response.status_code == 503 and "RESOURCE_EXHAUSTED" in response.json()["detail"]
+        time.sleep(0.5)  # the monitor checks the servers at once; they answer
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/memes", json=TEMPLATE).status_code == 200
+
+
+def test_channel_options_allow_big_batches_and_spare_idle_pings():
+    from gateway.backends.grpc_backend import channel_options
+    from gateway.settings import Settings
+
+    options = dict(channel_options(Settings(max_message_bytes=123 << 20)))
+    assert options["grpc.max_send_message_length"] == options["grpc.max_receive_message_length"] == 123 << 20
+    assert options["grpc.keepalive_permit_without_calls"] == 0  # TF Serving answers idle pings with GOAWAY
+    assert options["grpc.keepalive_time_ms"] > 0

@@ -98,6 +98,35 @@ def test_a_failed_step_fails_only_that_calls_searches():
     assert scheduler.depth == 0
 
 
+class BrokenSearch(CountingSearch):
+    def inputs(self):
+        raise RuntimeError("a bug in one search")
+
+
+@pytest.mark.parametrize("pipeline", [1, 2])
+def test_a_broken_search_fails_alone_and_the_loop_goes_on(pipeline):
+    async def scenario():
+        scheduler = DecodeScheduler(RecordingStep(), max_rows=100, pipeline=pipeline)
+        first = await asyncio.wait_for(run_all(scheduler, [BrokenSearch(2, 3, 0)]), 10)  # not a hang
+        healthy = CountingSearch(2, 3, 1)
+        second = await asyncio.wait_for(run_all(scheduler, [healthy]), 10)  # the same scheduler, started again
+        return first, second, healthy
+
+    first, second, healthy = asyncio.run(scenario())
+    assert isinstance(first[0], RuntimeError)
+    assert healthy.done and second[0] is healthy
+
+
+def test_a_search_wider_than_the_cap_is_a_client_error():
+    from gateway.errors import InvalidRequest
+
+    async def scenario():
+        return await run_all(DecodeScheduler(RecordingStep(), max_rows=4), [CountingSearch(5, 1, 0)])
+
+    (result,) = asyncio.run(scenario())
+    assert isinstance(result, InvalidRequest) and result.status == 422
+
+
 def test_a_cancelled_request_leaves_the_batch():
     async def scenario():
         step = RecordingStep(delay_s=0.01)

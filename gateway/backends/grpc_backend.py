@@ -59,7 +59,8 @@ class GrpcBackend:
         return self._stubs[target]
 
     async def start(self) -> None:
-        if self.version is None:
+        """Called on every (re)connect: an unpinned gateway follows a rollout to the newest pair."""
+        if self.settings.model_version is None:
             # No pinned version: pin the decoder's newest, and ask the encoder for the same.
             response = await self._call(c.DECODER_MODEL, c.METADATA_SIGNATURE,
                                         {c.KEYS: np.array([c.MODEL_VERSION.encode()], dtype=object)}, None, pin=False)

@@ -14,20 +14,14 @@ import numpy as np
 from gateway.errors import ModelError, ModelUnavailable
 from gateway.settings import Settings
 from memefly import contract as c
+from memefly.paths import exported_pairs
 
 MODELS = (c.ENCODER_MODEL, c.DECODER_MODEL)
 
 
-def versions(models_dir: Path, model: str) -> set[int]:
-    folder = models_dir / model
-    if not folder.is_dir():
-        return set()
-    return {int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "saved_model.pb").exists()}
-
-
 def pick_version(models_dir: Path, wanted: int | None) -> int:
     """The pinned version if both models have it, else the newest version both have."""
-    common = versions(models_dir, c.ENCODER_MODEL) & versions(models_dir, c.DECODER_MODEL)
+    common = exported_pairs(models_dir)
     if wanted is not None:
         if wanted not in common:
             raise ModelUnavailable(f"models version {wanted} is not in {models_dir} for both models "
@@ -88,7 +82,7 @@ def _run(function, model: str, signature: str, inputs: dict, outputs: list[str] 
 
     try:
         result = function(**{name: tf.constant(value) for name, value in inputs.items()})
-    except (TypeError, ValueError, tf.errors.InvalidArgumentError) as error:
-        raise ModelError(f"{model} ({signature}) rejected the call: {error}") from None
+    except (TypeError, ValueError, tf.errors.OpError) as error:  # as TF Serving would answer: a model error
+        raise ModelError(f"{model} ({signature}) rejected the call: {str(error)[:500]}") from None
     wanted = outputs or list(result)
     return {name: result[name].numpy() for name in wanted}

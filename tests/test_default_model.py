@@ -1,0 +1,69 @@
+"""The default decoder shipped in the package: small, only the model and its records, the very
+weights its metrics were measured on, and it writes memes for a named template."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from memefly import contract as c
+from memefly import paths
+from memefly.captions import tokens_to_boxes
+from model_export import run_dir as rd
+
+DEFAULT = paths.PROJECT_ROOT / "model_export" / "trained" / "default"
+SHIPPED = {rd.CONFIG, rd.VOCABULARY, rd.TEMPLATES, rd.FINAL_WEIGHTS, rd.METRICS, rd.TRAIN_STATS, "baseline_metrics.json"}
+
+
+@pytest.fixture(scope="module")
+def default_run():
+    return rd.load_run(DEFAULT)
+
+
+def test_ships_only_the_model_and_its_records_within_25_mb():
+    assert {p.name for p in DEFAULT.iterdir()} == SHIPPED
+    assert sum(p.stat().st_size for p in DEFAULT.iterdir()) <= 25_000_000
+    for name in (rd.METRICS, "baseline_metrics.json"):  # generated samples may repeat training captions
+        assert "samples" not in json.loads((DEFAULT / name).read_text())
+
+
+def test_it_is_the_model_its_metrics_were_measured_on(default_run):
+    metrics = json.loads((DEFAULT / rd.METRICS).read_text())
+    assert rd.weights_fingerprint(default_run.model) == metrics["weights_fingerprint"]
+    baseline = json.loads((DEFAULT / "baseline_metrics.json").read_text())
+    assert metrics["test_captions"] == baseline["test_captions"] > 10_000  # the same full test split
+    assert metrics["perplexity"] < baseline["perplexity"]
+
+
+def test_first_starts_build_from_it(monkeypatch):
+    monkeypatch.delenv("MEMEFLY_DECODER_RUN", raising=False)
+    assert paths.decoder_run() == DEFAULT
+
+
+def test_it_writes_a_caption_for_a_named_template(default_run):
+    import tensorflow as tf
+
+    from model_export.beam import beam_search
+
+    names = default_run.template_names
+    template = names.index("Drake-Hotline-Bling")
+    model = default_run.model
+
+    def step(tokens, states):
+        state, context = states
+        log_probs, state = model.step(tokens, state, context)
+        return log_probs.numpy(), (state.numpy(), context)
+
+    state, context = model.init(tf.one_hot([template], len(names)))
+    ((best_ids, score), *_), = beam_search(step, (state.numpy(), context.numpy()), num_beams=5, num_return=5)
+    boxes = tokens_to_boxes([default_run.vocabulary[i] for i in best_ids])
+    assert np.isfinite(score) and 1 <= len(boxes) <= 4 and any(box.strip() for box in boxes)
+
+    # On template: of all 88 templates, Drake's is among the five that find this caption likeliest.
+    targets = np.array([list(best_ids) + [c.END_ID]] * len(names), np.int32)
+    inputs = np.concatenate([np.full((len(names), 1), c.START_ID, np.int32), targets[:, :-1]], axis=1)
+    logits = model({"template_probs": np.eye(len(names), dtype=np.float32), "tokens": inputs})
+    log_prob = -tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits).numpy().sum(axis=1)
+    assert template in np.argsort(-log_prob)[:5]
