@@ -245,8 +245,14 @@ def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
     return buffer.getvalue()
 
 
+def rotated_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees
+    return exif
+
+
 @pytest.mark.parametrize("data", [
-    encoded(Image.new("RGB", (80, 40), (200, 30, 30)), "JPEG", exif={0x0112: 6}),  # shown rotated 90 degrees
+    encoded(Image.new("RGB", (80, 40), (200, 30, 30)), "JPEG", exif=rotated_exif()),
     encoded(Image.new("RGB", (80, 40), (200, 30, 30)), "WEBP"),
     encoded(Image.new("1", (80, 40), 1), "BMP"),  # 1-bit: TensorFlow's BMP decoder cannot read it
     encoded(Image.new("P", (80, 40), 3), "BMP"),

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.decoding.limits import MAX_BEAMS, MAX_LENGTH
 from memefly.contract import TOP_K
-
-MAX_BEAMS = 32
-MAX_LENGTH = 64
 
 
 class DecodingOptions(BaseModel):
