@@ -8,6 +8,7 @@ the encoder on one image, `init`, one step of 1 row, 24 steps of 5 rows).
 "Raw model" makes exactly those calls and nothing else: in-process through the loaded
 SavedModels' signatures, and over gRPC to the loopback TF Serving with plain stubs.
 "Gateway" is `memefly serve` in its own process, timed by an HTTP client in this one.
+All four run side by side, one image through each in turn (see `interleaved`).
 
 Targets (docs/gateway.md): gateway overhead <= 10% of the raw model time;
 gateway over gRPC <= 1.2x the gateway in-process.
@@ -99,25 +100,28 @@ def grpc_caller(target: str):
     return call
 
 
-def time_calls(fn, images: list[bytes], warmup: int = 3) -> list[float]:
-    for image in images[:warmup]:
-        fn(image)
-    times = []
-    for image in images[warmup:]:
-        started = time.perf_counter()
-        fn(image)
-        times.append(1000 * (time.perf_counter() - started))
+def interleaved(runners: dict, images: list[bytes], warmup: int) -> dict[str, list[float]]:
+    """Each image through every runner in turn, the order rotating from image to image, so a
+    slower or faster spell of the machine falls on all four rows alike (run one row after
+    the other, the rows differed by up to 40% between runs on this 2-core machine)."""
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i, image in enumerate(images):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            started = time.perf_counter()
+            runners[name](image)
+            if i >= warmup:
+                times[name].append(1000 * (time.perf_counter() - started))
     return times
 
 
-def time_gateway(url: str, images: list[bytes]) -> list[float]:
-    with httpx.Client(base_url=url, timeout=120) as client:
-        def post(image):
-            response = client.post("/memes", files={"image": ("meme.jpg", image, "image/jpeg")},
-                                   data={k: str(v) for k, v in OPTIONS.items()})
-            response.raise_for_status()
-            assert len(response.json()["memes"]) == BEAMS
-        return time_calls(post, images)
+def gateway_poster(client: httpx.Client):
+    def post(image):
+        response = client.post("/memes", files={"image": ("meme.jpg", image, "image/jpeg")},
+                               data={k: str(v) for k, v in OPTIONS.items()})
+        response.raise_for_status()
+        assert len(response.json()["memes"]) == BEAMS
+    return post
 
 
 def main() -> int:
@@ -126,17 +130,21 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=50)
     args = parser.parse_args()
     warmup = 3
-    image = default_image()
-    rows = {}
-    with loopback_serving(args.models_dir) as target:
-        with gateway("inprocess", args.models_dir, model_version=1) as url:
-            rows["gateway, in-process"] = time_gateway(url, variants(image, args.trials + warmup))
-        with gateway("grpc", args.models_dir, target, model_version=1) as url:
-            rows["gateway, gRPC"] = time_gateway(url, variants(image, args.trials + warmup)[::-1])
-        call = grpc_caller(target)
-        rows["raw model, gRPC"] = time_calls(lambda im: model_calls(call, im), variants(image, args.trials + warmup))
-    call, _ = inprocess_caller(args.models_dir)
-    rows["raw model, in-process"] = time_calls(lambda im: model_calls(call, im), variants(image, args.trials + warmup))
+    # Every image is new to every runner: each gateway caches by SHA-256, but in its own process.
+    images = variants(default_image(), args.trials + warmup)
+    with loopback_serving(args.models_dir) as target, \
+            gateway("inprocess", args.models_dir, model_version=1) as inprocess_url, \
+            gateway("grpc", args.models_dir, target, model_version=1) as grpc_url, \
+            httpx.Client(base_url=inprocess_url, timeout=120) as inprocess_client, \
+            httpx.Client(base_url=grpc_url, timeout=120) as grpc_client:
+        raw_inprocess, _ = inprocess_caller(args.models_dir)
+        raw_grpc = grpc_caller(target)
+        rows = interleaved({
+            "raw model, in-process": lambda im: model_calls(raw_inprocess, im),
+            "gateway, in-process": gateway_poster(inprocess_client),
+            "raw model, gRPC": lambda im: model_calls(raw_grpc, im),
+            "gateway, gRPC": gateway_poster(grpc_client),
+        }, images, warmup)
 
     p = {name: (percentile(t, 50), percentile(t, 95)) for name, t in rows.items()}
     print(f"latency of one image: {BEAMS} beams, {TOKENS} tokens; {args.trials} trials each; "
