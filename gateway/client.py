@@ -1,7 +1,7 @@
 """Memes without HTTP: the gateway's own pipeline (upload checks, cache, micro-batched
 encoder, continuous-batched decoding) as a library, over either backend.
 
-    async with MemeflyClient.inprocess("models") as client:
+    async with MemeflyClient(Settings.from_env(models_dir="models")) as client:
         results = await client.generate([Item("cat.jpg", image=data), Item("drake", template="Drake")])
 
 Each item gets a result or an error (status and detail, as the HTTP API would answer):
@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from pathlib import Path
 
 from gateway.decoding.options import DecodingOptions
 from gateway.errors import GatewayError, ModelUnavailable
-from gateway.images import check_image
 from gateway.schemas import BatchItemError, MemeResponse
 from gateway.service import MemeService
 from gateway.settings import Settings
@@ -51,17 +49,6 @@ class MemeflyClient:
         self.ready_timeout_s = ready_timeout_s
         self._slots = asyncio.Semaphore(max_in_flight)  # bounds memory for long lists of items
 
-    @classmethod
-    def inprocess(cls, models_dir: Path | str, model_version: int | None = None, **settings) -> "MemeflyClient":
-        return cls(Settings.from_env(backend="inprocess", models_dir=Path(models_dir), model_version=model_version,
-                                     **settings))
-
-    @classmethod
-    def grpc(cls, encoder_target: str, decoder_target: str, model_version: int | None = None,
-             **settings) -> "MemeflyClient":
-        return cls(Settings.from_env(backend="grpc", encoder_target=encoder_target, decoder_target=decoder_target,
-                                     model_version=model_version, **settings))
-
     async def __aenter__(self) -> "MemeflyClient":
         await self.service.start()
         state = await self.service.wait_ready(self.ready_timeout_s, first_check_only=True)
@@ -73,10 +60,6 @@ class MemeflyClient:
     async def __aexit__(self, *exc) -> None:
         await self.service.stop()
 
-    @property
-    def templates(self) -> list[str]:
-        return [t.name for t in self.service.templates]
-
     async def generate(self, items: list[Item], options: DecodingOptions | None = None) -> list[ItemResult]:
         """One result per item, in order."""
         options = options or DecodingOptions()
@@ -85,11 +68,7 @@ class MemeflyClient:
     async def _one(self, item: Item, options: DecodingOptions) -> ItemResult:
         async with self._slots:
             try:
-                image = None
-                if item.template is None:
-                    image = await asyncio.to_thread(check_image, item.image or b"",
-                                                    max_bytes=self.settings.max_upload_bytes,
-                                                    max_pixels=self.settings.max_image_pixels)
+                image = None if item.template is not None else await self.service.check_upload(item.image or b"")
                 result = await self.service.memes(image, item.template, options)
             except GatewayError as error:
                 return ItemResult(item.label, error=BatchItemError(status=error.status, detail=error.detail))

@@ -7,11 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from gateway.decoding.options import DecodingOptions
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.images import CheckedImage, already_checked, check_image, sha256
 from gateway.request_parsing import decode_base64, parse
 from gateway.schemas import (BatchItem, BatchItemError, BatchRequest, BatchResponse, MemeRequest, MemeResponse,
                              Readyz, TemplateOut, TemplatesResponse)
@@ -41,17 +39,6 @@ _BODY_DOC = {
         },
     }
 }
-
-
-async def _check(service: MemeService, data: bytes) -> CheckedImage:
-    settings = service.settings
-    if len(data) <= settings.max_upload_bytes:
-        digest = sha256(data)
-        if digest in service.cache:  # seen, checked and encoded before: skip decoding it again
-            return already_checked(data, digest)
-    # Pillow decodes on a worker thread: a big image must not stall the event loop.
-    return await run_in_threadpool(check_image, data, max_bytes=settings.max_upload_bytes,
-                                   max_pixels=settings.max_image_pixels)
 
 
 def _options(body) -> DecodingOptions:
@@ -98,7 +85,7 @@ async def create_memes(request: Request, service: Service):
                                    if body.image_base64 is not None else None)
     if data is None and body.template is None:
         raise InvalidRequest("send an image (multipart `image` or JSON `image_base64`) or name a `template`")
-    image = await _check(service, data) if data is not None else None
+    image = await service.check_upload(data) if data is not None else None
     result = await _unless_disconnected(request, service.memes(image, body.template, _options(body)))
     if result is None:
         return Response(status_code=CLIENT_CLOSED)
@@ -125,7 +112,7 @@ async def create_memes_batch(request: Request, service: Service):
             data = files[index] if files else decode_base64(body.images_base64[index],
                                                             max_bytes=service.settings.max_upload_bytes,
                                                             field=f"images_base64[{index}]")
-            result = await service.memes(await _check(service, data), None, options)
+            result = await service.memes(await service.check_upload(data), None, options)
             return BatchItem(index=index, result=_response(service, result))
         except GatewayError as error:
             return BatchItem(index=index, error=BatchItemError(status=error.status, detail=error.detail))

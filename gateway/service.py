@@ -22,7 +22,7 @@ from gateway.decoding.constraints import Constraints
 from gateway.decoding.options import DecodingOptions
 from gateway.decoding.search import Hypothesis, make_search
 from gateway.errors import DeadlineExceeded, GatewayError, InvalidRequest, ModelError, ModelUnavailable
-from gateway.images import CheckedImage
+from gateway.images import CheckedImage, already_checked, check_image, sha256
 from gateway.metrics import Metrics
 from gateway.safety import offensive_token_ids
 from gateway.scheduler import DecodeScheduler
@@ -216,12 +216,24 @@ class MemeService:
         Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, format="PNG")
         await self.encoder.submit(buffer.getvalue())
         options = DecodingOptions(num_beams=2, num_return_sequences=1, max_length=3)
-        await self._decode(await self._conditioning("template:0", None), options)
+        await self._decode(await self._conditioning("template:0", probs=self._one_hot(0)), options)
 
     # ---- serving --------------------------------------------------------------------
     def require_ready(self) -> None:
         if not self.readiness.ready:
             raise ModelUnavailable(f"not ready: {self.readiness.reason}", retry_after_s=self.settings.retry_after_s)
+
+    async def check_upload(self, data: bytes) -> CheckedImage:
+        """The upload checks (size, type, pixels, decodability); an image whose template_probs
+        are cached was checked before, and is not decoded again."""
+        settings = self.settings
+        if len(data) <= settings.max_upload_bytes:
+            digest = sha256(data)
+            if digest in self.cache:
+                return already_checked(data, digest)
+        # Pillow decodes on a worker thread: a big image must not stall the event loop.
+        return await asyncio.to_thread(check_image, data, max_bytes=settings.max_upload_bytes,
+                                       max_pixels=settings.max_image_pixels)
 
     def template_id(self, name: str) -> int:
         found = self._template_ids.get(template_key(name))
@@ -235,9 +247,10 @@ class MemeService:
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 if template is not None:
-                    conditioning = await self._conditioning(f"template:{self.template_id(template)}", None)
+                    template_id = self.template_id(template)
+                    conditioning = await self._conditioning(f"template:{template_id}", probs=self._one_hot(template_id))
                 elif image is not None:
-                    conditioning = await self._conditioning(image.sha256, image.data)
+                    conditioning = await self._conditioning(image.sha256, image=image.data)
                 else:
                     raise InvalidRequest("send an image or name a template")
                 encoded = time.perf_counter()
@@ -258,17 +271,16 @@ class MemeService:
                         "total": round(1000 * (done - started), 2)},
         )
 
-    async def _conditioning(self, key: str, image: bytes | None) -> Conditioning:
-        """Cached by image SHA-256 (or template): popular templates come again and again, and
-        then neither the encoder nor the decoder's `init` runs."""
+    async def _conditioning(self, key: str, *, probs: np.ndarray | None = None, image: bytes | None = None) -> Conditioning:
+        """For template_probs given, or for an image's (from the encoder). Cached by image SHA-256
+        (or template): popular templates come again and again, and then neither the encoder
+        nor the decoder's `init` runs."""
         found = self.cache.get(key)
         if found is not None:
             self.metrics.cache_hits.inc()
             return found
         self.metrics.cache_misses.inc()
-        if image is None:
-            probs = self._one_hot(int(key.split(":", 1)[1]))
-        else:
+        if probs is None:
             self.metrics.queue.set(self.encoder.waiting + 1)
             probs = await self.encoder.submit(image)
             self.metrics.queue.set(self.encoder.waiting)

@@ -75,10 +75,8 @@ def download_templates(folder: Path, base_url: str, names: list[str] | None = No
     folder = Path(folder)
     report = DownloadReport(folder)
     wanted = manifest(names, manifest_path)
-    missing = []
-    for image in wanted:
-        (report.present if intact(folder / image.file, image) else missing).append(image)
-    report.present = [i.name for i in report.present]
+    missing = [image for image in wanted if not intact(folder / image.file, image)]
+    report.present = [image.name for image in wanted if image not in missing]
     if not missing:
         return report
     folder.mkdir(parents=True, exist_ok=True)
