@@ -62,7 +62,11 @@ COPY --from=protos /protos /opt/venv/lib/python3.11/site-packages/
 
 FROM python:3.11-slim AS gateway
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-RUN useradd --create-home --uid 1000 memefly
+# The meme font (Roboto Condensed Bold, Apache-2.0) comes from Debian, not from the repository.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-roboto-unhinted \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 1000 memefly
 COPY --from=gateway-build /opt/venv /opt/venv
 USER memefly
 WORKDIR /home/memefly

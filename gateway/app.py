@@ -10,11 +10,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from gateway.backends import Backend
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
+from gateway.render_routes import STATIC_DIR
+from gateway.render_routes import router as render_router
+from gateway.rendering.renderer import Renderer
 from gateway.routes import router
 from gateway.service import MemeService
 from gateway.settings import Settings
@@ -42,7 +46,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     )
     app.state.service = service
     app.state.settings = settings
+    app.state.renderer = Renderer(cache_bytes=settings.render_cache_bytes, templates_dir=settings.templates_dir)
     app.include_router(router)
+    app.include_router(render_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, error: GatewayError):

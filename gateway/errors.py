@@ -48,3 +48,7 @@ class ModelUnavailable(GatewayError):
 
 class DeadlineExceeded(GatewayError):
     status = 504
+
+
+class NotFound(GatewayError):
+    status = 404

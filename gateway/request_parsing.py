@@ -14,9 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from gateway.errors import BadImage, ImageTooLarge, UnsupportedImage
+from gateway.errors import BadImage, ImageTooLarge, InvalidRequest, UnsupportedImage
 
-LIST_FIELDS = {"exclude", "blocked_words"}
+LIST_FIELDS = {"exclude", "blocked_words", "boxes"}
 FILE_FIELDS = {"image", "images"}
 
 
@@ -61,6 +61,19 @@ def validate(model: type[BaseModel], data: dict) -> BaseModel:
         raise RequestValidationError(
             [{"type": e["type"], "loc": ("body", *e["loc"]), "msg": e["msg"]} for e in error.errors(include_url=False)]
         ) from None
+
+
+def image_or_template(body, files: list[bytes], *, max_bytes: int) -> bytes | None:
+    """The one image of a request (a file part or `image_base64`), or None when it names a `template`."""
+    if body.image_base64 is not None and files:
+        raise InvalidRequest("send the image once: as a file or as image_base64")
+    if files:
+        return files[0]
+    if body.image_base64 is not None:
+        return decode_base64(body.image_base64, max_bytes=max_bytes)
+    if body.template is None:
+        raise InvalidRequest("send an image (multipart `image` or JSON `image_base64`) or name a `template`")
+    return None
 
 
 def decode_base64(text: str, *, max_bytes: int, field: str = "image_base64") -> bytes:

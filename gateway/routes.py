@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway.decoding.options import DecodingOptions
+from gateway.dependencies import RendererDep, Service
+from gateway.render_routes import caption_headers, image_response, render_spec
+from gateway.rendering.layout import layout_for
+from gateway.rendering.renderer import Renderer
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.request_parsing import decode_base64, parse
+from gateway.request_parsing import decode_base64, image_or_template, parse
 from gateway.schemas import (BatchItem, BatchItemError, BatchRequest, BatchResponse, MemeRequest, MemeResponse,
                              Readyz, TemplateOut, TemplatesResponse)
 from gateway.service import MemeResult, MemeService
@@ -19,12 +23,6 @@ router = APIRouter()
 CLIENT_CLOSED = 499  # nginx's code for "the client went away"; nobody receives it
 
 
-async def get_service(request: Request) -> MemeService:
-    # async: FastAPI would run a plain `def` dependency on a worker thread, per request.
-    return request.app.state.service
-
-
-Service = Annotated[MemeService, Depends(get_service)]
 
 _BODY_DOC = {
     "requestBody": {
@@ -74,23 +72,35 @@ async def _disconnect(request: Request) -> None:
 
 
 @router.post("/memes", response_model=MemeResponse, openapi_extra=_BODY_DOC,
-             responses={400: {}, 413: {}, 415: {}, 422: {}, 503: {}, 504: {}})
-async def create_memes(request: Request, service: Service):
+             responses={400: {}, 404: {}, 412: {}, 413: {}, 415: {}, 422: {}, 503: {}, 504: {}})
+async def create_memes(request: Request, service: Service, renderer: RendererDep):
     """Meme captions for an image (or a named template): the top candidates, each split into its boxes."""
     service.require_ready()
     body, files = await parse(request, MemeRequest, max_files=1)
-    if body.image_base64 is not None and files:
-        raise InvalidRequest("send the image once: as a file or as image_base64")
-    data = files[0] if files else (decode_base64(body.image_base64, max_bytes=service.settings.max_upload_bytes)
-                                   if body.image_base64 is not None else None)
-    if data is None and body.template is None:
-        raise InvalidRequest("send an image (multipart `image` or JSON `image_base64`) or name a `template`")
+    data = image_or_template(body, files, max_bytes=service.settings.max_upload_bytes)
     image = await service.check_upload(data) if data is not None else None
+    template_picture = None
+    if body.render and image is None:  # before generating: no blank image, no meme to draw
+        template_picture = renderer.template_source(service.template_name(body.template))
     result = await _unless_disconnected(request, service.memes(image, body.template, _options(body)))
     if result is None:
         return Response(status_code=CLIENT_CLOSED)
+    if body.render:
+        return await _rendered_meme(request, service, renderer, body, result, data, template_picture)
     # Built and validated as MemeResponse already: send it as is (FastAPI would validate again).
     return JSONResponse(_response(service, result).model_dump(mode="json"))
+
+
+async def _rendered_meme(request: Request, service: MemeService, renderer: Renderer, body: MemeRequest, result: MemeResult,
+                         data: bytes | None, template_picture) -> Response:
+    if body.rank > len(result.memes):
+        raise InvalidRequest(f"rank {body.rank}: only {len(result.memes)} memes were generated")
+    meme = result.memes[body.rank - 1]
+    layout = layout_for(body.layout or body.template, result.templates)
+    spec = render_spec(service.settings, body, meme.boxes, body.render, layout)
+    source, source_id = (data, result.image_sha256) if data is not None else template_picture
+    return await image_response(request, renderer, source, source_id, spec,
+                                headers=caption_headers(meme.boxes, result.templates[0][0]))
 
 
 @router.post("/memes/batch", response_model=BatchResponse, responses={413: {}, 415: {}, 422: {}, 503: {}})
@@ -131,10 +141,13 @@ class _MultipartBatch(BatchRequest):
 
 
 @router.get("/templates", response_model=TemplatesResponse)
-async def list_templates(service: Service):
+async def list_templates(service: Service, renderer: RendererDep):
     """The templates the served models know, in the models' order."""
     service.require_ready()
-    return TemplatesResponse(templates=[TemplateOut(id=t.id, name=t.name, box_count=t.box_count) for t in service.templates])
+    return TemplatesResponse(templates=[
+        TemplateOut(id=t.id, name=t.name, box_count=t.box_count,
+                    image=f"/templates/{quote(t.name)}/image" if renderer.template_image(t.name) else None)
+        for t in service.templates])
 
 
 @router.get("/healthz")

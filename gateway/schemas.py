@@ -2,16 +2,60 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.decoding.limits import MAX_BEAMS
 from gateway.decoding.options import DecodingOptions
 
+RenderFormat = Literal["png", "jpeg", "webp"]
+MAX_BOXES = 10
+MAX_BOX_CHARS = 500
 
-class MemeRequest(DecodingOptions):
+
+class RenderOptions(BaseModel):
+    """How a meme is drawn (POST /render, and POST /memes with `render`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    case: Literal["upper", "keep"] = Field("upper", description="upper: the classic all-caps; keep: as written")
+    max_size: int | None = Field(None, ge=16, description="longest side of the image drawn, in pixels "
+                                 "(default and limit: MEMEFLY_RENDER_MAX_SIDE); smaller images keep their size")
+    quality: int | None = Field(None, ge=1, le=100, description="JPEG or WebP quality (default MEMEFLY_RENDER_JPEG_QUALITY)")
+    layout: str | None = Field(None, max_length=200, description="draw in this template's boxes (default: the "
+                               "template named, or with an image the template recognised, if likely)")
+
+
+class MemeRequest(DecodingOptions, RenderOptions):
     """JSON body of POST /memes (multipart sends the same fields as form fields, the image as `image`)."""
 
     image_base64: str | None = Field(None, description="the image, base64-encoded (JPEG, PNG, GIF, BMP or WebP)")
     template: str | None = Field(None, max_length=200, description="a template name (GET /templates) instead of an image")
+    render: RenderFormat | None = Field(None, description="answer with the meme drawn on the image, in this format, not JSON")
+    rank: int = Field(1, ge=1, le=MAX_BEAMS, description="with render: which meme to draw (1 is the best)")
+
+    @model_validator(mode="after")
+    def _rank_returned(self) -> "MemeRequest":
+        if self.rank > self.num_return_sequences:
+            raise ValueError(f"rank {self.rank} is more than num_return_sequences ({self.num_return_sequences})")
+        return self
+
+
+class RenderRequest(RenderOptions):
+    """POST /render: given text drawn onto an uploaded image (multipart `image`, or `image_base64`)
+    or onto a named template's blank image."""
+
+    image_base64: str | None = Field(None, description="the image, base64-encoded")
+    template: str | None = Field(None, max_length=200, description="a template name instead of an image")
+    boxes: list[str] = Field(..., min_length=1, max_length=MAX_BOXES, description="the text of each box, in order")
+    format: RenderFormat = "png"
+
+    @model_validator(mode="after")
+    def _box_lengths(self) -> "RenderRequest":
+        if any(len(box) > MAX_BOX_CHARS for box in self.boxes):
+            raise ValueError(f"boxes: a box is longer than {MAX_BOX_CHARS} characters")
+        return self
 
 
 class BatchRequest(DecodingOptions):
@@ -70,6 +114,7 @@ class TemplateOut(BaseModel):
     id: int
     name: str
     box_count: int
+    image: str | None = Field(None, description="URL of its blank image (?size= for a thumbnail), if the gateway has it")
 
 
 class TemplatesResponse(BaseModel):

@@ -28,6 +28,7 @@ from gateway.safety import offensive_token_ids
 from gateway.scheduler import DecodeScheduler
 from gateway.served_models import ServedModels, Template
 from gateway.settings import Settings
+from gateway.template_names import template_key
 from memefly import contract as c
 from memefly.captions import tokens_to_boxes
 
@@ -77,10 +78,6 @@ def caption_key(text: str) -> str:
     while boxes and not boxes[-1]:
         boxes.pop()
     return c.BOX_SEPARATOR.join(boxes)
-
-
-def template_key(name: str) -> str:
-    return "-".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
 class MemeService:
@@ -241,6 +238,10 @@ class MemeService:
             raise InvalidRequest(f"unknown template {name!r}: GET /templates lists the {len(self.templates)} known ones")
         return found
 
+    def template_name(self, name: str) -> str:
+        """The served spelling of a template name (422 if the models do not know it)."""
+        return self.templates[self.template_id(name)].name
+
     async def memes(self, image: CheckedImage | None, template: str | None, options: DecodingOptions) -> MemeResult:
         self.require_ready()
         started = time.perf_counter()
@@ -270,6 +271,18 @@ class MemeService:
             timings_ms={"encode": round(1000 * (encoded - started), 2), "decode": round(1000 * (done - encoded), 2),
                         "total": round(1000 * (done - started), 2)},
         )
+
+    async def template_probs(self, image: CheckedImage) -> np.ndarray:
+        """The encoder's template_probs for an image (cached ones if it was seen before); no decoding."""
+        self.require_ready()
+        found = self.cache.get(image.sha256)
+        if found is not None:
+            return found.probs
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return np.asarray(await self.encoder.submit(image.data), np.float32)
+        except TimeoutError:
+            raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s:g} s") from None
 
     async def _conditioning(self, key: str, *, probs: np.ndarray | None = None, image: bytes | None = None) -> Conditioning:
         """For template_probs given, or for an image's (from the encoder). Cached by image SHA-256

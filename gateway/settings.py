@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gateway.decoding.limits import MAX_BEAMS
 from memefly.paths import models_dir as default_models_dir
+from memefly.paths import templates_dir as default_templates_dir
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,23 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_batch_images: int = 16
 
+    # Rendering (render=png|jpeg|webp, POST /render): blank template images are read from
+    # templates_dir (`memefly data download` fills it); rendered images are at most
+    # render_max_side pixels on their longer side; the latest renders are kept up to render_cache_bytes.
+    templates_dir: Path = field(default_factory=default_templates_dir)
+    render_max_side: int = 2048
+    render_jpeg_quality: int = 85
+    render_cache_bytes: int = 64 * 1024 * 1024
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
         """MEMEFLY_<FIELD> for every field (e.g. MEMEFLY_BACKEND=grpc); overrides win."""
         environ = os.environ if environ is None else environ
         values = {}
-        for field in fields(cls):
-            raw = environ.get(f"MEMEFLY_{field.name.upper()}")
+        for setting in fields(cls):
+            raw = environ.get(f"MEMEFLY_{setting.name.upper()}")
             if raw is not None and raw != "":
-                values[field.name] = _parse(field.name, field.type, raw)
+                values[setting.name] = _parse(setting.name, setting.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.validate()
@@ -64,9 +73,12 @@ class Settings:
     def validate(self) -> None:
         if self.backend not in ("grpc", "inprocess"):
             raise ValueError(f"MEMEFLY_BACKEND must be 'grpc' or 'inprocess', not {self.backend!r}")
-        for name in ("decoder_max_rows", "encoder_max_batch", "template_cache_size", "max_batch_images"):
+        for name in ("decoder_max_rows", "encoder_max_batch", "template_cache_size", "max_batch_images",
+                     "render_max_side"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MEMEFLY_{name.upper()} must be at least 1")
+        if not 1 <= self.render_jpeg_quality <= 100:
+            raise ValueError("MEMEFLY_RENDER_JPEG_QUALITY must be between 1 and 100")
         if self.decoder_max_rows < MAX_BEAMS:  # one request of the widest beam search must fit in a call
             raise ValueError(f"MEMEFLY_DECODER_MAX_ROWS must be at least {MAX_BEAMS} (the most beams a request may ask for)")
 

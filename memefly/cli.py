@@ -37,6 +37,14 @@ EXAMPLES = {
 
 With no exported models, the first run builds them from the shipped default model
 (like `memefly serve`); offline: MEMEFLY_ENCODER_WEIGHTS=random.""",
+    "batch": """examples:
+  memefly batch photos/ --out results.jsonl                       # in-process models (models/)
+  memefly batch 'shots/**/*.png' --list more.txt --out results.jsonl --render memes/
+  memefly batch photos/ --out results.jsonl --encoder tfs:8500 --decoder tfs:8510 --concurrency 256
+  memefly batch photos/ --out results.jsonl                       # again: carries on, skips the done
+
+One JSON line per image: path, sha256, memes and template guesses, or the image's error.
+Ctrl-C stops cleanly; the same command carries on. Exit code 1 if any image failed.""",
     "serve": """examples:
   memefly serve                                  # models/ in-process on http://127.0.0.1:8000
   memefly serve --backend grpc --encoder-target localhost:8500 --decoder-target localhost:8510
@@ -212,9 +220,6 @@ def _cmd_generate(args) -> int:
     if not args.images and not args.template:
         print("error: give one or more images, or --template NAME", file=sys.stderr)
         return 2
-    if not args.sample and (args.temperature is not None or args.seed is not None):
-        print("error: --temperature and --seed go with --sample", file=sys.stderr)
-        return 2
     # One slot per input, in order: an Item to generate for, or already an error (unreadable file).
     slots = [Item(name, template=name) for name in args.template]
     for path in args.images:
@@ -224,9 +229,7 @@ def _cmd_generate(args) -> int:
             slots.append(ItemResult(path, error=BatchItemError(status=400, detail=f"cannot read it: {e.strerror}")))
     items = [slot for slot in slots if isinstance(slot, Item)]
     try:
-        search = {"do_sample": True, "temperature": args.temperature or 1.0, "seed": args.seed} if args.sample else \
-            {"num_beams": max(args.beams, args.n)}
-        options = DecodingOptions(num_return_sequences=args.n, safe=not args.unsafe, **search)
+        options = _decoding_options(args, DecodingOptions)
         if not items:  # nothing readable: no models needed to say so
             return _print_results(slots, args.json)
         settings = _with_built_models(Settings.from_env(backend="inprocess", models_dir=args.models_dir))
@@ -235,7 +238,7 @@ def _cmd_generate(args) -> int:
         return 2
 
     async def run():
-        async with MemeflyClient(settings) as client:
+        async with MemeflyClient(settings=settings) as client:
             return await client.generate(items, options)
 
     try:
@@ -244,6 +247,102 @@ def _cmd_generate(args) -> int:
         print(f"error: {e.detail}", file=sys.stderr)
         return 2
     return _print_results([next(generated) if isinstance(slot, Item) else slot for slot in slots], args.json)
+
+
+def _cmd_batch(args) -> int:
+    _quiet_tensorflow()
+    import asyncio
+
+    from tqdm import tqdm
+
+    from gateway.client import MemeflyClient, client_settings
+    from gateway.decoding.options import DecodingOptions
+    from gateway.errors import GatewayError
+    from gateway.rendering.renderer import Renderer
+    from gateway.settings import Settings
+    from memefly.batch import BatchSummary, RenderTo, run_batch
+    from memefly.batch_inputs import InputError, expand
+    from memefly.batch_results import ResultsFile
+
+    if not args.inputs and not args.list:
+        print("error: give images, folders or globs, or --list FILE", file=sys.stderr)
+        return 2
+    if bool(args.encoder) != bool(args.decoder):
+        print("error: TF Serving needs both --encoder HOST:PORT and --decoder HOST:PORT", file=sys.stderr)
+        return 2
+    if args.encoder and args.models:
+        print("error: either --encoder/--decoder (TF Serving) or --models DIR (in-process), not both", file=sys.stderr)
+        return 2
+    if args.concurrency < 1 or args.batch_size < 1 or args.render_count < 1:
+        print("error: --concurrency, --batch-size and --render-count must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        paths = list(expand(args.inputs, args.list, args.ext.split(",")))
+        options = _decoding_options(args, DecodingOptions)
+        settings = client_settings(args.encoder, args.decoder, models_dir=args.models, settings=Settings.from_env(),
+                                   model_version=args.model_version, encoder_max_batch=args.batch_size)
+    except (InputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if settings.backend == "inprocess":  # (over gRPC nothing here imports TensorFlow)
+        from model_export.first_run import BuildError
+
+        try:
+            settings = _with_built_models(settings)
+        except BuildError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    render = None
+    if args.render:
+        render = RenderTo(Path(args.render), Renderer(cache_bytes=0, templates_dir=settings.templates_dir),
+                          args.render_format, args.render_count, settings.render_max_side, settings.render_jpeg_quality)
+    summary = BatchSummary(total=len(paths))
+
+    async def run(results, progress):
+        async with MemeflyClient(settings=settings, max_in_flight=args.concurrency) as client:
+            await run_batch(paths, results, client, options, summary, concurrency=args.concurrency,
+                            render=render, progress=progress)
+
+    try:
+        with ResultsFile(Path(args.out)) as results, \
+                tqdm(total=len(paths), unit="img", disable=True if args.no_progress else None,
+                     dynamic_ncols=True, file=sys.stderr) as progress:
+            if results.repaired_bytes:
+                print(f"{args.out}: dropped a cut-off last line ({results.repaired_bytes} bytes); "
+                      "that image is done again", file=sys.stderr)
+            asyncio.run(run(results, progress))
+    except KeyboardInterrupt:
+        print(f"interrupted: {summary.line()}; {args.out} holds whole lines only, and the same command "
+              "carries on", file=sys.stderr)
+        return 130
+    except ValueError as e:  # --out is some other file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except GatewayError as e:  # the models never became ready (items' own errors are results)
+        print(f"error: {e.detail}", file=sys.stderr)
+        return 2
+    for path, why in summary.failed[:10]:
+        print(f"failed: {path}: {why}", file=sys.stderr)
+    print(summary.line(), file=sys.stderr)
+    return 1 if summary.errors or summary.failed or summary.render_errors else 0
+
+
+def _decoding_options(args, options_class):
+    """--n, --beams, --sample, --temperature, --seed, --unsafe as DecodingOptions (ValueError if inconsistent)."""
+    if not args.sample and (args.temperature is not None or args.seed is not None):
+        raise ValueError("--temperature and --seed go with --sample")
+    search = {"do_sample": True, "temperature": args.temperature or 1.0, "seed": args.seed} if args.sample else \
+        {"num_beams": max(args.beams, args.n)}
+    return options_class(num_return_sequences=args.n, safe=not args.unsafe, **search)
+
+
+def _add_decoding_flags(parser) -> None:
+    parser.add_argument("--n", type=int, default=5, help="memes per image (default: %(default)s)")
+    parser.add_argument("--beams", type=int, default=5, help="beam width, at least --n (default: %(default)s)")
+    parser.add_argument("--sample", action="store_true", help="sample instead of beam search (more varied)")
+    parser.add_argument("--temperature", type=float, help="with --sample: creativity (default: 1.0)")
+    parser.add_argument("--seed", type=int, help="with --sample: the same seed, the same memes (default: random)")
+    parser.add_argument("--unsafe", action="store_true", help="allow words the offensive-word list flags")
 
 
 def _print_results(results, as_json: bool) -> int:
@@ -367,15 +466,33 @@ def build_parser() -> argparse.ArgumentParser:
                                      "Exit code 1 if any input failed (its error is printed in its place).")
     gen.add_argument("images", nargs="*", help="image files (JPEG, PNG, GIF, BMP, WebP)")
     gen.add_argument("--template", action="append", default=[], help="a template name instead of an image (repeatable)")
-    gen.add_argument("--n", type=int, default=5, help="memes per image (default: %(default)s)")
-    gen.add_argument("--beams", type=int, default=5, help="beam width, at least --n (default: %(default)s)")
-    gen.add_argument("--sample", action="store_true", help="sample instead of beam search (more varied)")
-    gen.add_argument("--temperature", type=float, help="with --sample: creativity (default: 1.0)")
-    gen.add_argument("--seed", type=int, help="with --sample: the same seed, the same memes (default: random)")
-    gen.add_argument("--unsafe", action="store_true", help="allow words the offensive-word list flags")
+    _add_decoding_flags(gen)
     gen.add_argument("--models-dir", type=Path, help="exported models (default: $MEMEFLY_MODELS_DIR or models/)")
     gen.add_argument("--json", action="store_true", help="JSON: one object per input, as POST /memes answers")
     gen.set_defaults(func=_cmd_generate)
+
+    bt = sub.add_parser("batch", help="memes for many images into a resumable JSONL file", epilog=EXAMPLES["batch"],
+                        formatter_class=formatter,
+                        description="Memes for every image given, straight from the models (TF Serving over gRPC, "
+                                    "or in-process): images batched into encoder calls, beams into decoder calls.")
+    bt.add_argument("inputs", nargs="*", help="image files, folders (recursive) or globs ('**' works)")
+    bt.add_argument("--list", action="append", default=[], metavar="FILE",
+                    help="a text file of paths (or folders, globs), one per line (repeatable)")
+    bt.add_argument("--out", required=True, help="the results file (JSON Lines); appended to, and resumed from")
+    bt.add_argument("--ext", default="jpg,jpeg,png,gif,bmp,webp",
+                    help="image extensions looked for in folders and globs (default: %(default)s)")
+    bt.add_argument("--encoder", metavar="HOST:PORT", help="the encoder's TF Serving (gRPC)")
+    bt.add_argument("--decoder", metavar="HOST:PORT", help="the decoder's TF Serving (gRPC)")
+    bt.add_argument("--models", type=Path, metavar="DIR", help="in-process: exported models (default: $MEMEFLY_MODELS_DIR or models/)")
+    bt.add_argument("--model-version", type=int, help="pin this version of both models (default: the newest)")
+    bt.add_argument("--concurrency", type=int, default=64, help="images in flight (default: %(default)s)")
+    bt.add_argument("--batch-size", type=int, default=32, help="most images per encoder call (default: %(default)s)")
+    _add_decoding_flags(bt)
+    bt.add_argument("--render", metavar="DIR", help="also write the memes drawn on the images into DIR")
+    bt.add_argument("--render-format", choices=["png", "jpeg", "webp"], default="png", help="(default: %(default)s)")
+    bt.add_argument("--render-count", type=int, default=1, help="the best N memes of each image (default: %(default)s)")
+    bt.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when not on a terminal)")
+    bt.set_defaults(func=_cmd_batch)
     return parser
 
 

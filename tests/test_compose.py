@@ -232,6 +232,9 @@ def test_gateway():
     assert env["MEMEFLY_DECODER_TARGET"] == f"decoder:{contract.GRPC_PORT}"
     assert env["MEMEFLY_MODEL_VERSION"] == "${MEMEFLY_MODEL_VERSION:-1}"
     assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
+    # Template images to draw on: where `memefly data download` writes, read-only.
+    templates = [(source, ro) for source, target, ro in mounts(gateway) if target == env["MEMEFLY_TEMPLATES_DIR"]]
+    assert templates == [("./data/templates", True)]
 
 
 def test_export_profile():
@@ -275,6 +278,10 @@ def test_dockerfile():
                     if line and not line.startswith("#")]
     assert not [r for r in requirements if r.lower().startswith("tensorflow")]
     assert "slim_serving_protos.py" in stages["protos"]
+    # The meme font comes from its Debian package, at the path the renderer looks for.
+    from gateway.rendering.fonts import DEBIAN_FONT, DEBIAN_PACKAGE
+    assert f"apt-get install -y --no-install-recommends {DEBIAN_PACKAGE}" in stages["gateway"]
+    assert DEBIAN_FONT.name == "RobotoCondensed-Bold.ttf" and DEBIAN_PACKAGE in (ROOT / ".ci" / "run").read_text()
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", ".git", "data", "runs", "models"} <= ignored
 

@@ -1,0 +1,23 @@
+"""What routes receive through FastAPI's Depends: the app's service and renderer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.rendering.renderer import Renderer
+from gateway.service import MemeService
+
+
+# async: FastAPI would run a plain `def` dependency on a worker thread, per request.
+async def get_service(request: Request) -> MemeService:
+    return request.app.state.service
+
+
+async def get_renderer(request: Request) -> Renderer:
+    return request.app.state.renderer
+
+
+Service = Annotated[MemeService, Depends(get_service)]
+RendererDep = Annotated[Renderer, Depends(get_renderer)]

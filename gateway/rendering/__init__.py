@@ -1,0 +1,1 @@
+"""Drawing meme text onto images (Pillow): layouts, the font, fitting and output encoding. No HTTP here."""
