@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.decoding.options import DecodingOptions
 from gateway.dependencies import RendererDep, Service
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.render_routes import caption_headers, image_response, render_spec
 from gateway.rendering.layout import layout_for
 from gateway.rendering.renderer import Renderer
-from gateway.errors import GatewayError, InvalidRequest
 from gateway.request_parsing import decode_base64, image_or_template, parse
 from gateway.schemas import (BatchItem, BatchItemError, BatchRequest, BatchResponse, MemeRequest, MemeResponse,
                              Readyz, TemplateOut, TemplatesResponse)
@@ -21,8 +21,6 @@ from gateway.service import MemeResult, MemeService
 
 router = APIRouter()
 CLIENT_CLOSED = 499  # nginx's code for "the client went away"; nobody receives it
-
-
 
 _BODY_DOC = {
     "requestBody": {
