@@ -93,7 +93,7 @@ async def run_batch(paths: Iterable[Path], results: ResultsFile, client: Memefly
         summary.errors += "error" in body
 
     async def finish(result: ItemResult, digest: str, data: bytes) -> None:
-        body = result.response.model_dump(mode="json", exclude={"image_sha256"})
+        body = _memes(result)
         try:
             body["rendered"] = await _render(render, result, digest, data)
         except (GatewayError, OSError) as error:  # the memes stand; the drawing failed (a full disk...)
@@ -117,7 +117,7 @@ async def run_batch(paths: Iterable[Path], results: ResultsFile, client: Memefly
                 drawing.add(asyncio.create_task(finish(result, digest, data)))
                 continue
             else:
-                write(result.label, digest, **result.response.model_dump(mode="json", exclude={"image_sha256"}))
+                write(result.label, digest, **_memes(result))
             advance()
         if drawing:
             await asyncio.wait(drawing)
@@ -126,6 +126,11 @@ async def run_batch(paths: Iterable[Path], results: ResultsFile, client: Memefly
             task.cancel()
         await asyncio.gather(*drawing, return_exceptions=True)
     return summary
+
+
+def _memes(result: ItemResult) -> dict:
+    """A line's answer: POST /memes' fields (the image's SHA-256 is the line's own `sha256`)."""
+    return result.response.model_dump(mode="json", exclude={"image_sha256"})
 
 
 async def _render(render: RenderTo, result: ItemResult, digest: str, data: bytes) -> list[str]:

@@ -211,7 +211,6 @@ def _cmd_generate(args) -> int:
     import asyncio
 
     from gateway.client import Item, ItemResult, MemeflyClient
-    from gateway.decoding.options import DecodingOptions
     from gateway.errors import GatewayError
     from gateway.schemas import BatchItemError
     from gateway.settings import Settings
@@ -229,7 +228,7 @@ def _cmd_generate(args) -> int:
             slots.append(ItemResult(path, error=BatchItemError(status=400, detail=f"cannot read it: {e.strerror}")))
     items = [slot for slot in slots if isinstance(slot, Item)]
     try:
-        options = _decoding_options(args, DecodingOptions)
+        options = _decoding_options(args)
         if not items:  # nothing readable: no models needed to say so
             return _print_results(slots, args.json)
         settings = _with_built_models(Settings.from_env(backend="inprocess", models_dir=args.models_dir))
@@ -256,7 +255,6 @@ def _cmd_batch(args) -> int:
     from tqdm import tqdm
 
     from gateway.client import MemeflyClient, client_settings
-    from gateway.decoding.options import DecodingOptions
     from gateway.errors import GatewayError
     from gateway.rendering.renderer import Renderer
     from gateway.settings import Settings
@@ -270,15 +268,12 @@ def _cmd_batch(args) -> int:
     if bool(args.encoder) != bool(args.decoder):
         print("error: TF Serving needs both --encoder HOST:PORT and --decoder HOST:PORT", file=sys.stderr)
         return 2
-    if args.encoder and args.models:
-        print("error: either --encoder/--decoder (TF Serving) or --models DIR (in-process), not both", file=sys.stderr)
-        return 2
     if args.concurrency < 1 or args.batch_size < 1 or args.render_count < 1:
         print("error: --concurrency, --batch-size and --render-count must be at least 1", file=sys.stderr)
         return 2
     try:
         paths = list(expand(args.inputs, args.list, args.ext.split(",")))
-        options = _decoding_options(args, DecodingOptions)
+        options = _decoding_options(args)
         settings = client_settings(args.encoder, args.decoder, models_dir=args.models, settings=Settings.from_env(),
                                    model_version=args.model_version, encoder_max_batch=args.batch_size)
     except (InputError, ValueError) as e:
@@ -327,13 +322,15 @@ def _cmd_batch(args) -> int:
     return 1 if summary.errors or summary.failed or summary.render_errors else 0
 
 
-def _decoding_options(args, options_class):
+def _decoding_options(args):
     """--n, --beams, --sample, --temperature, --seed, --unsafe as DecodingOptions (ValueError if inconsistent)."""
+    from gateway.decoding.options import DecodingOptions
+
     if not args.sample and (args.temperature is not None or args.seed is not None):
         raise ValueError("--temperature and --seed go with --sample")
     search = {"do_sample": True, "temperature": args.temperature or 1.0, "seed": args.seed} if args.sample else \
         {"num_beams": max(args.beams, args.n)}
-    return options_class(num_return_sequences=args.n, safe=not args.unsafe, **search)
+    return DecodingOptions(num_return_sequences=args.n, safe=not args.unsafe, **search)
 
 
 def _add_decoding_flags(parser) -> None:
