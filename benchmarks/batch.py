@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from _servers import ROOT, gateway, loopback_serving  # noqa: E402
 
 from gateway.client import MemeflyClient  # noqa: E402
-from gateway.decoding.options import DecodingOptions  # noqa: E402
+from memefly.decoding.options import DecodingOptions  # noqa: E402
 from memefly.batch import BatchSummary, run_batch  # noqa: E402
 from memefly.batch_results import ResultsFile  # noqa: E402
 from memefly.paths import models_dir as default_models_dir  # noqa: E402

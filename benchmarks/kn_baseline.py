@@ -99,21 +99,28 @@ class KneserNeyBigram:
         return out
 
     def generate(self, template_ids, n: int) -> list[list[list[int]]]:
-        from model_export.beam import beam_search
+        """With the served search and its rules, as the decoder is measured: the row's template
+        travels as its context, the bigram needs no other state."""
+        from memefly.contract import TOP_K
+        from model_export.evaluate import generate_served
 
-        def step(tokens, states):
-            (tids,) = states
-            dist = np.stack([self.distribution(int(t), int(v)) for t, v in zip(tids, tokens)])
-            return np.log(dist), states
+        def step(tokens, state, context):
+            log_probs = np.log(np.stack([self.distribution(int(t), int(v)) for t, v in zip(context[:, 0], tokens)]))
+            top = np.argsort(-log_probs, axis=1, kind="stable")[:, :TOP_K]
+            return top.astype(np.int32), np.take_along_axis(log_probs, top, 1), state
 
-        results = beam_search(step, (np.asarray(template_ids),), num_beams=max(8, n), num_return=n)
-        return [[ids for ids, _ in beams] for beams in results]
+        template_ids = np.asarray(template_ids)
+        rows = len(template_ids)
+        return generate_served(self.captioner, step, np.zeros((rows, 1), np.float32),
+                               template_ids[:, None].astype(np.float32), template_ids, self.num_templates, n)
 
 
 def main(argv=None) -> int:
     from model_export import run_dir as rd
+    from gateway.rendering.layout import Layouts
     from model_export.evaluate import (
         evaluate_caption_model,
+        served_captioner,
         format_table,
         load_evaluation_data,
         split_sequences,
@@ -133,6 +140,7 @@ def main(argv=None) -> int:
     index = {name: i for i, name in enumerate(run.template_names)}
     train_seqs, train_tids = split_sequences(run.tokenizer, captions, "train", index)
     baseline = KneserNeyBigram(train_seqs, train_tids, len(index), len(run.vocabulary))
+    baseline.captioner = served_captioner(run, data.training_captions, Layouts.shipped().panels)
     metrics = evaluate_caption_model(baseline, data, args.per_template, args.seed)
     metrics["discount"] = baseline.d
     (run.path / "baseline_metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.decoding.options import DecodingOptions
+from memefly.decoding.options import DecodingOptions
 from gateway.errors import GatewayError, ModelUnavailable
 from gateway.schemas import BatchItemError, MemeResponse
 from gateway.service import MemeService

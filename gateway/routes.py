@@ -8,7 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.decoding.options import DecodingOptions
+from memefly.decoding.options import DecodingOptions
 from gateway.dependencies import RendererDep, Service
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.render_routes import caption_headers, image_response, render_spec

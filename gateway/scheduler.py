@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.decoding.search import Search
+from memefly.decoding.search import Search
 from gateway.errors import GatewayError, InvalidRequest
 
 log = logging.getLogger(__name__)

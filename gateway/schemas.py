@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.decoding.limits import MAX_BEAMS
-from gateway.decoding.options import DecodingOptions
+from memefly.decoding.limits import MAX_BEAMS
+from memefly.decoding.options import DecodingOptions
 
 RenderFormat = Literal["png", "jpeg", "webp"]
 MAX_BOXES = 10

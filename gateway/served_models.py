@@ -12,6 +12,7 @@ import numpy as np
 from gateway.backends import Backend
 from gateway.errors import ModelError
 from memefly import contract as c
+from memefly.decoding.distinct import CaptionSet
 
 VOCABULARY_PAGE = 1024  # the decoder's max_batch_size
 
@@ -21,6 +22,11 @@ class Template:
     id: int
     name: str
     box_count: int
+    box_counts: frozenset[int] | None = None  # the counts its captions may have (None: any)
+
+
+def bits_to_counts(mask: int) -> frozenset[int] | None:
+    return frozenset(b for b in range(1, 31) if mask >> b & 1) or None
 
 
 def _bytes(strings) -> np.ndarray:
@@ -82,5 +88,17 @@ class ServedModels:
     async def templates(self, count: int) -> list[Template]:
         ids = np.arange(count, dtype=np.int32)
         out = await self.backend.predict(c.DECODER_MODEL, c.TEMPLATES_SIGNATURE, {c.IDS: ids})
-        return [Template(int(i), name, int(boxes))
-                for i, name, boxes in zip(ids, _text(out[c.NAMES]), out[c.BOX_COUNTS])]
+        # Models exported before the box-count rule have no such output: any count then.
+        allowed = out.get(c.ALLOWED_BOX_COUNTS, np.zeros(count, np.int32))
+        return [Template(int(i), name, int(boxes), bits_to_counts(int(mask)))
+                for i, name, boxes, mask in zip(ids, _text(out[c.NAMES]), out[c.BOX_COUNTS], allowed, strict=True)]
+
+    async def training_captions(self, count: int) -> CaptionSet:
+        """The decoder's training-caption fingerprints (empty for a model exported without them)."""
+        rows = -(-count // c.FINGERPRINT_ROW)
+        parts = []
+        for start in range(0, rows, VOCABULARY_PAGE):
+            ids = np.arange(start, min(rows, start + VOCABULARY_PAGE), dtype=np.int32)
+            out = await self.backend.predict(c.DECODER_MODEL, c.TRAINING_CAPTIONS_SIGNATURE, {c.IDS: ids})
+            parts.append(np.asarray(out[c.FINGERPRINTS], np.int64).reshape(-1))
+        return CaptionSet(np.concatenate(parts)[:count] if parts else np.zeros(0, np.int64))

@@ -18,19 +18,19 @@ import numpy as np
 from gateway.backends import Backend, make_backend
 from gateway.batcher import MicroBatcher
 from gateway.cache import LruCache
-from gateway.decoding.constraints import Constraints
-from gateway.decoding.options import DecodingOptions
-from gateway.decoding.search import Hypothesis, make_search
+from memefly.decoding.captioner import Captioner, template_input_key
+from memefly.decoding.options import DecodingOptions
+from memefly.decoding.search import Hypothesis
 from gateway.errors import DeadlineExceeded, GatewayError, InvalidRequest, ModelError, ModelUnavailable
 from gateway.images import CheckedImage, already_checked, check_image, sha256
 from gateway.metrics import Metrics
-from gateway.safety import offensive_token_ids
+from memefly.decoding.safety import offensive_token_ids
 from gateway.scheduler import DecodeScheduler
+from gateway.rendering.layout import Layouts
 from gateway.served_models import ServedModels, Template
 from gateway.settings import Settings
 from gateway.template_names import template_key
 from memefly import contract as c
-from memefly.captions import tokens_to_boxes
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,6 @@ def _read_only(array) -> np.ndarray:
     return array
 
 
-def caption_key(text: str) -> str:
-    """What makes two captions the same: box by box, case and spacing ignored."""
-    boxes = [" ".join(box.lower().split()) for box in text.split(c.BOX_SEPARATOR)]
-    while boxes and not boxes[-1]:
-        boxes.pop()
-    return c.BOX_SEPARATOR.join(boxes)
-
-
 class MemeService:
     def __init__(self, settings: Settings, backend: Backend | None = None, metrics: Metrics | None = None):
         self.settings = settings
@@ -92,9 +84,9 @@ class MemeService:
         self.vocabulary: list[str] = []
         self.templates: list[Template] = []
         self.model_info: dict[str, str] = {}
-        self._word_ids: dict[str, int] = {}
         self._template_ids: dict[str, int] = {}
-        self._offensive: list[int] = []
+        self.captioner = Captioner([])
+        self.panels = Layouts.shipped().panel_counts()
         # Over gRPC the step computes elsewhere: a second call in flight lets the gateway advance
         # one cohort's beams while the model server computes the other's. In-process both
         # share these cores, and one call at a time measured faster.
@@ -174,7 +166,8 @@ class MemeService:
         await self.backend.start()
         keys = (c.TEMPLATE_FINGERPRINT, c.MODEL_VERSION, c.NUM_TEMPLATES)
         encoder = await self.models.metadata(c.ENCODER_MODEL, keys + ("encoder_weights",))
-        decoder = await self.models.metadata(c.DECODER_MODEL, keys + (c.WEIGHTS_FINGERPRINT, "vocabulary_size", "top_k"))
+        decoder = await self.models.metadata(c.DECODER_MODEL, keys + (c.WEIGHTS_FINGERPRINT, "vocabulary_size", "top_k",
+                                                                            c.TRAINING_CAPTIONS))
         if encoder[c.TEMPLATE_FINGERPRINT] != decoder[c.TEMPLATE_FINGERPRINT]:
             raise ModelError(
                 f"the models do not belong together: template fingerprint {encoder[c.TEMPLATE_FINGERPRINT][:12]} "
@@ -183,10 +176,11 @@ class MemeService:
         vocabulary = await self.models.vocabulary(int(decoder["vocabulary_size"]))
         templates = await self.models.templates(int(decoder[c.NUM_TEMPLATES]))
         offensive = await asyncio.to_thread(offensive_token_ids, vocabulary)
+        training_captions = await self.models.training_captions(int(decoder.get(c.TRAINING_CAPTIONS) or 0))
         if decoder[c.WEIGHTS_FINGERPRINT] != self.model_info.get("decoder_weights"):
             self.cache.clear()
-        self.vocabulary, self.templates, self._offensive = vocabulary, templates, offensive
-        self._word_ids = {token: i for i, token in enumerate(vocabulary)}
+        self.vocabulary, self.templates = vocabulary, templates
+        self.captioner = Captioner(vocabulary, [self._box_counts(t) for t in templates], training_captions, offensive)
         self._template_ids = {template_key(t.name): t.id for t in templates}
         self.model_info = {
             "version": str(self.backend.version),
@@ -213,7 +207,8 @@ class MemeService:
         Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, format="PNG")
         await self.encoder.submit(buffer.getvalue())
         options = DecodingOptions(num_beams=2, num_return_sequences=1, max_length=3)
-        await self._decode(await self._conditioning("template:0", probs=self._one_hot(0)), options)
+        key = template_input_key(0)
+        await self._decode(await self._conditioning(key, probs=self._one_hot(0)), options, key)
 
     # ---- serving --------------------------------------------------------------------
     def require_ready(self) -> None:
@@ -249,13 +244,15 @@ class MemeService:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 if template is not None:
                     template_id = self.template_id(template)
-                    conditioning = await self._conditioning(f"template:{template_id}", probs=self._one_hot(template_id))
+                    key = template_input_key(template_id)
+                    conditioning = await self._conditioning(key, probs=self._one_hot(template_id))
                 elif image is not None:
-                    conditioning = await self._conditioning(image.sha256, image=image.data)
+                    key = image.sha256
+                    conditioning = await self._conditioning(key, image=image.data)
                 else:
                     raise InvalidRequest("send an image or name a template")
                 encoded = time.perf_counter()
-                hypotheses = await self._decode(conditioning, options)
+                hypotheses = await self._decode(conditioning, options, key)
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s:g} s") from None
         except ModelUnavailable:
@@ -317,13 +314,8 @@ class MemeService:
         state, context = await self.models.init(np.stack(rows))
         return list(zip(state, context))
 
-    async def _decode(self, conditioning: Conditioning, options: DecodingOptions) -> list[Hypothesis]:
-        blocked = set(self._offensive) if options.safe else set()
-        blocked |= {self._word_ids[w.lower()] for w in options.blocked_words if w.lower() in self._word_ids}
-        constraints = Constraints(len(self.vocabulary), blocked, min_length=options.min_length,
-                                  max_length=options.max_length, no_repeat_ngram_size=options.no_repeat_ngram_size)
-        search = make_search(conditioning.state, conditioning.context, options, constraints,
-                             self._acceptor(options.exclude))
+    async def _decode(self, conditioning: Conditioning, options: DecodingOptions, key: str) -> list[Hypothesis]:
+        search = self.captioner.search(conditioning.state, conditioning.context, conditioning.probs, options, key)
         self.metrics.searches.inc()
         try:
             await self.scheduler.run(search)
@@ -331,24 +323,13 @@ class MemeService:
             self.metrics.searches.dec()
         return search.results()
 
-    def _acceptor(self, exclude: list[str]):
-        """Refuses captions the client already has, and repeats of one already accepted."""
-        seen = {caption_key(text) for text in exclude}
-
-        def accept(ids: tuple[int, ...]) -> bool:
-            key = caption_key(c.BOX_SEPARATOR.join(self._boxes(ids)))
-            if key in seen:
-                return False
-            seen.add(key)
-            return True
-
-        return accept
-
-    def _boxes(self, ids: tuple[int, ...]) -> list[str]:
-        return tokens_to_boxes([self.vocabulary[i] for i in ids])
+    def _box_counts(self, template: Template) -> frozenset[int] | None:
+        """A multi-panel layout fixes the count (one box per panel); else the counts its real memes use."""
+        panels = self.panels.get(template_key(template.name))
+        return frozenset({panels}) if panels else template.box_counts
 
     def _meme(self, rank: int, hypothesis: Hypothesis) -> Meme:
-        boxes = self._boxes(hypothesis.ids)
+        boxes = self.captioner.boxes(hypothesis.ids)
         return Meme(rank, c.BOX_SEPARATOR.join(boxes), boxes, round(hypothesis.score, 4))
 
     def _one_hot(self, template_id: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from gateway.decoding.limits import MAX_BEAMS
+from memefly.decoding.limits import MAX_BEAMS
 from memefly.paths import models_dir as default_models_dir
 from memefly.paths import templates_dir as default_templates_dir
 

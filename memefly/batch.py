@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.client import Item, ItemResult, MemeflyClient
-from gateway.decoding.options import DecodingOptions
+from memefly.decoding.options import DecodingOptions
 from gateway.errors import GatewayError
 from gateway.rendering.layout import layout_for
 from gateway.rendering.renderer import Renderer, RenderSpec

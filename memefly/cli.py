@@ -113,11 +113,15 @@ def _cmd_train(args) -> int:
         exclude_offensive=args.exclude_offensive,
         max_train_captions=args.max_train_captions,
         max_minutes=args.max_minutes,
+        lr_decay_patience=args.lr_decay_patience,
+        init_from=args.init_from,
         seed=args.seed,
     )
     try:
+        if args.tokenize_only or args.backend != "tensorflow":
+            return _train_on_arrays(config, args.backend, args.tokenize_only)
         run = train(config, verbose=1 if sys.stdout.isatty() else 2)
-    except RunCompleteError as e:
+    except (RunCompleteError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(json.loads((run / "train_stats.json").read_text()), indent=1))
@@ -125,12 +129,38 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _train_on_arrays(config, backend: str, tokenize_only: bool) -> int:
+    """Tokenize into RUN/tokens.npz here, then (unless tokenize_only) train with model_export.train_arrays
+    under BACKEND in a fresh process: Keras picks its backend once, at import."""
+    import os
+    import subprocess
+
+    from model_export.token_arrays import write_token_arrays
+
+    path = write_token_arrays(config)
+    print(f"wrote {path}")
+    if tokenize_only:
+        print(f"train it where the GPU is: KERAS_BACKEND=jax python -m model_export.train_arrays {config.run}")
+        return 0
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    return subprocess.call([sys.executable, "-m", "model_export.train_arrays", str(config.run)], env=env)
+
+
 def _cmd_evaluate(args) -> int:
     _quiet_tensorflow()
+    from gateway.rendering.layout import Layouts
+    from memefly.decoding.options import DecodingOptions
     from model_export.evaluate import evaluate_run, format_metrics
 
+    try:
+        options = json.loads(args.options) if args.options else None
+        DecodingOptions(**(options or {}))
+    except (ValueError, TypeError) as e:
+        print(f"error: --options: {e}", file=sys.stderr)
+        return 2
     metrics = evaluate_run(
-        args.run, prepared=args.prepared, per_template=args.per_template, max_test=args.max_test, seed=args.seed
+        args.run, prepared=args.prepared, per_template=args.per_template, max_test=args.max_test, seed=args.seed,
+        panels=Layouts.shipped().panels, options=options,
     )
     print(json.dumps(metrics, indent=1) if args.json else format_metrics(metrics))
     return 0
@@ -323,23 +353,33 @@ def _cmd_batch(args) -> int:
 
 
 def _decoding_options(args):
-    """--n, --beams, --sample, --temperature, --seed, --unsafe as DecodingOptions (ValueError if inconsistent)."""
-    from gateway.decoding.options import DecodingOptions
+    """--n, --beams, --sample, --temperature, --seed, --unsafe, --allow-training-captions as DecodingOptions,
+    the API's defaults where no flag says otherwise (ValueError if inconsistent)."""
+    from memefly.decoding.options import DecodingOptions
 
-    if not args.sample and (args.temperature is not None or args.seed is not None):
-        raise ValueError("--temperature and --seed go with --sample")
-    search = {"do_sample": True, "temperature": args.temperature or 1.0, "seed": args.seed} if args.sample else \
-        {"num_beams": max(args.beams, args.n)}
-    return DecodingOptions(num_return_sequences=args.n, safe=not args.unsafe, **search)
+    if args.beams is not None and (args.sample or args.temperature is not None or args.seed is not None):
+        raise ValueError("--beams is beam search: --sample, --temperature and --seed are for sampling")
+    fields = {"num_return_sequences": args.n, "safe": not args.unsafe,
+              "allow_training_captions": args.allow_training_captions}
+    if args.beams is not None:
+        fields["num_beams"] = max(args.beams, args.n)
+    if args.sample:
+        fields["do_sample"] = True
+    fields |= {name: getattr(args, name) for name in ("temperature", "seed") if getattr(args, name) is not None}
+    return DecodingOptions(**fields)
 
 
 def _add_decoding_flags(parser) -> None:
     parser.add_argument("--n", type=int, default=5, help="memes per image (default: %(default)s)")
-    parser.add_argument("--beams", type=int, default=5, help="beam width, at least --n (default: %(default)s)")
-    parser.add_argument("--sample", action="store_true", help="sample instead of beam search (more varied)")
-    parser.add_argument("--temperature", type=float, help="with --sample: creativity (default: 1.0)")
-    parser.add_argument("--seed", type=int, help="with --sample: the same seed, the same memes (default: random)")
+    parser.add_argument("--beams", type=int, help="beam search with this width, at least --n (default: the API's "
+                        "default strategy: sampled candidates, the best distinct ones kept)")
+    parser.add_argument("--sample", action="store_true", help="plain sampling: --n samples, no candidates to choose from")
+    parser.add_argument("--temperature", type=float, help="sampling creativity (default: 0.8; 1.0 with --sample)")
+    parser.add_argument("--seed", type=int, help="the same seed, the same memes (default: seeded by the image; "
+                        "random with --sample)")
     parser.add_argument("--unsafe", action="store_true", help="allow words the offensive-word list flags")
+    parser.add_argument("--allow-training-captions", action="store_true",
+                        help="may return a caption of the training data verbatim")
 
 
 def _print_results(results, as_json: bool) -> int:
@@ -410,6 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--exclude-offensive", action="store_true", help="train without flagged captions")
     tr.add_argument("--max-train-captions", type=int, help="a seeded subset, for quick runs")
     tr.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    tr.add_argument("--lr-decay-patience", type=int, default=1,
+                    help="halve the learning rate after this many epochs without a better validation loss (0: off)")
+    tr.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default="tensorflow",
+                    help="Keras backend to train with; jax/torch tokenize into RUN/tokens.npz first, then train from "
+                         "the arrays (model_export.train_arrays) (default: %(default)s)")
+    tr.add_argument("--tokenize-only", action="store_true",
+                    help="only write RUN/tokens.npz, to train on another machine (docs/training.md: the GPU path)")
+    tr.add_argument("--init-from", metavar="RUN",
+                    help="start from this trained run's weights (same vocabulary and templates), e.g. the shipped default")
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(func=_cmd_train)
 
@@ -422,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-test", type=int, help="cap on test captions for perplexity (default: all)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", action="store_true", help="print metrics as JSON")
+    ev.add_argument("--options", metavar="JSON", help="decoding options for the generated captions, as POST /memes "
+                    "takes them (default: its defaults), e.g. '{\"num_beams\": 5}'")
     ev.set_defaults(func=_cmd_evaluate)
 
     ex = sub.add_parser(

@@ -41,7 +41,14 @@ FEATURE_DIM = 2048
 INIT_SIGNATURE = "init"  # template_probs [N, T] -> STATE [N, H], CONTEXT [N, C]
 STEP_SIGNATURE = "serving_default"  # TOKEN int32 [N], STATE, CONTEXT -> TOP_IDS, TOP_LOG_PROBS, STATE
 VOCABULARY_SIGNATURE = "vocabulary"  # IDS int32 [N] -> TOKENS string [N]
-TEMPLATES_SIGNATURE = "templates"  # IDS int32 [N] -> NAMES string [N], BOX_COUNTS int32 [N]
+TEMPLATES_SIGNATURE = "templates"  # IDS int32 [N] -> NAMES string [N], BOX_COUNTS int32 [N], ALLOWED_BOX_COUNTS int32 [N]
+# Fingerprints of the training captions (memefly.decoding.distinct.fingerprint), sorted, in rows
+# of FINGERPRINT_ROW (padded with 0): IDS int32 [N] (row numbers) -> FINGERPRINTS int64 [N, FINGERPRINT_ROW].
+# The gateway refuses to return a training caption verbatim. Metadata TRAINING_CAPTIONS: how many.
+TRAINING_CAPTIONS_SIGNATURE = "training_captions"
+FINGERPRINTS = "fingerprints"
+FINGERPRINT_ROW = 512
+TRAINING_CAPTIONS = "training_captions"
 SCORE_SIGNATURE = "score"  # TEMPLATE_PROBS [N, T], TEXT string [N] -> LOG_PROB [N], NUM_TOKENS [N]
 STATE = "state"
 CONTEXT = "context"
@@ -51,7 +58,10 @@ TOP_LOG_PROBS = "top_log_probs"
 IDS = "ids"
 TOKENS = "tokens"
 NAMES = "names"
-BOX_COUNTS = "box_counts"
+BOX_COUNTS = "box_counts"  # the template's typical box count
+# Bit b set: a caption of b boxes is allowed (the counts at least 10% of the template's real
+# memes use; one box per panel for a multi-panel layout). 0: no rule.
+ALLOWED_BOX_COUNTS = "allowed_box_counts"
 TEXT = "text"
 LOG_PROB = "log_prob"
 NUM_TOKENS = "num_tokens"

@@ -8,6 +8,7 @@ every input along dimension 0.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from memefly import contract as c
@@ -40,8 +41,23 @@ def top_k(values: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
     return top.values, tf.gather(candidate_ids, top.indices, batch_dims=1)
 
 
+def allowed_box_count_bits(templates: list[dict]) -> list[int]:
+    """Per template: bit b set when a caption of b boxes is allowed (0: no rule)."""
+    return [sum(1 << n for n in t.get("box_counts") or () if 0 < n < 31) for t in templates]
+
+
+def fingerprint_rows(fingerprints: np.ndarray | None) -> np.ndarray:
+    """Sorted fingerprints in rows of FINGERPRINT_ROW, the last padded with 0 (at least one row)."""
+    values = np.zeros(0, np.int64) if fingerprints is None else np.asarray(fingerprints, np.int64)
+    rows = max(1, -(-values.size // c.FINGERPRINT_ROW))
+    padded = np.zeros(rows * c.FINGERPRINT_ROW, np.int64)
+    padded[: values.size] = values
+    return padded.reshape(rows, c.FINGERPRINT_ROW)
+
+
 class DecoderServing(tf.Module):
-    def __init__(self, model, tokenizer, templates: list[dict], metadata: dict[str, str], top_k: int):
+    def __init__(self, model, tokenizer, templates: list[dict], metadata: dict[str, str], top_k: int,
+                 training_captions: np.ndarray | None = None):
         super().__init__(name="memefly_decoder")
         self._model = Untracked(model)
         self.model_variables = tracked_variables(model)
@@ -50,6 +66,8 @@ class DecoderServing(tf.Module):
         self.vocabulary_tokens = tf.constant(tokenizer.vocabulary)
         self.template_names = tf.constant([t["name"] for t in templates])
         self.template_box_counts = tf.constant([int(t["box_count"] or 1) for t in templates], tf.int32)
+        self.template_allowed_box_counts = tf.constant(allowed_box_count_bits(templates), tf.int32)
+        self.fingerprint_rows = tf.constant(fingerprint_rows(training_captions))
         self.metadata_table = metadata_table(metadata)
         num_templates = len(templates)
         hidden, context = model.hidden_dim, model.context_dim
@@ -71,6 +89,7 @@ class DecoderServing(tf.Module):
             self._score, input_signature=[probs_spec, tf.TensorSpec([None], tf.string, name=c.TEXT)]
         )
         self.metadata = tf.function(self._metadata, input_signature=[tf.TensorSpec([None], tf.string, name=c.KEYS)])
+        self.training_captions = tf.function(self._training_captions, input_signature=[ids_spec])
 
     def signatures(self) -> dict:
         return {
@@ -80,6 +99,7 @@ class DecoderServing(tf.Module):
             c.TEMPLATES_SIGNATURE: self.templates,
             c.SCORE_SIGNATURE: self.score,
             c.METADATA_SIGNATURE: self.metadata,
+            c.TRAINING_CAPTIONS_SIGNATURE: self.training_captions,
         }
 
     def _init(self, template_probs):
@@ -95,7 +115,11 @@ class DecoderServing(tf.Module):
         return {c.TOKENS: tf.gather(self.vocabulary_tokens, ids)}
 
     def _templates(self, ids):
-        return {c.NAMES: tf.gather(self.template_names, ids), c.BOX_COUNTS: tf.gather(self.template_box_counts, ids)}
+        return {c.NAMES: tf.gather(self.template_names, ids), c.BOX_COUNTS: tf.gather(self.template_box_counts, ids),
+                c.ALLOWED_BOX_COUNTS: tf.gather(self.template_allowed_box_counts, ids)}
+
+    def _training_captions(self, ids):
+        return {c.FINGERPRINTS: tf.gather(self.fingerprint_rows, ids)}
 
     def _score(self, template_probs, text):
         """log P(text | template_probs) with the model's true distribution (<unk> included)."""

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from memefly.captions import tokens_to_boxes
-from memefly.contract import END_ID, START_ID
+from memefly.contract import END_ID, START_ID, TOP_K
+from memefly.decoding.distinct import CaptionSet
 from model_export import metrics as m
 from model_export import run_dir as rd
 
@@ -28,7 +29,8 @@ class EvaluationData:
     vocabulary: list[str]
     test_sequences: list[np.ndarray]  # ids ending with <end>, no <start>
     test_template_ids: np.ndarray
-    training_captions: set[str]  # tokenized training captions, words joined by spaces
+    training_captions: CaptionSet  # fingerprints of the training captions
+    allowed_box_counts: dict[int, list[int]] | None = None  # counts >= 10% of a template's memes use
 
 
 def _encode(tokenizer, texts: list[str]) -> list[np.ndarray]:
@@ -46,19 +48,6 @@ def split_sequences(tokenizer, captions, split: str, index: dict[str, int]):
     )
 
 
-def training_caption_strings(captions, batch_size: int = 8192) -> set[str]:
-    import tensorflow as tf
-
-    from model_export.text import join_boxes, split_words
-
-    texts = [join_boxes(c.boxes) for c in captions if c.split == "train"]
-    out: set[str] = set()
-    for start in range(0, len(texts), batch_size):
-        for words in split_words(tf.constant(texts[start : start + batch_size])).numpy():
-            out.add(" ".join(w.decode("utf-8") for w in words))
-    return out
-
-
 def load_evaluation_data(run: rd.TrainedRun, prepared: str | Path, max_test: int | None, seed: int):
     from model_export.prepare import load_captions
 
@@ -68,21 +57,29 @@ def load_evaluation_data(run: rd.TrainedRun, prepared: str | Path, max_test: int
     if max_test is not None and max_test < len(seqs):
         keep = np.sort(np.random.default_rng(seed).choice(len(seqs), max_test, replace=False))
         seqs, tids = [seqs[i] for i in keep], tids[keep]
+    from model_export.caption_stats import allowed_box_counts, training_fingerprints
+
+    fingerprints = run.training_captions if len(run.training_captions) else training_fingerprints(captions)
+    allowed = allowed_box_counts(captions, run.template_names)
     return EvaluationData(
         template_names=run.template_names,
         box_counts={i: t["box_count"] for i, t in enumerate(run.templates)},
         vocabulary=run.vocabulary,
         test_sequences=seqs,
         test_template_ids=tids,
-        training_captions=training_caption_strings(captions),
+        training_captions=CaptionSet(fingerprints),
+        allowed_box_counts={i: allowed[name] for i, name in enumerate(run.template_names)},
     ), captions
 
 
 class DecoderCaptionModel:
-    """The trained Keras decoder behind the metrics' CaptionModel interface."""
+    """The trained Keras decoder behind the metrics' CaptionModel interface. It generates with
+    the served search (memefly.decoding.captioner, what the gateway runs) and the served
+    step (the top-K candidates per row), with the default options of POST /memes."""
 
-    def __init__(self, model, num_templates: int, batch_size: int = 256):
+    def __init__(self, model, num_templates: int, batch_size: int = 256, captioner=None, options: dict | None = None):
         self.model, self.num_templates, self.batch_size = model, num_templates, batch_size
+        self.captioner, self.options = captioner, options
 
     def score(self, sequences, template_ids) -> np.ndarray:
         import tensorflow as tf
@@ -106,16 +103,33 @@ class DecoderCaptionModel:
     def generate(self, template_ids, n: int) -> list[list[list[int]]]:
         import tensorflow as tf
 
-        from model_export.beam import beam_search
+        k = min(TOP_K, self.model.vocab_size)
 
-        def step(tokens, states):
-            state, context = states
-            log_probs, state = self.model.step(tokens, state, context)
-            return log_probs.numpy(), (state.numpy(), context)
+        def step(tokens, state, context):
+            log_probs, state = self.model.step(tf.constant(tokens), tf.constant(state), tf.constant(context))
+            top = tf.math.top_k(log_probs, k=k)
+            return top.indices.numpy(), top.values.numpy(), state.numpy()
 
-        state, context = self.model.init(tf.one_hot(template_ids, self.num_templates))
-        results = beam_search(step, (state.numpy(), context.numpy()), num_beams=max(8, n), num_return=n)
-        return [[ids for ids, _ in beams] for beams in results]
+        template_ids = np.asarray(template_ids)
+        probs = np.eye(self.num_templates, dtype=np.float32)[template_ids]
+        state, context = (x.numpy() for x in self.model.init(probs))
+        return generate_served(self.captioner, step, state, context, template_ids, self.num_templates, n, self.options)
+
+
+def generate_served(captioner, step, state, context, template_ids, num_templates: int, n: int,
+                    options: dict | None = None) -> list[list[list[int]]]:
+    """N captions per template with the served search: CAPTIONER's rules, OPTIONS as a request
+    gives them (default: POST /memes' defaults), seeded as the gateway seeds a named template.
+    STEP(tokens, state, context) -> (top_ids, top_log_probs, state) like the decoder's serving step."""
+    from memefly.decoding.captioner import run_searches, template_input_key
+    from memefly.decoding.options import DecodingOptions
+
+    request = DecodingOptions(**{**(options or {}), "num_return_sequences": n})
+    probs = np.eye(num_templates, dtype=np.float32)
+    searches = [captioner.search(state[i], context[i], probs[t], request, template_input_key(int(t)))
+                for i, t in enumerate(template_ids)]
+    run_searches(searches, step)
+    return [[list(h.ids) for h in search.results()] for search in searches]
 
 
 def evaluate_caption_model(model: m.CaptionModel, data: EvaluationData, per_template: int, seed: int) -> dict:
@@ -137,7 +151,8 @@ def evaluate_caption_model(model: m.CaptionModel, data: EvaluationData, per_temp
         "perplexity_wrong_template": ppl_wrong,
         "conditioning_gain": ppl_wrong / ppl if ppl_wrong else None,
         "recognition": recognition,
-        "generation": m.generation_metrics(generated, data.training_captions, data.box_counts),
+        "generation": m.generation_metrics(generated, data.training_captions, data.box_counts,
+                                           data.allowed_box_counts),
         "samples": {
             data.template_names[t]: [" / ".join(tokens_to_boxes(c)) for c in captions]
             for t, captions in generated.items()
@@ -146,10 +161,27 @@ def evaluate_caption_model(model: m.CaptionModel, data: EvaluationData, per_temp
     }
 
 
-def evaluate_run(run_path, prepared=None, per_template: int = 20, max_test: int | None = None, seed: int = 0) -> dict:
+def served_captioner(run: rd.TrainedRun, training_captions: CaptionSet, panels=lambda name: None):
+    """The Captioner the gateway builds for this decoder: box counts per template (PANELS(name)
+    when a multi-panel layout fixes them), training captions, the offensive-word list."""
+    from memefly.decoding.captioner import Captioner
+    from memefly.decoding.safety import offensive_token_ids
+
+    counts = [frozenset({panels(t["name"])}) if panels(t["name"]) else frozenset(t.get("box_counts") or ()) or None
+              for t in run.templates]
+    return Captioner(run.vocabulary, counts, training_captions, offensive_token_ids(run.vocabulary))
+
+
+def evaluate_run(run_path, prepared=None, per_template: int = 20, max_test: int | None = None, seed: int = 0,
+                 panels=lambda name: None, options=None) -> dict:
+    """PANELS(template name) -> the panel count of its multi-panel layout, or None (the
+    gateway's layouts; the caller passes them, model code does not read the gateway's files).
+    OPTIONS: decoding options as a request gives them (default: POST /memes' defaults)."""
     run = rd.load_run(run_path)
     data, _ = load_evaluation_data(run, prepared or run.config["prepared"], max_test, seed)
-    metrics = evaluate_caption_model(DecoderCaptionModel(run.model, len(run.templates)), data, per_template, seed)
+    captioner = served_captioner(run, data.training_captions, panels)
+    model = DecoderCaptionModel(run.model, len(run.templates), captioner=captioner, options=options)
+    metrics = evaluate_caption_model(model, data, per_template, seed)
     metrics["run"] = str(run.path)
     metrics["weights_fingerprint"] = rd.weights_fingerprint(run.model)  # which weights these numbers are for
     (run.path / rd.METRICS).write_text(json.dumps(metrics, indent=1, ensure_ascii=False))
@@ -169,8 +201,12 @@ ROWS = (
     ("template recognition top-5", lambda x: f"{x['recognition']['top5']:.3f}"),
     ("distinct-1 (5 per template)", lambda x: f"{x['generation']['distinct_1']:.3f}"),
     ("distinct-2 (5 per template)", lambda x: f"{x['generation']['distinct_2']:.3f}"),
-    ("novelty", lambda x: f"{x['generation']['novelty']:.3f}"),
-    ("box-count match", lambda x: f"{x['generation']['box_count_match']:.3f}"),
+    ("novelty (not a training caption)", lambda x: f"{x['generation']['novelty']:.3f}"),
+    ("box-count match (typical count)", lambda x: f"{x['generation']['box_count_match']:.3f}"),
+    ("box count used by >=10% of real", lambda x: _fmt(x["generation"].get("box_count_allowed"), ".3f")),
+    ("captions with a box repeated", lambda x: _fmt(x["generation"].get("repeated_box"), ".3f")),
+    ("near-duplicate pairs among 5", lambda x: _fmt(x["generation"].get("near_duplicate_pairs"), ".3f")),
+    ("templates sharing a top caption", lambda x: _fmt(x["generation"].get("shared_top_caption"), ".3f")),
 )
 
 
@@ -190,7 +226,12 @@ def format_table(columns: dict[str, dict]) -> str:
 
 
 def format_metrics(metrics: dict, samples: int = 5) -> str:
-    lines = [format_table({"decoder": metrics}), "", "samples (beam search, top caption per template):"]
+    """The table, with the n-gram baseline beside it when benchmarks/kn_baseline.py measured this run."""
+    columns = {"decoder": metrics}
+    baseline = Path(metrics["run"]) / "baseline_metrics.json"
+    if baseline.exists():
+        columns["KN bigram"] = json.loads(baseline.read_text())
+    lines = [format_table(columns), "", "samples (default options, top caption per template):"]
     for name, captions in list(metrics["samples"].items())[:samples]:
         lines.append(f"  {name}: {captions[0]}")
     lines.append(f"metrics written to {metrics['run']}/{rd.METRICS}")

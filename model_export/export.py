@@ -160,6 +160,8 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
     """Inputs and expected outputs, computed with the Keras decoder (teacher-forced for score)."""
     import tensorflow as tf
 
+    from model_export.decoder_serving import allowed_box_count_bits, fingerprint_rows
+
     rng = np.random.default_rng(seed)
     model, num_templates, vocab = run.model, len(run.templates), len(run.vocabulary)
     probs = np.concatenate(
@@ -180,6 +182,7 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
     vocab_ids = np.arange(min(vocab, 12), dtype=np.int32)
     template_ids = np.arange(num_templates, dtype=np.int32)
     metadata_case = _metadata_case(metadata)
+    fingerprints = fingerprint_rows(run.training_captions)
     cases = {
         f"{c.INIT_SIGNATURE}/in/{c.TEMPLATE_PROBS}": probs,
         f"{c.INIT_SIGNATURE}/out/{c.STATE}": state,
@@ -195,6 +198,9 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
         f"{c.TEMPLATES_SIGNATURE}/in/{c.IDS}": template_ids,
         f"{c.TEMPLATES_SIGNATURE}/out/{c.NAMES}": utf8(run.template_names),
         f"{c.TEMPLATES_SIGNATURE}/out/{c.BOX_COUNTS}": np.array([t["box_count"] or 1 for t in run.templates], np.int32),
+        f"{c.TEMPLATES_SIGNATURE}/out/{c.ALLOWED_BOX_COUNTS}": np.array(allowed_box_count_bits(run.templates), np.int32),
+        f"{c.TRAINING_CAPTIONS_SIGNATURE}/in/{c.IDS}": np.arange(len(fingerprints), dtype=np.int32),
+        f"{c.TRAINING_CAPTIONS_SIGNATURE}/out/{c.FINGERPRINTS}": fingerprints,
         f"{c.SCORE_SIGNATURE}/in/{c.TEMPLATE_PROBS}": score_probs,
         f"{c.SCORE_SIGNATURE}/in/{c.TEXT}": utf8(texts),
         f"{c.SCORE_SIGNATURE}/out/{c.LOG_PROB}": -nll.sum(axis=1),
@@ -213,6 +219,7 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
     warmup += [
         (c.VOCABULARY_SIGNATURE, {c.IDS: np.arange(smallest, dtype=np.int32) % vocab}),
         (c.TEMPLATES_SIGNATURE, {c.IDS: np.arange(smallest, dtype=np.int32) % num_templates}),
+        (c.TRAINING_CAPTIONS_SIGNATURE, {c.IDS: np.arange(smallest, dtype=np.int32) % len(fingerprints)}),
         (c.SCORE_SIGNATURE, {c.TEMPLATE_PROBS: np.resize(score_probs, (smallest, num_templates)), c.TEXT: np.resize(utf8(texts), smallest)}),
         (c.METADATA_SIGNATURE, {c.KEYS: np.resize(metadata_case[f"{c.METADATA_SIGNATURE}/in/{c.KEYS}"], smallest)}),
     ]
@@ -317,9 +324,10 @@ def export(config: ExportConfig) -> dict:
         c.WEIGHTS_FINGERPRINT: weights_fingerprint(run.model),
         "top_k": str(min(config.top_k, len(run.vocabulary))),
         "vocabulary_size": str(len(run.vocabulary)),
+        c.TRAINING_CAPTIONS: str(len(run.training_captions)),
     }
     encoder = EncoderServing(backbone, head, encoder_meta)
-    decoder = DecoderServing(run.model, run.tokenizer, run.templates, decoder_meta, config.top_k)
+    decoder = DecoderServing(run.model, run.tokenizer, run.templates, decoder_meta, config.top_k, run.training_captions)
 
     for name in finals:
         (root / name).mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,8 @@ class BuildSettings:
 
 
 def run_fingerprint(run: Path) -> str:
-    """SHA-256 over what defines a trained decoder: its settings, vocabulary, templates, weights."""
+    """SHA-256 over what defines a trained decoder: its settings, vocabulary, templates, weights,
+    training-caption fingerprints."""
     weights = run / rd.FINAL_WEIGHTS if (run / rd.FINAL_WEIGHTS).exists() else run / rd.BEST_WEIGHTS
     digest = hashlib.sha256()
     for path in (run / rd.CONFIG, run / rd.VOCABULARY, run / rd.TEMPLATES, weights):
@@ -62,6 +63,8 @@ def run_fingerprint(run: Path) -> str:
             raise BuildError(f"{run} is not a trained decoder ({path.name} missing): point MEMEFLY_DECODER_RUN "
                              "at a `memefly train` run, or unset it for the shipped default model")
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    if (run / rd.TRAINING_CAPTIONS).is_file():  # optional: runs made before it have none
+        digest.update(rd.TRAINING_CAPTIONS.encode() + b"\0" + (run / rd.TRAINING_CAPTIONS).read_bytes())
     return digest.hexdigest()
 
 

@@ -13,7 +13,9 @@ from typing import Protocol
 
 import numpy as np
 
-from memefly.contract import END_ID, SEP, SPECIAL_TOKENS, UNK_ID
+from memefly.captions import tokens_to_boxes
+from memefly.contract import END_ID, SPECIAL_TOKENS, UNK_ID
+from memefly.decoding.distinct import CaptionSet, caption_words, near_duplicate, repeats_a_box
 
 
 class CaptionModel(Protocol):
@@ -74,23 +76,45 @@ def distinct_n(captions: list[list[str]], n: int) -> float:
 
 
 def generation_metrics(
-    generated: dict[int, list[list[str]]], training_captions: set[str], box_counts: dict[int, int]
+    generated: dict[int, list[list[str]]], training_captions: CaptionSet, box_counts: dict[int, int],
+    allowed_box_counts: dict[int, list[int]] | None = None,
 ) -> dict:
-    """Over the captions generated per template: distinct-1/2 within each template's set,
-    novelty (not a training caption verbatim) and box-count match, averaged."""
-    d1, d2, novel, match, total = [], [], 0, 0, 0
+    """Over the captions generated per template (tokens, as the decoder writes them):
+    distinct-1/2 within each template's set, near-duplicate pairs within it (same words, or
+    all boxes but one the same: memefly.decoding.distinct), novelty (not a training caption),
+    box counts (the typical one; one that at least 10% of the template's real memes use),
+    captions with a box repeated, and the share of templates whose top caption is also
+    another template's top caption."""
+    d1, d2, novel, match, allowed, repeated, total = [], [], 0, 0, 0, 0, 0
+    pairs, near = 0, 0
+    tops: dict[tuple, int] = {}
     for t, captions in generated.items():
         words = [[w for w in c if w not in SPECIAL_TOKENS] for c in captions]
         d1.append(distinct_n(words, 1))
         d2.append(distinct_n(words, 2))
-        for c in captions:
+        keys = [caption_words(tokens_to_boxes(c)) for c in captions]
+        for a in range(len(keys)):
+            for b in range(a + 1, len(keys)):
+                pairs += 1
+                near += near_duplicate(keys[a], keys[b])
+        if keys:
+            tops[keys[0]] = tops.get(keys[0], 0) + 1
+        for c, key in zip(captions, keys, strict=True):
+            boxes = tokens_to_boxes(c)
             total += 1
-            novel += " ".join(c) not in training_captions
-            match += c.count(SEP) + 1 == box_counts.get(t)
+            novel += boxes not in training_captions
+            match += len(key) == box_counts.get(t)
+            allowed += allowed_box_counts is not None and len(key) in allowed_box_counts.get(t, ())
+            repeated += repeats_a_box(boxes)
+    shared = sum(n for n in tops.values() if n > 1)
     return {
         "distinct_1": float(np.mean(d1)) if d1 else 0.0,
         "distinct_2": float(np.mean(d2)) if d2 else 0.0,
         "novelty": novel / total if total else 0.0,
         "box_count_match": match / total if total else 0.0,
+        "box_count_allowed": allowed / total if total and allowed_box_counts is not None else None,
+        "repeated_box": repeated / total if total else 0.0,
+        "near_duplicate_pairs": near / pairs if pairs else 0.0,
+        "shared_top_caption": shared / len(generated) if generated else 0.0,
         "captions": total,
     }

@@ -3,7 +3,8 @@
 RUN/
   config.json          every training setting (TrainConfig)
   vocabulary.txt       one token per line; line number = id
-  templates.json       ordered template list: name, title, box_count (line order = template id)
+  templates.json       ordered template list: name, title, box_count, box_counts (allowed; line order = template id)
+  training_captions.npy  sorted fingerprints of the training captions (model_export.caption_stats)
   backup/              Keras BackupAndRestore state: resume after an interruption
   best.weights.h5      best weights by validation loss (updated every epoch)
   decoder.weights.h5   final weights (the best epoch's), written when training ends
@@ -34,6 +35,7 @@ HISTORY = "history.csv"
 TENSORBOARD = "tensorboard"
 TRAIN_STATS = "train_stats.json"
 METRICS = "metrics.json"
+TRAINING_CAPTIONS = "training_captions.npy"  # fingerprints of the training captions (caption_stats)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class TrainedRun:
     templates: list[dict]
     tokenizer: Tokenizer
     model: object  # MemeDecoder
+    training_captions: np.ndarray  # sorted int64 fingerprints (empty for a run made before them)
 
     @property
     def template_names(self) -> list[str]:
@@ -64,7 +67,9 @@ def load_run(path: str | Path) -> TrainedRun:
     templates = json.loads((path / TEMPLATES).read_text())
     model = MemeDecoder(len(vocabulary), len(templates), **config["model"]).build_for()
     model.load_weights(weights)
-    return TrainedRun(path, config, vocabulary, templates, Tokenizer(vocabulary), model)
+    fingerprints = path / TRAINING_CAPTIONS
+    training = np.load(fingerprints) if fingerprints.exists() else np.zeros(0, np.int64)
+    return TrainedRun(path, config, vocabulary, templates, Tokenizer(vocabulary), model, training)
 
 
 def template_fingerprint(names: list[str]) -> str:

@@ -1,7 +1,7 @@
 """Make a training run the package's default model: `python -m model_export.ship RUN`.
 
-Copies what loading and serving need (settings, vocabulary, templates, final weights, the
-training record) into model_export/trained/default/, optionally storing the weights as
+Copies what loading and serving need (settings, vocabulary, templates with their box
+counts, the training captions' fingerprints, final weights, the training record) into model_export/trained/default/, optionally storing the weights as
 float16, and nothing of the dataset beyond the vocabulary and template names. The run's
 metrics come along when the weights are copied as they are; after a float16 conversion,
 measure exactly what ships (the metrics record the weights' fingerprint):
@@ -36,8 +36,9 @@ def ship(run: Path, dest: Path = DEFAULT_DIR, float16: bool = False) -> Path:
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in (rd.VOCABULARY, rd.TEMPLATES, rd.TRAIN_STATS):
-        shutil.copy2(run / name, tmp / name)
+    for name in (rd.VOCABULARY, rd.TEMPLATES, rd.TRAIN_STATS, rd.TRAINING_CAPTIONS):
+        if (run / name).exists():  # runs made before caption_stats have no fingerprints
+            shutil.copy2(run / name, tmp / name)
     config = json.loads((run / rd.CONFIG).read_text())
     config["prepared"] = "data/prepared"  # the machine it was trained on had its own absolute path
     (tmp / rd.CONFIG).write_text(json.dumps(config, indent=1))

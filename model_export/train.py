@@ -46,6 +46,11 @@ class TrainConfig:
     exclude_offensive: bool = False
     max_train_captions: int | None = None  # cap for quick experiments (a fixed, seeded subset)
     max_minutes: float | None = None  # stop after this much training time (ends the epoch early)
+    # Halve the learning rate when validation loss has not improved for this many epochs (0: off).
+    lr_decay_patience: int = 1
+    # Start from this trained run's weights (same vocabulary and templates): a longer run
+    # continues a shorter one instead of starting again.
+    init_from: str | None = None
     seed: int = 0
 
     @classmethod
@@ -76,7 +81,7 @@ class RunCompleteError(Exception):
     """The run directory holds a finished run; training it again would start from scratch."""
 
 
-def _split_texts(captions, split: str, template_index: dict[str, int], exclude_offensive: bool):
+def split_texts(captions, split: str, template_index: dict[str, int], exclude_offensive: bool):
     from model_export.text import join_boxes
 
     rows = [
@@ -117,7 +122,7 @@ class StepCounter(keras.callbacks.Callback):
         self.seconds += time.perf_counter() - self._started
 
 
-def _prepare_run(config: TrainConfig) -> tuple[TrainConfig, list[str], list[dict]]:
+def prepare_run(config: TrainConfig) -> tuple[TrainConfig, list[str], list[dict]]:
     """Create the run directory (vocabulary, template list, config) or reopen it on resume."""
     from model_export.prepare import load_captions, load_templates
     from model_export.text import build_vocabulary, join_boxes, load_vocabulary, save_vocabulary
@@ -149,17 +154,32 @@ def _prepare_run(config: TrainConfig) -> tuple[TrainConfig, list[str], list[dict
     run.mkdir(parents=True, exist_ok=True)
     save_vocabulary(vocabulary, run / rd.VOCABULARY)
     (run / rd.TEMPLATES).write_text(json.dumps(templates, indent=1, ensure_ascii=False))
+    from model_export.caption_stats import annotate
+
+    annotate(run, captions)
+    templates = json.loads((run / rd.TEMPLATES).read_text())
     (run / rd.CONFIG).write_text(json.dumps(asdict(config), indent=1))
     return config, vocabulary, templates
 
 
-def _subset(texts, ids, limit: int | None, seed: int):
+def seeded_subset(texts, ids, limit: int | None, seed: int):
     if limit is None or limit >= len(texts):
         return texts, ids
     import numpy as np
 
     keep = np.sort(np.random.default_rng(seed).choice(len(texts), limit, replace=False))
     return [texts[i] for i in keep], [ids[i] for i in keep]
+
+
+def _load_initial_weights(model, source: Path, vocabulary: list[str], templates: list[dict]) -> None:
+    """Load a trained run's decoder weights into MODEL; its vocabulary and templates must be ours."""
+    from model_export.text import load_vocabulary
+
+    if load_vocabulary(source / rd.VOCABULARY) != vocabulary:
+        raise ValueError(f"--init-from {source}: its vocabulary differs from this run's")
+    if [t["name"] for t in json.loads((source / rd.TEMPLATES).read_text())] != [t["name"] for t in templates]:
+        raise ValueError(f"--init-from {source}: its templates differ from this run's")
+    model.load_weights(source / rd.FINAL_WEIGHTS)
 
 
 def train(config: TrainConfig, extra_callbacks=(), verbose: int = 1) -> Path:
@@ -172,15 +192,15 @@ def train(config: TrainConfig, extra_callbacks=(), verbose: int = 1) -> Path:
     from model_export.prepare import load_captions
     from model_export.text import Tokenizer
 
-    config, vocabulary, templates = _prepare_run(config)
+    config, vocabulary, templates = prepare_run(config)
     run = Path(config.run)
     keras.utils.set_random_seed(config.seed)
     index = {t["name"]: i for i, t in enumerate(templates)}
     captions = load_captions(config.prepared)
-    train_texts, train_ids = _subset(
-        *_split_texts(captions, "train", index, config.exclude_offensive), config.max_train_captions, config.seed
+    train_texts, train_ids = seeded_subset(
+        *split_texts(captions, "train", index, config.exclude_offensive), config.max_train_captions, config.seed
     )
-    val_texts, val_ids = _split_texts(captions, "validation", index, config.exclude_offensive)
+    val_texts, val_ids = split_texts(captions, "validation", index, config.exclude_offensive)
     tokenizer = Tokenizer(vocabulary)
     common = dict(num_templates=len(templates), batch_size=config.batch_size, max_len=config.max_len)
     train_ds = caption_dataset(
@@ -191,6 +211,8 @@ def train(config: TrainConfig, extra_callbacks=(), verbose: int = 1) -> Path:
         train_ds = train_ds.repeat()
 
     model = MemeDecoder(len(vocabulary), len(templates), **asdict(config.model)).build_for()
+    if config.init_from and not (run / rd.BACKUP).exists():  # on resume the backup has newer weights
+        _load_initial_weights(model, Path(config.init_from), vocabulary, templates)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=1.0),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
@@ -208,6 +230,9 @@ def train(config: TrainConfig, extra_callbacks=(), verbose: int = 1) -> Path:
         counter,
         *extra_callbacks,
     ]
+    if config.lr_decay_patience:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=config.lr_decay_patience, min_lr=1e-5, verbose=verbose))
     if config.max_minutes:
         callbacks.append(TimeLimit(config.max_minutes))
 

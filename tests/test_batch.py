@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from gateway.client import Item, MemeflyClient
-from gateway.decoding.options import DecodingOptions
+from memefly.decoding.options import DecodingOptions
 from memefly.batch_inputs import InputError, expand
 from memefly.batch_results import ResultsFile
 from memefly import contract as c

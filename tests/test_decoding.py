@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.decoding.constraints import Constraints
-from gateway.decoding.options import DecodingOptions
-from gateway.decoding.search import make_search, normalized
+from memefly.decoding.constraints import Constraints
+from memefly.decoding.options import DecodingOptions
+from memefly.decoding.search import make_search, normalized
 from memefly.contract import END_ID, PAD_ID, SEP_ID, START_ID, UNK_ID
 from memefly.ngrams import repeated_ngram_bans
 
@@ -78,18 +78,34 @@ def run(search, model: TinyModel, k: int | None = None, max_steps: int = 100):
     return search.results()
 
 
-def new_search(model, options, blocked=(), accept=lambda ids: True):
+def new_search(model, options, blocked=(), accept=lambda ids: True, box_counts=None, words=None):
     constraints = Constraints(model.vocab, blocked, min_length=options.min_length, max_length=options.max_length,
-                              no_repeat_ngram_size=options.no_repeat_ngram_size)
-    return make_search(np.zeros(1, np.float32), np.zeros(3, np.float32), options, constraints, accept)
+                              no_repeat_ngram_size=options.no_repeat_ngram_size, box_counts=box_counts)
+    return make_search(np.zeros(1, np.float32), np.zeros(3, np.float32), options, constraints, accept, words)
 
 
-def exhaustive(model: TinyModel, options: DecodingOptions, allowed: tuple[int, ...]):
+def boxes_of(ids) -> list[tuple[int, ...]]:
+    boxes = [()]
+    for token in ids:
+        boxes = boxes + [()] if token == SEP_ID else boxes[:-1] + [boxes[-1] + (token,)]
+    return boxes
+
+
+def well_formed(ids, box_counts=None) -> bool:
+    """The box rules, stated independently of Constraints: no empty box, no box twice, an allowed count."""
+    boxes = boxes_of(ids)
+    return (all(boxes) and len(set(boxes)) == len(boxes)
+            and (box_counts is None or len(boxes) in box_counts))
+
+
+def exhaustive(model: TinyModel, options: DecodingOptions, allowed: tuple[int, ...], box_counts=None):
     """Every caption within the limits, scored: the ground truth beam search must find."""
     found = []
     for length in range(max(1, options.min_length), options.max_length + 1):
         for ids in itertools.product(allowed, repeat=length):
             if any(ids[i] in repeated_ngram_bans(ids[:i], options.no_repeat_ngram_size) for i in range(len(ids))):
+                continue
+            if not well_formed(ids, box_counts):
                 continue
             lp = model.sequence_log_prob(ids)
             found.append((normalized(lp, length, options.length_penalty), ids))
@@ -97,9 +113,10 @@ def exhaustive(model: TinyModel, options: DecodingOptions, allowed: tuple[int, .
     return found
 
 
+@pytest.mark.parametrize("box_counts", [None, {2}, {1, 3}])
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0, -0.5])
-def test_wide_beam_finds_the_exact_best(seed, length_penalty):
+def test_wide_beam_finds_the_exact_best(seed, length_penalty, box_counts):
     model = TinyModel(seed)
     allowed = (5, 6, SEP_ID)  # word 7 is blocked: 3 ** 3 prefixes fit in the 32-beam limit
     max_length = 3
@@ -107,8 +124,8 @@ def test_wide_beam_finds_the_exact_best(seed, length_penalty):
     beams = len(allowed) ** max_length
     options = DecodingOptions(num_beams=beams, num_return_sequences=5, max_length=max_length, min_length=1,
                               length_penalty=length_penalty, no_repeat_ngram_size=0)
-    results = run(new_search(model, options, blocked=(7,)), model)
-    truth = exhaustive(model, options, allowed)
+    results = run(new_search(model, options, blocked=(7,), box_counts=box_counts), model)
+    truth = exhaustive(model, options, allowed, box_counts)
     assert [h.ids for h in results] == [ids for _, ids in truth[:5]]
     for h, (score, _) in zip(results, truth):
         assert h.finished
@@ -156,13 +173,14 @@ def test_refused_captions_do_not_take_a_place():
 
 def test_diverse_groups_pick_different_first_tokens():
     model = TinyModel(2, sharpness=3.0)
-    plain = DecodingOptions(num_beams=4, num_return_sequences=4, max_length=5, no_repeat_ngram_size=0)
-    diverse = plain.model_copy(update={"num_beam_groups": 4, "diversity_penalty": 100.0})
+    plain = DecodingOptions(num_beams=3, num_return_sequences=3, max_length=5, no_repeat_ngram_size=0)
+    diverse = plain.model_copy(update={"num_beam_groups": 3, "diversity_penalty": 100.0})
     groups_first = {h.ids[0] for h in run(new_search(model, diverse), model)}
-    # A huge penalty forces each group of one beam onto a token earlier groups did not take.
-    assert len(groups_first) == 4
+    # A huge penalty forces each group of one beam onto a word earlier groups did not take
+    # (a caption cannot start with <sep>: no empty box, so the three words are all there is).
+    assert len(groups_first) == 3
     # Plain beam search on this sharp model keeps its beams on fewer first tokens.
-    assert len({h.ids[0] for h in run(new_search(model, plain), model)}) < 4
+    assert len({h.ids[0] for h in run(new_search(model, plain), model)}) < 3
 
 
 def test_temperature_sharpens_and_flattens_sampling():
@@ -239,9 +257,10 @@ def test_invalid_option_combinations_are_refused():
     do_sample=st.booleans(),
     k=st.sampled_from([3, 5, VOCAB]),
     block=st.sampled_from([(), (6,), (5, 7)]),
+    box_counts=st.sampled_from([None, {1}, {2}, {1, 2}]),
 )
 def test_properties(seed, num_beams, extra_return, max_length, min_length, length_penalty, no_repeat, groups,
-                    do_sample, k, block):
+                    do_sample, k, block, box_counts):
     min_length = min(min_length, max_length)
     if do_sample:
         options = DecodingOptions(do_sample=True, num_return_sequences=num_beams, max_length=max_length,
@@ -254,7 +273,7 @@ def test_properties(seed, num_beams, extra_return, max_length, min_length, lengt
                                   max_length=max_length, min_length=min_length, length_penalty=length_penalty,
                                   no_repeat_ngram_size=no_repeat)
     model = TinyModel(seed)
-    results = run(new_search(model, options, blocked=block), model, k=k)
+    results = run(new_search(model, options, blocked=block, box_counts=box_counts), model, k=k)
 
     assert len(results) <= options.num_return_sequences
     scores = [h.score for h in results]
@@ -263,6 +282,7 @@ def test_properties(seed, num_beams, extra_return, max_length, min_length, lengt
         assert 1 <= len(h.ids) <= max_length
         if h.finished:
             assert len(h.ids) >= max(1, min_length)
+            assert well_formed(h.ids, box_counts)
         assert not {PAD_ID, START_ID, UNK_ID, END_ID, *block} & set(h.ids)
         for i in range(len(h.ids)):
             assert h.ids[i] not in repeated_ngram_bans(h.ids[:i], no_repeat)

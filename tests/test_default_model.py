@@ -14,7 +14,8 @@ from memefly.captions import tokens_to_boxes
 from model_export import run_dir as rd
 
 DEFAULT = paths.PROJECT_ROOT / "model_export" / "trained" / "default"
-SHIPPED = {rd.CONFIG, rd.VOCABULARY, rd.TEMPLATES, rd.FINAL_WEIGHTS, rd.METRICS, rd.TRAIN_STATS, "baseline_metrics.json"}
+SHIPPED = {rd.CONFIG, rd.VOCABULARY, rd.TEMPLATES, rd.FINAL_WEIGHTS, rd.METRICS, rd.TRAIN_STATS, "baseline_metrics.json",
+           rd.TRAINING_CAPTIONS}
 
 
 @pytest.fixture(scope="module")
@@ -45,21 +46,19 @@ def test_first_starts_build_from_it(monkeypatch):
 def test_it_writes_a_caption_for_a_named_template(default_run):
     import tensorflow as tf
 
-    from model_export.beam import beam_search
+    from model_export.evaluate import DecoderCaptionModel, served_captioner
+    from memefly.decoding.distinct import CaptionSet
 
     names = default_run.template_names
     template = names.index("Drake-Hotline-Bling")
     model = default_run.model
-
-    def step(tokens, states):
-        state, context = states
-        log_probs, state = model.step(tokens, state, context)
-        return log_probs.numpy(), (state.numpy(), context)
-
-    state, context = model.init(tf.one_hot([template], len(names)))
-    ((best_ids, score), *_), = beam_search(step, (state.numpy(), context.numpy()), num_beams=5, num_return=5)
+    captioner = served_captioner(default_run, CaptionSet(default_run.training_captions))
+    # The served search with POST /memes' defaults: five memes, the best first.
+    (captions,) = DecoderCaptionModel(model, len(names), captioner=captioner).generate(np.array([template]), 5)
+    assert len(captions) == 5
+    best_ids = captions[0]
     boxes = tokens_to_boxes([default_run.vocabulary[i] for i in best_ids])
-    assert np.isfinite(score) and 1 <= len(boxes) <= 4 and any(box.strip() for box in boxes)
+    assert len(boxes) in default_run.templates[template]["box_counts"] and all(box.strip() for box in boxes)
 
     # On template: of all 88 templates, Drake's is among the five that find this caption likeliest.
     targets = np.array([list(best_ids) + [c.END_ID]] * len(names), np.int32)

@@ -51,16 +51,25 @@ def test_unk_rate_and_sampling():
 
 
 def test_generation_metrics():
+    from memefly.decoding.distinct import CaptionSet
+
     generated = {
-        0: [["a", "b", "<sep>", "c"], ["a", "b", "<sep>", "d"]],
+        0: [["a", "b", "<sep>", "c"], ["a", "b", "<sep>", "d"], ["e", "<sep>", "E", "!"]],
         1: [["x"], ["x"]],
+        2: [["x", "!"]],
     }
-    result = m.generation_metrics(generated, training_captions={"x"}, box_counts={0: 2, 1: 2})
-    assert result["distinct_1"] == pytest.approx((4 / 6 + 1 / 2) / 2)
-    assert result["distinct_2"] == pytest.approx((3 / 4 + 0) / 2)
-    assert result["novelty"] == 0.5
-    assert result["box_count_match"] == 0.5
-    assert result["captions"] == 4
+    result = m.generation_metrics(generated, training_captions=CaptionSet.of_captions([["X"]]),
+                                  box_counts={0: 2, 1: 2, 2: 1}, allowed_box_counts={0: [2], 1: [1, 2], 2: [2]})
+    assert result["distinct_1"] == pytest.approx((7 / 9 + 1 / 2 + 1) / 3)
+    assert result["distinct_2"] == pytest.approx((5 / 6 + 0 + 1) / 3)
+    assert result["novelty"] == pytest.approx(3 / 6)  # "x" three times, whatever its punctuation
+    assert result["box_count_match"] == pytest.approx(4 / 6)
+    assert result["box_count_allowed"] == pytest.approx(5 / 6)
+    assert result["repeated_box"] == pytest.approx(1 / 6)  # "e / E!"
+    # Template 0: "a b / c" and "a b / d" differ in one box of two; template 1: the same words.
+    assert result["near_duplicate_pairs"] == pytest.approx(2 / 4)
+    assert result["shared_top_caption"] == pytest.approx(2 / 3)  # templates 1 and 2 both open with "x"
+    assert result["captions"] == 6
 
 
 def test_evaluate_command_on_a_tiny_run(tiny_run, capsys):
@@ -76,10 +85,17 @@ def test_evaluate_command_on_a_tiny_run(tiny_run, capsys):
     assert metrics["recognition"]["captions"] <= 5 * num_templates
     assert metrics["generation"]["captions"] == 5 * num_templates
     assert len(metrics["samples"]) == num_templates
-    assert all(0 <= metrics["generation"][k] <= 1 for k in ("distinct_1", "distinct_2", "novelty", "box_count_match"))
+    generation = metrics["generation"]
+    assert all(0 <= generation[k] <= 1 for k in ("distinct_1", "distinct_2", "novelty", "box_count_match",
+                                                  "box_count_allowed", "repeated_box", "near_duplicate_pairs"))
+    # The served search's rules hold for the generated captions: no training caption, no box
+    # twice, and box counts that the template's real memes use.
+    assert generation["novelty"] == 1.0 and generation["repeated_box"] == 0.0
+    assert generation["box_count_allowed"] >= 0.95
 
 
 def test_a_single_template_has_no_conditioning_gain():
+    from memefly.decoding.distinct import CaptionSet
     from model_export.evaluate import EvaluationData, evaluate_caption_model
 
     class OneWordModel(UniformModel):
@@ -92,7 +108,7 @@ def test_a_single_template_has_no_conditioning_gain():
         vocabulary=["<pad>", "<start>", "<end>", "<unk>", "<sep>", "word"],
         test_sequences=[np.array([5, 2])] * 3,
         test_template_ids=np.zeros(3, dtype=int),
-        training_captions=set(),
+        training_captions=CaptionSet(),
     )
     metrics = evaluate_caption_model(OneWordModel(6), data, per_template=2, seed=0)
     assert metrics["conditioning_gain"] is None and metrics["perplexity"] == pytest.approx(6)

@@ -20,7 +20,8 @@ DECODER_SIGNATURES = {
     c.INIT_SIGNATURE: ({c.TEMPLATE_PROBS}, {c.STATE, c.CONTEXT}),
     c.STEP_SIGNATURE: ({c.TOKEN, c.STATE, c.CONTEXT}, {c.TOP_IDS, c.TOP_LOG_PROBS, c.STATE}),
     c.VOCABULARY_SIGNATURE: ({c.IDS}, {c.TOKENS}),
-    c.TEMPLATES_SIGNATURE: ({c.IDS}, {c.NAMES, c.BOX_COUNTS}),
+    c.TEMPLATES_SIGNATURE: ({c.IDS}, {c.NAMES, c.BOX_COUNTS, c.ALLOWED_BOX_COUNTS}),
+    c.TRAINING_CAPTIONS_SIGNATURE: ({c.IDS}, {c.FINGERPRINTS}),
     c.SCORE_SIGNATURE: ({c.TEMPLATE_PROBS, c.TEXT}, {c.LOG_PROB, c.NUM_TOKENS}),
     c.METADATA_SIGNATURE: ({c.KEYS}, {c.VALUES}),
 }
@@ -83,6 +84,25 @@ def test_tf1_loader_drives_every_decoder_signature(tiny_export, tiny_run, tmp_pa
     assert step["top_ids"]["shape"] == [3, min(c.TOP_K, vocab)] and step["top_ids"]["dtype"] == "int32"
     assert report["signatures"]["score"]["num_tokens"]["dtype"] == "int32"
     assert report["signatures"]["templates"]["box_counts"]["dtype"] == "int32"
+    assert report["signatures"]["templates"]["allowed_box_counts"]["dtype"] == "int32"
+
+
+def test_the_decoder_serves_box_counts_and_training_caption_fingerprints(tiny_export, tiny_run):
+    """What the gateway's caption rules need travels in the decoder, as the run recorded it."""
+    from memefly.decoding.distinct import CaptionSet
+
+    run = load_run(tiny_run)
+    assert len(run.training_captions) > 0
+    sig = tf.saved_model.load(str(model_dir(tiny_export, c.DECODER_MODEL))).signatures
+    out = sig[c.TEMPLATES_SIGNATURE](ids=tf.range(len(run.templates)))
+    bits = out[c.ALLOWED_BOX_COUNTS].numpy()
+    for template, mask in zip(run.templates, bits, strict=True):
+        assert template["box_counts"] and {n for n in range(1, 31) if mask >> n & 1} == set(template["box_counts"])
+    rows = -(-len(run.training_captions) // c.FINGERPRINT_ROW)
+    served = sig[c.TRAINING_CAPTIONS_SIGNATURE](ids=tf.range(rows))[c.FINGERPRINTS].numpy()
+    assert served.shape == (rows, c.FINGERPRINT_ROW)
+    served_set = CaptionSet(served.reshape(-1)[: len(run.training_captions)])
+    assert np.array_equal(served_set.fingerprints, run.training_captions)
 
 
 def test_tf1_loader_drives_every_encoder_signature(tiny_export, tiny_dataset, tmp_path):

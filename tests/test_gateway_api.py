@@ -9,6 +9,7 @@ import io
 import re
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -88,6 +89,30 @@ def test_memes_for_an_uploaded_image(client, template_jpeg):
     assert body["model"]["template_fingerprint"]
 
 
+def test_default_memes_are_distinct_fit_the_template_and_are_not_training_captions(client, gateway, tiny_run):
+    """The default strategy through the served path: five memes, no two near-duplicates, no box
+    twice, box counts the template's real memes use, no training caption, the same for the same input."""
+    import json
+
+    from memefly.decoding.distinct import CaptionSet, caption_words, near_duplicate
+
+    templates = {t["name"]: t for t in json.loads((tiny_run / "templates.json").read_text())}
+    training = CaptionSet(np.load(tiny_run / "training_captions.npy"))
+    for name in TEMPLATES:
+        memes = client.post("/memes", json={"template": name}).json()["memes"]
+        assert len(memes) == 5
+        keys = [caption_words(m["boxes"]) for m in memes]
+        assert not any(near_duplicate(a, b) for i, a in enumerate(keys) for b in keys[i + 1:]), name
+        for meme, key in zip(memes, keys, strict=True):
+            assert len(set(key)) == len(key), meme  # no box twice
+            assert len(key) in templates[name]["box_counts"], (name, meme)
+            assert meme["boxes"] not in training
+        again = client.post("/memes", json={"template": name}).json()["memes"]
+        assert again == memes  # seeded by the input: the same template, the same memes
+    drake = client.post("/memes", json={"template": "Drake-Hotline-Bling", "num_beams": 5}).json()["memes"]
+    assert all(len(caption_words(m["boxes"])) == 2 for m in drake)  # its layout has two panels
+
+
 def test_json_base64_gives_the_same_memes_as_multipart(client, template_jpeg):
     options = {"num_beams": 4, "num_return_sequences": 3, "max_length": 12}
     multipart = upload(client, template_jpeg, **options).json()
@@ -165,19 +190,19 @@ def test_safe_mode_never_uses_the_offensive_list(client, gateway):
     ask = {"template": "Grumpy-Cat", "num_beams": 3, "num_return_sequences": 3}
     unsafe = client.post("/memes", json={**ask, "safe": False}).json()["memes"]
     top_word = next(w for w in re.findall(r"[a-z']+", unsafe[0]["text"]) if w in service.vocabulary)
-    saved = service._offensive
-    service._offensive = [service.vocabulary.index(top_word)]  # as if the list flagged it
+    saved = service.captioner.offensive_ids
+    service.captioner.offensive_ids = {service.vocabulary.index(top_word)}  # as if the list flagged it
     try:
         safe = client.post("/memes", json=ask).json()["memes"]
         again_unsafe = client.post("/memes", json={**ask, "safe": False}).json()["memes"]
     finally:
-        service._offensive = saved
+        service.captioner.offensive_ids = saved
     assert top_word not in words_of(safe)
     assert again_unsafe == unsafe  # safe=false ignores the list
 
 
 def test_offensive_list_flags_words_not_their_innocent_neighbours():
-    from gateway.safety import offensive_token_ids
+    from memefly.decoding.safety import offensive_token_ids
 
     vocabulary = ["<pad>", "<start>", "<end>", "<unk>", "<sep>", "fuck", "class", "shit", "assassin", "cat", "bitch"]
     flagged = {vocabulary[i] for i in offensive_token_ids(vocabulary)}

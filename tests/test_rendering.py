@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.rendering.draw import clean, draw_captions, fit, stroke_for
+from gateway.rendering.draw import clean, draw_captions, fit, panel_style, stroke_for
 from gateway.rendering.fonts import MemeFont, font_file
 from gateway.rendering.layout import Layouts, default_layout
 from gateway.rendering.output import open_for_drawing
@@ -286,3 +286,33 @@ def test_template_images_are_found_by_any_spelling(font, tmp_path):
     (tmp_path / "Grumpy-Cat.jpg").unlink()
     with pytest.raises(NotFound):
         renderer.template_source("Grumpy Cat")
+
+
+def test_a_word_is_not_broken_while_a_legible_size_fits_it_whole(font):
+    # "FORTNITE" at the largest size is wider than this narrow box: a smaller size fits it whole.
+    fitted = fit(clean("fortnite"), font, 150, 200, largest=60, legible=16)
+    assert fitted.lines == ["FORTNITE"] and 16 <= fitted.size < 60
+    two = fit(clean("minecraft chapter 2"), font, 150, 200, largest=60, legible=16)
+    assert all(word in " ".join(two.lines).split() for word in ("MINECRAFT", "CHAPTER", "2"))
+    # Only when even the legible size cannot hold the word whole is it broken.
+    broken = fit(clean("antidisestablishmentarianism"), font, 60, 200, largest=60, legible=16)
+    assert len(broken.lines) > 1 and "".join(broken.lines) == "ANTIDISESTABLISHMENTARIANISM"
+
+
+def test_text_on_a_light_plain_panel_is_dark_and_on_a_photo_light(font):
+    white = blank(400, 400, (250, 250, 250))
+    draw_captions(white, ["no"], default_layout(1), font=font)
+    ink = np.asarray(white.crop(default_layout(1)[0].pixels(400, 400)).convert("L"))
+    assert (ink < 60).sum() > 200 and (ink < 60).sum() > 5 * ((ink > 240) & (ink < 250)).sum()
+
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8))
+    assert panel_style(noise, (0, 0, 400, 100)) == "light"
+    assert panel_style(white, (0, 300, 400, 400)) == "dark"
+
+    # A layout's own style wins over the measurement: Drake's panels are declared dark.
+    drake = Layouts.shipped().for_caption("Drake-Hotline-Bling", 2)
+    assert {box.style for box in drake} == {"dark"}
+    dark_on_blue = blank()
+    draw_captions(dark_on_blue, ["yes"], [drake[0]], font=font)
+    pixels = np.asarray(dark_on_blue)[changed(dark_on_blue)]
+    assert (pixels.max(axis=1) < 60).sum() > 100, "black letters, as the layout says"

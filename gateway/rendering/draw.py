@@ -1,6 +1,10 @@
 """Caption text drawn the classic meme way: white, black outline, word-wrapped and sized down
 until it fits its box. Positions come from the glyphs' real ink bounds, so no text is ever
-cut off or drawn outside its box (and so outside the image)."""
+cut off or drawn outside its box (and so outside the image).
+
+A word is broken between characters only when no legible size fits it whole. On a light,
+plain panel (Drake's, or any blank box measured so) the text is dark with a light outline,
+as people draw it there."""
 
 from __future__ import annotations
 
@@ -14,9 +18,16 @@ from gateway.rendering.layout import Box
 
 FILL = (255, 255, 255)
 OUTLINE = (0, 0, 0)
+# (fill, outline) per style: "light" text for photos and dark panels, "dark" for light plain panels.
+STYLES = {"light": (FILL, OUTLINE), "dark": (OUTLINE, FILL)}
 STROKE_RATIO = 0.08  # outline width per pixel of font size
 LARGEST_RATIO = 0.11  # the largest letters: this share of the image's shorter side
 SMALLEST = 8  # below this (pixels) text is tried only when nothing larger fits
+LEGIBLE_RATIO = 0.035  # whole words down to this share of the image's shorter side (or SMALLEST)
+# A panel counts as light and plain when its pixels are this bright on average (0-255) and
+# vary this little (standard deviation): a blank white panel, not a bright photo.
+LIGHT_PANEL_MEAN = 200
+PLAIN_PANEL_STD = 45
 
 
 @dataclass(frozen=True)
@@ -41,8 +52,9 @@ def stroke_for(size: int) -> int:
     return max(1, round(size * STROKE_RATIO))
 
 
-def _wrap(text: str, font, stroke: int, max_width: int) -> list[str]:
-    """Greedy word wrap; a word wider than the box is broken between characters."""
+def _wrap(text: str, font, stroke: int, max_width: int, break_words: bool = True) -> list[str] | None:
+    """Greedy word wrap; a word wider than the box is broken between characters (or, without
+    break_words, makes the wrap fail: None)."""
     def fits(line: str) -> bool:
         return font.getlength(line) + 2 * stroke <= max_width
 
@@ -56,6 +68,8 @@ def _wrap(text: str, font, stroke: int, max_width: int) -> list[str]:
         if current:
             lines.append(current)
         current = ""
+        if not break_words and not fits(word):
+            return None
         while word and not fits(word):
             cut = _longest_fitting_prefix(word, fits)
             lines.append(word[:cut])
@@ -95,13 +109,22 @@ def _layout_lines(lines: list[str], font, stroke: int) -> tuple[list[tuple[int, 
     return origins, (left, top, right, bottom)
 
 
-def fit(text: str, font: MemeFont, width: int, height: int, largest: int) -> FittedText | None:
-    """The largest size (at most `largest` px) at which the wrapped text fits width x height;
-    None when even 1 px text does not fit (a box a few pixels wide)."""
+def fit(text: str, font: MemeFont, width: int, height: int, largest: int, legible: int = SMALLEST) -> FittedText | None:
+    """The largest size (at most `largest` px) at which the wrapped text fits width x height,
+    with whole words when that size is at least `legible` px, else with words broken; None
+    when even 1 px text does not fit (a box a few pixels wide)."""
+    whole = _largest(text, font, width, height, largest, break_words=False)
+    if whole is not None and whole.size >= min(legible, largest):
+        return whole
+    return _largest(text, font, width, height, largest, break_words=True)
 
+
+def _largest(text: str, font: MemeFont, width: int, height: int, largest: int, break_words: bool) -> FittedText | None:
     def attempt(size: int) -> FittedText | None:
         face, stroke = font.at(size), stroke_for(size)
-        lines = _wrap(text, face, stroke, width)
+        lines = _wrap(text, face, stroke, width, break_words)
+        if lines is None:
+            return None
         origins, (left, top, right, bottom) = _layout_lines(lines, face, stroke)
         if right - left > width or bottom - top > height:
             return None
@@ -134,17 +157,30 @@ def draw_captions(image: Image.Image, texts: list[str], boxes: list[Box], case: 
     """Draws texts[i] into boxes[i] on an RGB image, in place; returns it."""
     width, height = image.size
     largest = max(SMALLEST, round(LARGEST_RATIO * min(width, height)))
+    legible = max(SMALLEST, round(LEGIBLE_RATIO * min(width, height)))
     canvas = ImageDraw.Draw(image)
-    for text, box in zip(texts, boxes):
+    for text, box in zip(texts, boxes, strict=False):
         left, top, right, bottom = box.pixels(width, height)
-        fitted = fit(clean(text, case), font, right - left, bottom - top, largest)
+        fitted = fit(clean(text, case), font, right - left, bottom - top, largest, legible)
         if fitted is None:
             continue
+        fill, outline = STYLES[box.style or panel_style(image, (left, top, right, bottom))]
         ink_height = fitted.ink[3] - fitted.ink[1]
         room = (bottom - top) - ink_height
         shift = {"top": 0, "middle": room // 2, "bottom": room}[box.valign]
         face = font.at(fitted.size)
         for line, (x, y) in zip(fitted.lines, fitted.origins):
-            canvas.text((left + x, top + y + shift), line, font=face, fill=FILL, anchor="la",
-                        stroke_width=fitted.stroke, stroke_fill=OUTLINE)
+            canvas.text((left + x, top + y + shift), line, font=face, fill=fill, anchor="la",
+                        stroke_width=fitted.stroke, stroke_fill=outline)
     return image
+
+
+def panel_style(image: Image.Image, pixels: tuple[int, int, int, int]) -> str:
+    """"dark" when the box lies on a light, plain panel (measured before any text is drawn), else "light"."""
+    from PIL import ImageStat
+
+    region = image.crop(pixels).convert("L")
+    if region.width < 1 or region.height < 1:
+        return "light"
+    stat = ImageStat.Stat(region)
+    return "dark" if stat.mean[0] >= LIGHT_PANEL_MEAN and stat.stddev[0] <= PLAIN_PANEL_STD else "light"

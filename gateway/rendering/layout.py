@@ -27,6 +27,8 @@ class Box:
     width: float
     height: float
     valign: str = "middle"  # top | middle | bottom: where the text sits inside the box
+    # light: white text, black outline; dark: the reverse (light panels). None: measured from the image.
+    style: str | None = None
 
     def pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) in pixels, inside the image."""
@@ -80,13 +82,22 @@ class Layouts:
             boxes = [Box(**box) for box in entry["boxes"]]
             for box in boxes:
                 if not (0 <= box.x < 1 and 0 <= box.y < 1 and 0 < box.width <= 1 - box.x + 1e-9
-                        and 0 < box.height <= 1 - box.y + 1e-9 and box.valign in ("top", "middle", "bottom")):
+                        and 0 < box.height <= 1 - box.y + 1e-9 and box.valign in ("top", "middle", "bottom")
+                        and box.style in (None, "light", "dark")):
                     raise ValueError(f"layouts.json: {name}: box {box} is not inside the image")
             layouts[name] = boxes
         return cls(layouts)
 
     def names(self) -> list[str]:
         return list(self._by_key)
+
+    def panel_counts(self) -> dict[str, int]:
+        """template_key -> boxes, for multi-panel layouts: their captions have one box per panel."""
+        return {key: len(boxes) for key, boxes in self._by_key.items() if len(boxes) >= 2}
+
+    def panels(self, template: str) -> int | None:
+        """The panel count of TEMPLATE's multi-panel layout (any spelling), or None."""
+        return self.panel_counts().get(template_key(template))
 
     def for_caption(self, template: str | None, count: int) -> list[Box]:
         """Boxes for `count` caption boxes: the template's own when it declares enough of them

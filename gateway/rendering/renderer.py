@@ -24,7 +24,7 @@ from gateway.template_names import template_key
 log = logging.getLogger(__name__)
 
 # Part of every cache key and ETag: bump it when drawing changes, so old renders are not reused.
-RENDERER_VERSION = "1"
+RENDERER_VERSION = "2"  # 2: whole words while legible, text colour per panel
 TEMPLATE_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 LIST_AGAIN_AFTER_S = 5.0
 

@@ -160,12 +160,12 @@ function appendSource(form, source) {
 function memeRequest(source, more) {
   const form = new FormData();
   appendSource(form, source);
-  const creativity = Number($("creativity").value);
-  if (creativity > 0) {
-    form.append("do_sample", "true");
-    form.append("temperature", String(creativity));
-    form.append("seed", String(Math.floor(Math.random() * 2 ** 31)));
-  }
+  // The slider starts at the API's default temperature: then the API's defaults apply
+  // (sampled candidates, the best distinct ones). 0 asks for beam search: the five likeliest.
+  const creativity = $("creativity");
+  const value = Number(creativity.value);
+  if (value === 0) form.append("num_beams", "5");
+  else if (creativity.value !== creativity.defaultValue) form.append("temperature", String(value));
   form.append("num_return_sequences", "5");
   form.append("safe", String($("safe").checked));
   // The API takes up to 100 captions to exclude: the latest 50 are plenty.
@@ -263,7 +263,8 @@ async function copyImage(blob, button) {
 // ---- wiring ---------------------------------------------------------------------------
 function describeCreativity() {
   const value = Number($("creativity").value);
-  $("creativity-value").textContent = value === 0 ? "0 (the five likeliest)" : value.toFixed(1);
+  const text = value === 0 ? "0 (the five likeliest)" : value.toFixed(1);
+  $("creativity-value").textContent = value === Number($("creativity").defaultValue) ? `${text} (default)` : text;
 }
 
 document.addEventListener("DOMContentLoaded", () => {

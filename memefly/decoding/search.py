@@ -2,8 +2,10 @@
 
 Scores follow Hugging Face `generate()`: sum of log-probabilities (with <end>) divided by
 (length + 1) ** length_penalty, where length counts the caption's tokens before <end>.
-`accept(ids)` lets the caller refuse a finished caption (one the client already has, or
-a duplicate); a refused caption does not take a place among the results.
+`accept(ids)` lets the caller refuse a finished caption (one the client already has, a
+training caption, or a duplicate); a refused caption does not take a place among the results.
+`words(ids)` gives a caption's words per box: with it, the results are the best-scoring
+captions of which no two are near-duplicates (`memefly.decoding.distinct`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gateway.decoding.constraints import Constraints
-from gateway.decoding.options import DecodingOptions
+from memefly.decoding.constraints import Constraints
+from memefly.decoding.options import DecodingOptions
 from memefly.contract import END_ID, START_ID
+from memefly.decoding.distinct import near_duplicate
 
 Accept = Callable[[tuple[int, ...]], bool]
+Words = Callable[[tuple[int, ...]], tuple[tuple[str, ...], ...]]
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,11 @@ class Search:
     done: bool = False
 
     def __init__(self, state: np.ndarray, context: np.ndarray, options: DecodingOptions,
-                 constraints: Constraints, accept: Accept = lambda ids: True):
+                 constraints: Constraints, accept: Accept = lambda ids: True, words: Words | None = None):
         self.options = options
         self.constraints = constraints
         self.accept = accept
+        self.words = words
         self.initial_state = np.asarray(state, np.float32).reshape(-1)  # after `init`: the <start> row
         self.context = np.asarray(context, np.float32).reshape(-1)  # the same for every row
 
@@ -171,7 +176,7 @@ class BeamSearch(Search):
         finished = sorted((h for group in self.finished for h in group), key=lambda h: -h.score)
         # Captions cut at max_length only fill places no finished caption took.
         cut = sorted(self.cut, key=lambda h: -h.score)
-        chosen = (finished + cut)[: self.options.num_return_sequences]
+        chosen = pick_distinct(finished + cut, self.options.num_return_sequences, self.words)
         return sorted(chosen, key=lambda h: -h.score)
 
 
@@ -182,12 +187,13 @@ class _Sample:
 
 
 class SampleSearch(Search):
-    """num_return_sequences independent samples; a refused one starts again (a few times)."""
+    """num_candidates independent samples (a refused one starts again, a few times); the
+    results are the best num_return_sequences of them."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.rng = np.random.default_rng(self.options.seed)
-        n = self.options.num_return_sequences
+        n = self.options.num_candidates
         self.samples = [_Sample() for _ in range(n)]
         self.state = np.repeat(self.initial_state[None], n, axis=0)
         self.restarts_left = 2 * n
@@ -251,7 +257,28 @@ class SampleSearch(Search):
         return True
 
     def results(self) -> list[Hypothesis]:
-        return sorted(self.finished, key=lambda h: -h.score)[: self.options.num_return_sequences]
+        ranked = sorted(self.finished, key=lambda h: -h.score)
+        return pick_distinct(ranked, self.options.num_return_sequences, self.words)
+
+
+def pick_distinct(ranked: list[Hypothesis], n: int, words: Words | None) -> list[Hypothesis]:
+    """The first n of RANKED, skipping near-duplicates of those already kept; when fewer than n
+    distinct ones exist, the best of the rest fill the places (an answer keeps its n memes)."""
+    if words is None:
+        return ranked[:n]
+    kept: list[Hypothesis] = []
+    kept_words: list[tuple[tuple[str, ...], ...]] = []
+    rest: list[Hypothesis] = []
+    for hypothesis in ranked:
+        if len(kept) == n:
+            break
+        caption = words(hypothesis.ids)
+        if any(near_duplicate(caption, other) for other in kept_words):
+            rest.append(hypothesis)
+        else:
+            kept.append(hypothesis)
+            kept_words.append(caption)
+    return kept + rest[: n - len(kept)]
 
 
 def _best_first(scores: np.ndarray, needed: int) -> np.ndarray:
@@ -263,6 +290,7 @@ def _best_first(scores: np.ndarray, needed: int) -> np.ndarray:
     return np.argsort(-scores, kind="stable")
 
 
-def make_search(state, context, options: DecodingOptions, constraints: Constraints, accept: Accept = lambda ids: True) -> Search:
+def make_search(state, context, options: DecodingOptions, constraints: Constraints, accept: Accept = lambda ids: True,
+                words: Words | None = None) -> Search:
     kind = SampleSearch if options.do_sample else BeamSearch
-    return kind(state, context, options, constraints, accept)
+    return kind(state, context, options, constraints, accept, words)

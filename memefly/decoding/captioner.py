@@ -1,0 +1,123 @@
+"""What a decoder's vocabulary and templates mean for one request's search: the one place that
+turns options into constraints, acceptance rules and a seeded search. The gateway's service
+and `memefly evaluate` both build their searches here, so evaluation measures what is served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from memefly import contract as c
+from memefly.captions import tokens_to_boxes
+from memefly.decoding.constraints import Constraints
+from memefly.decoding.distinct import CaptionSet, caption_words
+from memefly.decoding.options import DecodingOptions
+from memefly.decoding.search import Search, make_search
+
+# A template whose probability is at least this decides the box counts alone; below it,
+# every template with at least MIXTURE_SHARE of the probability may lend its counts.
+DECIDES = 0.5
+MIXTURE_SHARE = 0.1
+
+
+def input_seed(key: str) -> int:
+    """A stable seed for an input (image SHA-256 or template): the same input, the same memes."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def template_input_key(template_id: int) -> str:
+    """The input key of a request that names a template (an image's is its SHA-256)."""
+    return f"template:{template_id}"
+
+
+def caption_key(text: str) -> str:
+    """What makes two returned captions the same: box by box, case and spacing ignored."""
+    boxes = [" ".join(box.lower().split()) for box in text.split(c.BOX_SEPARATOR)]
+    while boxes and not boxes[-1]:
+        boxes.pop()
+    return c.BOX_SEPARATOR.join(boxes)
+
+
+class Captioner:
+    def __init__(self, vocabulary: Sequence[str], box_counts: Sequence[frozenset[int] | None] = (),
+                 training_captions: CaptionSet | None = None, offensive_ids: Iterable[int] = ()):
+        self.vocabulary = list(vocabulary)
+        self.box_counts = list(box_counts)  # per template id; None or empty: any count
+        self.training_captions = training_captions or CaptionSet()
+        self.offensive_ids = set(offensive_ids)
+        self.word_ids = {token: i for i, token in enumerate(self.vocabulary)}
+        # Tokens with a letter or digit: boxes are compared by these.
+        self.is_word = np.array([any(ch.isalnum() for ch in token) and token not in c.SPECIAL_TOKENS
+                                 for token in self.vocabulary], dtype=bool)
+
+    def boxes(self, ids: Sequence[int]) -> list[str]:
+        return tokens_to_boxes([self.vocabulary[i] for i in ids])
+
+    def words(self, ids: Sequence[int]) -> tuple[tuple[str, ...], ...]:
+        return caption_words(self.boxes(ids))
+
+    def allowed_box_counts(self, template_probs: np.ndarray) -> frozenset[int] | None:
+        probs = np.asarray(template_probs, np.float64)
+        if not self.box_counts or probs.size != len(self.box_counts):
+            return None
+        top = int(np.argmax(probs))
+        lenders = [top] if probs[top] >= DECIDES else [int(t) for t in np.flatnonzero(probs >= MIXTURE_SHARE)] or [top]
+        counts: set[int] = set()
+        for t in lenders:
+            if not self.box_counts[t]:
+                return None  # a template without counts: leave the structure to the model
+            counts |= self.box_counts[t]
+        return frozenset(counts)
+
+    def search(self, state: np.ndarray, context: np.ndarray, template_probs: np.ndarray, options: DecodingOptions,
+               input_key: str) -> Search:
+        """A search for one request; INPUT_KEY seeds the default strategy when no seed is given."""
+        if options.default_strategy and options.seed is None:
+            options = options.model_copy(update={"seed": input_seed(input_key)})
+        blocked = set(self.offensive_ids) if options.safe else set()
+        blocked |= {self.word_ids[w.lower()] for w in options.blocked_words if w.lower() in self.word_ids}
+        constraints = Constraints(len(self.vocabulary), blocked, min_length=options.min_length,
+                                  max_length=options.max_length, no_repeat_ngram_size=options.no_repeat_ngram_size,
+                                  box_counts=self.allowed_box_counts(template_probs), word_ids=self.is_word)
+        return make_search(state, context, options, constraints, self.acceptor(options), self.words)
+
+    def acceptor(self, options: DecodingOptions) -> Callable[[tuple[int, ...]], bool]:
+        """Refuses captions the client already has, training captions (unless allowed), and
+        repeats of one already accepted."""
+        seen = {caption_key(text) for text in options.exclude}
+        novel_only = not options.allow_training_captions
+
+        def accept(ids: tuple[int, ...]) -> bool:
+            boxes = self.boxes(ids)
+            key = caption_key(c.BOX_SEPARATOR.join(boxes))
+            if key in seen or (novel_only and boxes in self.training_captions):
+                return False
+            seen.add(key)
+            return True
+
+        return accept
+
+
+def run_searches(searches: list[Search], step: Callable, max_rows: int = 1024) -> None:
+    """Drive searches to the end with a synchronous step(tokens, state, context) -> (top_ids,
+    top_log_probs, state): for offline use (evaluation); the gateway's scheduler does this
+    asynchronously, with continuous batching."""
+    live = [s for s in searches if not s.done]
+    while live:
+        batch, rows = [], 0
+        for search in live:
+            if batch and rows + search.rows > max_rows:
+                break
+            batch.append(search)
+            rows += search.rows
+        inputs = [s.inputs() for s in batch]
+        top_ids, top_log_probs, state = step(*(np.concatenate(parts) for parts in zip(*inputs, strict=True)))
+        start = 0
+        for search in batch:
+            end = start + search.rows
+            search.advance(top_ids[start:end], top_log_probs[start:end], state[start:end])
+            start = end
+        live = [s for s in live if not s.done]

@@ -1,0 +1,69 @@
+"""When two captions are the same meme, and whether a caption is a training caption.
+
+A caption is compared by its words: lower case, punctuation dropped, box by box. The same
+key is computed from a training caption's raw text (at export) and from generated tokens
+(at serving), so it does not depend on how the tokenizer splits punctuation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def box_words(box: str) -> tuple[str, ...]:
+    """"Don't  STOP, me!" -> ("don", "t", "stop", "me")."""
+    return tuple(_WORD.findall(box.lower()))
+
+
+def caption_words(boxes: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """Words per box, empty boxes dropped (a trailing separator makes no other meme)."""
+    return tuple(words for words in map(box_words, boxes) if words)
+
+
+def near_duplicate(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> bool:
+    """a, b: caption_words. The same meme told twice: the same words (box breaks aside), or, with
+    two or more boxes each, as many boxes and all of them but one identical."""
+    if [w for box in a for w in box] == [w for box in b for w in box]:
+        return True
+    if len(a) == len(b) >= 2:
+        return sum(x != y for x, y in zip(a, b, strict=True)) <= 1
+    return False
+
+
+def repeats_a_box(boxes: Sequence[str]) -> bool:
+    words = caption_words(boxes)
+    return len(set(words)) < len(words)
+
+
+def fingerprint(boxes: Sequence[str]) -> int:
+    """A 64-bit hash of the caption's words, as a signed int64 (what the fingerprint set stores)."""
+    key = "\x1f".join(" ".join(words) for words in caption_words(boxes)).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little", signed=True)
+
+
+class CaptionSet:
+    """A sorted array of caption fingerprints; membership by binary search (a few MB for 300k captions)."""
+
+    def __init__(self, fingerprints: Iterable[int] | np.ndarray = ()):
+        self.fingerprints = np.unique(np.asarray(list(fingerprints) if not isinstance(fingerprints, np.ndarray)
+                                                 else fingerprints, dtype=np.int64))
+
+    @classmethod
+    def of_captions(cls, captions: Iterable[Sequence[str]]) -> CaptionSet:
+        return cls(np.fromiter((fingerprint(boxes) for boxes in captions), dtype=np.int64))
+
+    def __len__(self) -> int:
+        return int(self.fingerprints.size)
+
+    def __contains__(self, boxes: Sequence[str]) -> bool:
+        if not self.fingerprints.size:
+            return False
+        value = fingerprint(boxes)
+        i = int(np.searchsorted(self.fingerprints, value))
+        return i < self.fingerprints.size and int(self.fingerprints[i]) == value
