@@ -9,11 +9,12 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import ClientDisconnect
 
 from gateway.backends import Backend
-from gateway.errors import GatewayError
+from gateway.errors import CLIENT_CLOSED, GatewayError
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
 from gateway.render_routes import STATIC_DIR
@@ -54,8 +55,15 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, error: GatewayError):
         if error.status >= 500:
-            log.warning("%s %s -> %d: %s", request.method, request.url.path, error.status, error.detail)
+            log.warning("%s %s -> %d: %s", request.method, request.url.path, error.status, error.logged)
         return JSONResponse({"detail": error.detail}, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, error: ClientDisconnect):
+        # The client's doing, not ours: no 5xx for alerts, no traceback for the log. Nobody reads the answer.
+        log.info("%s %s -> %d: the client went away before its request was read", request.method,
+                 request.url.path, CLIENT_CLOSED)
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception):

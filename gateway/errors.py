@@ -5,14 +5,24 @@ Client faults are 4xx; model-side trouble is 502/503/504. A 500 is only ever a b
 
 from __future__ import annotations
 
+CLIENT_CLOSED = 499  # nginx's code for "the client went away": counted and logged, nobody receives it
+
 
 class GatewayError(Exception):
+    """`detail` is what the client is told: what it did wrong, or what failed, never where
+    (hosts, ports, memory addresses); `internal` adds that for the log."""
+
     status = 500
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None):
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, internal: str = ""):
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
+        self.internal = internal
+
+    @property
+    def logged(self) -> str:
+        return f"{self.detail} [{self.internal}]" if self.internal else self.detail
 
 
 class BadImage(GatewayError):
@@ -42,8 +52,8 @@ class ModelUnavailable(GatewayError):
 
     status = 503
 
-    def __init__(self, detail: str, *, retry_after_s: int = 5):
-        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+    def __init__(self, detail: str, *, retry_after_s: int = 5, internal: str = ""):
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)}, internal=internal)
 
 
 class DeadlineExceeded(GatewayError):

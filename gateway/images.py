@@ -1,13 +1,16 @@
 """Upload checks before an image reaches the encoder: size, type from the bytes, pixels, decodability.
 
 The encoder decodes JPEG, PNG and GIF itself. Anything else we accept (BMP, WebP), images
-with an EXIF rotation, and unusual pixel modes are re-encoded to PNG, upright.
+with an EXIF rotation, unusual pixel modes and animations (GIF, APNG, WebP: their first frame)
+are re-encoded to PNG, upright: the encoder only ever sees one still frame. The frame count
+is read from the headers before any pixel is decoded, and pixels x frames has a budget.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,6 +25,9 @@ _PLAIN_MODES = {"RGB", "RGBA", "L", "LA", "P", "1"}
 _EXIF_ORIENTATION = 0x0112
 # Re-encoded images need not be larger than this: the encoder sees 299 x 299.
 _REENCODE_MAX_SIDE = 1024
+# Pixels x frames of an animation, as a multiple of the pixel limit: counting the frames walks
+# the file's headers, and a file of thousands of huge frames is refused before that walk ends.
+FRAME_BUDGET_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -71,13 +77,16 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> CheckedImage
         image = Image.open(io.BytesIO(data), formats=[kind])
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"the image has too many pixels; the limit is {max_pixels:,}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise BadImage(f"the {kind} data cannot be read: {error}") from None
+    except UnidentifiedImageError:  # its message names a Python object and its address
+        raise BadImage(f"the {kind} data cannot be read") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise BadImage(f"the {kind} data cannot be read: {_plain(error)}") from None
     width, height = image.size
     if width < 1 or height < 1:
         raise BadImage(f"the image is {width} x {height} pixels")
     if width * height > max_pixels:
         raise ImageTooLarge(f"the image is {width} x {height} = {width * height:,} pixels; the limit is {max_pixels:,}")
+    frames = _frames(image, kind, width * height, FRAME_BUDGET_FACTOR * max_pixels)
     try:
         if kind == "JPEG":
             image.draft("RGB", (2 * _REENCODE_MAX_SIDE, 2 * _REENCODE_MAX_SIDE))  # decode at a reduced scale
@@ -85,13 +94,31 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> CheckedImage
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"the image has too many pixels; the limit is {max_pixels:,}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise BadImage(f"the {kind} data is truncated or corrupt: {error}") from None
+        raise BadImage(f"the {kind} data is truncated or corrupt: {_plain(error)}") from None
 
     digest = sha256(data)
     rotated = image.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None)
-    if kind in ENCODER_FORMATS and not rotated and image.mode in _PLAIN_MODES:
+    if kind in ENCODER_FORMATS and not rotated and image.mode in _PLAIN_MODES and frames == 1:
         return CheckedImage(data, digest, kind, width, height, reencoded=False)
     return _reencode(image, digest, kind)
+
+
+def _plain(error: Exception) -> str:
+    """A decoder's message without Python object reprs (<... at 0x7f...>)."""
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the upload", str(error))
+
+
+def _frames(image: Image.Image, kind: str, frame_pixels: int, budget: int) -> int:
+    """How many frames the file declares (Pillow walks the frame headers without decoding
+    pixels); ImageTooLarge when frames x pixels pass the budget."""
+    try:
+        frames = getattr(image, "n_frames", 1)
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise BadImage(f"the {kind} animation cannot be read: {_plain(error)}") from None
+    if frames * frame_pixels > budget:
+        raise ImageTooLarge(f"the animation has {frames:,} frames of {frame_pixels:,} pixels; "
+                            f"the limit is {budget:,} pixels in all frames")
+    return frames
 
 
 def _reencode(image: Image.Image, digest: str, kind: str) -> CheckedImage:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from memefly.decoding.options import DecodingOptions
 from gateway.dependencies import RendererDep, Service
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import CLIENT_CLOSED, GatewayError, InvalidRequest
 from gateway.render_routes import caption_headers, image_response, render_spec
 from gateway.rendering.layout import layout_for
 from gateway.rendering.renderer import Renderer
@@ -20,7 +20,6 @@ from gateway.schemas import (BatchItem, BatchItemError, BatchRequest, BatchRespo
 from gateway.service import MemeResult, MemeService
 
 router = APIRouter()
-CLIENT_CLOSED = 499  # nginx's code for "the client went away"; nobody receives it
 
 _BODY_DOC = {
     "requestBody": {

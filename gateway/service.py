@@ -129,9 +129,9 @@ class MemeService:
             pass
         return self.readiness
 
-    def _set_ready(self, ready: bool, reason: str = "") -> None:
+    def _set_ready(self, ready: bool, reason: str = "", *, logged: str | None = None) -> None:
         if ready != self.readiness.ready or reason != self.readiness.reason:
-            (log.info if ready else log.warning)("ready=%s %s", ready, reason)
+            (log.info if ready else log.warning)("ready=%s %s", ready, logged or reason)
         self.readiness = Readiness(ready, reason)
         self.metrics.ready.set(1 if ready else 0)
         if ready:
@@ -150,7 +150,7 @@ class MemeService:
             except asyncio.CancelledError:
                 raise
             except GatewayError as error:
-                self._set_ready(False, error.detail)
+                self._set_ready(False, error.detail, logged=error.logged)
             except Exception as error:  # keep monitoring whatever happens; say what it was
                 log.exception("readiness check failed")
                 self._set_ready(False, f"{type(error).__name__}: {error}")

@@ -262,6 +262,7 @@ def test_bad_uploads_get_clear_errors(client, make, status, fragment):
     response = upload(client, make())
     assert response.status_code == status, response.text
     assert fragment in response.json()["detail"]
+    assert not re.search(r"0x[0-9a-f]{6,}|BytesIO", response.json()["detail"]), "no Python internals"
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -328,3 +329,30 @@ def test_metrics_are_prometheus_text(client):
     assert 'memefly_requests_total{method="GET",route="/healthz",status="200"}' in text
     assert "memefly_request_seconds_bucket" in text
     assert "memefly_decoder_searches" in text and "memefly_ready 1.0" in text
+
+
+def test_a_client_that_leaves_mid_upload_is_499_in_one_info_line(gateway, caplog):
+    """Not a server error: no 500 in /metrics (alerts), no traceback in the log (floods)."""
+    import logging
+    import socket
+    import time
+
+    port = int(gateway.url.rsplit(":", 1)[1])
+    part = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n\xff\xd8\xff' + b"a" * 5000
+    with caplog.at_level(logging.INFO):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /memes HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xyz\r\n"
+                         b"Content-Length: 1000000\r\n\r\n" + part)
+            time.sleep(0.3)  # the gateway is reading the body when the client goes
+        deadline = time.monotonic() + 10
+        with gateway.client() as client:
+            while time.monotonic() < deadline:
+                text = client.get("/metrics").text
+                if 'route="/memes",status="499"' in text:
+                    break
+                time.sleep(0.05)
+    assert 'route="/memes",status="499"' in text
+    assert 'route="/memes",status="500"' not in text
+    gone = [r for r in caplog.records if "client went away" in r.getMessage()]
+    assert gone and all(r.levelno == logging.INFO and not r.exc_info for r in gone)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

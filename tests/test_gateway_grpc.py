@@ -59,13 +59,17 @@ def test_persistent_unavailability_is_503_with_retry_after(served_models_dir, se
         assert "UNAVAILABLE" in response.json()["detail"]
 
 
-def test_model_side_errors_are_502_never_500(served_models_dir, serving):
+def test_model_side_errors_are_502_never_500(served_models_dir, serving, caplog):
     with running_gateway(settings_for(served_models_dir, serving)) as gateway, gateway.client() as client:
         serving.fail_next(grpc.StatusCode.INVALID_ARGUMENT, count=1, model=c.DECODER_MODEL, rpc="Predict",
                           details="bad tensor")
         response = client.post("/memes", json=TEMPLATE)
         assert response.status_code == 502
-        assert "INVALID_ARGUMENT" in response.json()["detail"] and "bad tensor" in response.json()["detail"]
+        detail = response.json()["detail"]
+        assert "INVALID_ARGUMENT" in detail and c.DECODER_MODEL in detail
+        # Where the model server runs and what it said stay in the log.
+        assert serving.target not in detail and "bad tensor" not in detail
+        assert any(serving.target in r.getMessage() and "bad tensor" in r.getMessage() for r in caplog.records)
         assert client.post("/memes", json=TEMPLATE).status_code == 200  # one failure, not a broken gateway
 
 

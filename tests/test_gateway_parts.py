@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from gateway.batcher import MicroBatcher
 from gateway.cache import LruCache
@@ -242,6 +242,34 @@ def test_image_types_come_from_the_bytes():
     for fmt in ("JPEG", "PNG", "GIF", "BMP", "WEBP"):
         assert sniff_format(encoded(image, fmt)) == fmt
     assert sniff_format(b"%PDF-1.4") is None
+
+
+def animation(fmt: str, frames: int, size: tuple[int, int]) -> bytes:
+    images = [Image.new("RGB", size, (40 * i % 256, 255 - 40 * i % 256, 0)) for i in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format=fmt, save_all=True, append_images=images[1:], duration=100)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
+def test_an_animation_reaches_the_encoder_as_one_still_frame(fmt):
+    checked = check_image(animation(fmt, 5, (60, 40)), max_bytes=1_000_000, max_pixels=1_000_000)
+    assert checked.reencoded and sniff_format(checked.data) == "PNG"
+    still = Image.open(io.BytesIO(checked.data))
+    assert getattr(still, "n_frames", 1) == 1 and still.size == (60, 40)
+    assert still.convert("RGB").getpixel((5, 5)) == (0, 255, 0)  # the first frame
+
+
+def test_too_many_frames_are_refused_from_the_headers_before_decoding(monkeypatch):
+    """200 frames of 4000 x 4000 in 2.6 MB: refused without decoding one of them."""
+    frames = [Image.new("P", (4000, 4000), i) for i in range(200)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self, *a: decoded.append(self))
+    with pytest.raises(ImageTooLarge, match="200 frames"):
+        check_image(buffer.getvalue(), max_bytes=10_000_000, max_pixels=40_000_000)
+    assert not decoded
 
 
 def test_image_checks():

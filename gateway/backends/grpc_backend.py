@@ -94,13 +94,16 @@ class GrpcBackend:
         raise AssertionError("unreachable")
 
     def _gateway_error(self, error: grpc.aio.AioRpcError, model: str, signature: str) -> GatewayError:
-        where = f"{model} v{self.version or 'latest'} ({signature}) at {self._targets[model]}"
+        # The client hears which model and what kind of failure; where it runs and the server's
+        # own words (addresses, internals) go to the log only.
+        what = f"{model} ({signature})"
+        internal = f"v{self.version or 'latest'} at {self._targets[model]}: {error.details()}"
         code = error.code()
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return DeadlineExceeded(f"{where}: no answer within {self.settings.call_timeout_s:g} s")
+            return DeadlineExceeded(f"{what}: no answer within {self.settings.call_timeout_s:g} s", internal=internal)
         if code in _UNAVAILABLE:
-            return ModelUnavailable(f"{where}: {code.name}: {error.details()}", retry_after_s=self.settings.retry_after_s)
-        return ModelError(f"{where}: {code.name}: {error.details()}")
+            return ModelUnavailable(f"{what}: {code.name}", retry_after_s=self.settings.retry_after_s, internal=internal)
+        return ModelError(f"{what}: {code.name}", internal=internal)
 
     async def close(self) -> None:
         for channel in self._channels.values():
