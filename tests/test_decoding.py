@@ -232,6 +232,21 @@ def test_top_p_keeps_only_the_nucleus():
     assert {h.ids[0] for h in results} <= nucleus
 
 
+def test_repetition_penalty_steers_away_from_used_words_and_keeps_model_scores():
+    model = TinyModel(3, sharpness=0.3)  # flat: a penalty of 50 outweighs any preference
+    options = DecodingOptions(num_beams=4, num_return_sequences=4, max_length=5, min_length=5, length_penalty=0.0,
+                              no_repeat_ngram_size=0)
+    plain = run(new_search(model, options), model)
+    penalised = run(new_search(model, options.model_copy(update={"repetition_penalty": 50.0})), model)
+    words = lambda h: [t for t in h.ids if t != SEP_ID]  # noqa: E731
+    assert any(len(set(words(h))) < len(words(h)) for h in plain)
+    # Three words, five tokens: a word comes twice only after the other two, or with a box break between.
+    assert sum(len(words(h)) - len(set(words(h))) for h in penalised) < sum(
+        len(words(h)) - len(set(words(h))) for h in plain)
+    for h in penalised:  # the score is the model's, not the penalised one
+        assert math.isclose(h.log_prob, model.sequence_log_prob(h.ids, h.finished), abs_tol=1e-6)
+
+
 def test_invalid_option_combinations_are_refused():
     with pytest.raises(ValueError, match="num_return_sequences"):
         DecodingOptions(num_beams=2, num_return_sequences=3)
@@ -258,20 +273,22 @@ def test_invalid_option_combinations_are_refused():
     k=st.sampled_from([3, 5, VOCAB]),
     block=st.sampled_from([(), (6,), (5, 7)]),
     box_counts=st.sampled_from([None, {1}, {2}, {1, 2}]),
+    repetition_penalty=st.sampled_from([1.0, 3.0]),
 )
 def test_properties(seed, num_beams, extra_return, max_length, min_length, length_penalty, no_repeat, groups,
-                    do_sample, k, block, box_counts):
+                    do_sample, k, block, box_counts, repetition_penalty):
     min_length = min(min_length, max_length)
     if do_sample:
         options = DecodingOptions(do_sample=True, num_return_sequences=num_beams, max_length=max_length,
                                   min_length=min_length, length_penalty=length_penalty,
-                                  no_repeat_ngram_size=no_repeat, seed=seed, temperature=1.5, top_p=0.9)
+                                  no_repeat_ngram_size=no_repeat, seed=seed, temperature=1.5, top_p=0.9,
+                                  repetition_penalty=repetition_penalty)
     else:
         num_beams *= groups
         options = DecodingOptions(num_beams=num_beams, num_return_sequences=max(1, num_beams - extra_return),
                                   num_beam_groups=groups, diversity_penalty=0.5 * (groups > 1),
                                   max_length=max_length, min_length=min_length, length_penalty=length_penalty,
-                                  no_repeat_ngram_size=no_repeat)
+                                  no_repeat_ngram_size=no_repeat, repetition_penalty=repetition_penalty)
     model = TinyModel(seed)
     results = run(new_search(model, options, blocked=block, box_counts=box_counts), model, k=k)
 

@@ -62,6 +62,16 @@ class Constraints:
                     mask[i] |= is_end[i]
         return mask
 
+    def repeated(self, histories: Sequence[Sequence[int]], top_ids: np.ndarray) -> np.ndarray:
+        """Bool [rows, K]: candidate k is a word row i already used (for repetition_penalty)."""
+        mask = np.zeros(top_ids.shape, dtype=bool)
+        for i, history in enumerate(histories):
+            used = {t for t in history if self.word_ids is None or (0 <= t < self.word_ids.size and self.word_ids[t])}
+            used.discard(SEP_ID)
+            if used:
+                mask[i] = np.isin(top_ids[i], list(used))
+        return mask
+
     def _boxes(self, history: Sequence[int]) -> tuple[int, bool, bool]:
         """(boxes so far, the open one included; is the open box empty; does it repeat a closed box)."""
         boxes: list[tuple[int, ...]] = [()]

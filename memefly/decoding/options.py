@@ -19,8 +19,11 @@ from memefly.contract import TOP_K
 DEFAULT_CANDIDATES = 16
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
-_DEFAULTS = {"num_candidates": DEFAULT_CANDIDATES, "temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P}
-_PLAIN_SAMPLING = {"num_candidates": None, "temperature": 1.0, "top_p": 1.0}  # None: num_return_sequences
+DEFAULT_REPETITION_PENALTY = 1.3
+_DEFAULTS = {"num_candidates": DEFAULT_CANDIDATES, "temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P,
+             "repetition_penalty": DEFAULT_REPETITION_PENALTY}
+# None: num_return_sequences
+_PLAIN_SAMPLING = {"num_candidates": None, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0}
 _BEAM_SETTINGS = {"num_beams", "num_beam_groups", "diversity_penalty"}
 
 
@@ -34,6 +37,9 @@ class DecodingOptions(BaseModel):
     min_length: int = Field(1, ge=0, le=MAX_LENGTH, description="fewest tokens before <end> may come")
     length_penalty: float = Field(1.0, ge=-5.0, le=5.0, description="score = sum log p / (length + 1) ** length_penalty")
     no_repeat_ngram_size: int = Field(3, ge=0, le=10, description="no n-gram of this size twice in a caption (0: off)")
+    repetition_penalty: float | None = Field(None, ge=1.0, le=10.0, description=(
+        "a word already in the caption: its log-prob times this, for choosing and sampling "
+        f"(default: {DEFAULT_REPETITION_PENALTY} for the default strategy, else 1: off)"))
     num_beam_groups: int = Field(1, ge=1, le=MAX_BEAMS, description="diverse beam search: groups of beams")
     diversity_penalty: float = Field(0.0, ge=0.0, le=100.0, description="subtracted per earlier group's use of a token at a step")
     do_sample: bool | None = Field(None, description="true: plain sampling; false: beam search; "
@@ -71,7 +77,7 @@ class DecodingOptions(BaseModel):
                 raise ValueError(f"num_candidates ({self.num_candidates}) is less than "
                                  f"num_return_sequences ({self.num_return_sequences})")
         else:
-            for name in ("temperature", "top_p"):
+            for name in ("temperature", "top_p", "repetition_penalty"):
                 if getattr(self, name) is None:
                     resolved[name] = 1.0
         if self.min_length > self.max_length:

@@ -65,6 +65,14 @@ class Search:
     def results(self) -> list[Hypothesis]:
         raise NotImplementedError
 
+    def _penalized(self, histories, top_ids: np.ndarray, log_probs: np.ndarray) -> np.ndarray:
+        """What selection and sampling see: log-probs of words already in the caption multiplied by
+        repetition_penalty (HF's rule for negative scores). Scores keep the model's log-probs."""
+        penalty = self.options.repetition_penalty
+        if penalty == 1.0:
+            return log_probs
+        return np.where(self.constraints.repeated(histories, top_ids), log_probs * penalty, log_probs)
+
     def _step_inputs(self, histories: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         tokens = np.array([h[-1] if h else START_ID for h in histories], dtype=np.int32)
         return tokens, self.state, np.broadcast_to(self.context, (len(histories), self.context.size))
@@ -113,7 +121,7 @@ class BeamSearch(Search):
             ids = top_ids[row : row + n]
             log_probs = top_log_probs[row : row + n].astype(np.float64)
             total = np.array([b.log_prob for b in beams])[:, None] + log_probs
-            rank = np.array([b.rank for b in beams])[:, None] + log_probs
+            rank = np.array([b.rank for b in beams])[:, None] + self._penalized([b.ids for b in beams], ids, log_probs)
             if penalty and used:
                 rank = rank - penalty * np.vectorize(lambda t: used.get(int(t), 0), otypes=[float])(ids)
             rank[self.constraints.forbidden([b.ids for b in beams], ids)] = -np.inf
@@ -225,11 +233,13 @@ class SampleSearch(Search):
         return probs
 
     def advance(self, top_ids, top_log_probs, state) -> None:
-        forbidden = self.constraints.forbidden([s.ids for s in self.samples], top_ids)
+        histories = [s.ids for s in self.samples]
+        forbidden = self.constraints.forbidden(histories, top_ids)
+        drawn_from = self._penalized(histories, top_ids, top_log_probs.astype(np.float64))
         kept_samples, kept_states = [], []
         for i, sample in enumerate(self.samples):
             log_probs = top_log_probs[i].astype(np.float64)
-            probs = self._distribution(log_probs, ~forbidden[i])
+            probs = self._distribution(drawn_from[i], ~forbidden[i])
             if probs is None:
                 # Nothing allowed (at max_length: <end> not among the top K): keep it as cut.
                 if sample.ids:
