@@ -33,6 +33,10 @@ class ImageTooLarge(GatewayError):
     status = 413
 
 
+class RequestTooLarge(GatewayError):
+    status = 413
+
+
 class UnsupportedImage(GatewayError):
     status = 415
 

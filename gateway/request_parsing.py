@@ -14,18 +14,25 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from gateway.errors import BadImage, ImageTooLarge, InvalidRequest, UnsupportedImage
+from gateway.errors import BadImage, ImageTooLarge, InvalidRequest, RequestTooLarge, UnsupportedImage
 
 LIST_FIELDS = {"exclude", "blocked_words", "boxes"}
 FILE_FIELDS = {"image", "images"}
+# JSON is parsed in C holding the GIL: a hostile body (millions of nested empty lists) would
+# stall every request, /healthz included, and take gigabytes. Our bodies are a few small
+# fields plus base64 strings, so two cheap byte scans refuse such a body before parsing.
+SMALL_JSON_BYTES = 64 * 1024  # a JSON body that carries no image (no *_base64 field) is at most this
+MAX_JSON_CONTAINERS = 10_000  # "[" and "{" in the whole body, strings included
 
 
 async def parse(request: Request, model: type[BaseModel], *, max_files: int) -> tuple[BaseModel, list[bytes]]:
     """The validated fields, and the uploaded files in order (multipart only)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
+        raw = await request.body()
+        check_json_shape(raw)
         try:
-            data = json.loads(await request.body())
+            data = json.loads(raw)
         except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, an integer too long, nesting too deep
             raise BadRequestBody(f"the body is not valid JSON: {str(error)[:200]}") from None
         if not isinstance(data, dict):
@@ -52,6 +59,16 @@ async def parse(request: Request, model: type[BaseModel], *, max_files: int) -> 
 
 class BadRequestBody(BadImage):
     """400: the body itself cannot be read."""
+
+
+def check_json_shape(raw: bytes) -> None:
+    """Refuse, before parsing, a JSON body that no request of ours can be (see SMALL_JSON_BYTES)."""
+    if len(raw) > SMALL_JSON_BYTES and b'_base64"' not in raw:
+        raise RequestTooLarge(f"a JSON body without image_base64 is at most {SMALL_JSON_BYTES // 1024} KB; "
+                              f"this one is {len(raw):,} bytes")
+    containers = raw.count(b"[") + raw.count(b"{")
+    if containers > MAX_JSON_CONTAINERS:
+        raise BadRequestBody(f"the JSON body has {containers:,} arrays and objects; a request has a few")
 
 
 def validate(model: type[BaseModel], data: dict) -> BaseModel:

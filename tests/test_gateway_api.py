@@ -323,6 +323,35 @@ def test_bad_bodies(client):
         assert response.status_code == 400 and "not valid JSON" in response.json()["detail"]
 
 
+def test_hostile_json_is_refused_before_parsing_and_never_stalls_the_server(gateway, client):
+    """Nested empty lists up to the body limit (13 MB with the default settings): once that froze
+    every request, /healthz too, for 4 s."""
+    import threading
+    import time
+
+    limit = gateway.app.state.settings.max_upload_bytes * 4 // 3  # what the body-size cap lets through
+    nested = b'{"template": "Grumpy-Cat", "exclude": [' + b"[]," * (limit // 3) + b"[]]}"
+    with_image_key = b'{"image_base64": "", "exclude": [' + b"[]," * (limit // 3) + b"[]]}"
+    answers, health = {}, []
+
+    def send(name, body):
+        with gateway.client() as own:
+            answers[name] = own.post("/memes", content=body, headers={"content-type": "application/json"})
+
+    senders = [threading.Thread(target=send, args=item) for item in (("small", nested), ("image", with_image_key))]
+    for thread in senders:
+        thread.start()
+    while any(thread.is_alive() for thread in senders):
+        started = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        health.append(time.perf_counter() - started)
+    for thread in senders:
+        thread.join()
+    assert answers["small"].status_code == 413 and "64 KB" in answers["small"].json()["detail"]
+    assert answers["image"].status_code == 400 and "arrays and objects" in answers["image"].json()["detail"]
+    assert max(health, default=0) < 1.0  # a generous bound: the point is no multi-second stall
+
+
 def test_metrics_are_prometheus_text(client):
     client.get("/healthz")
     text = client.get("/metrics").text
