@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
 
 from gateway.backends import Backend
+from gateway.draining import Drain, DrainMiddleware
 from gateway.errors import CLIENT_CLOSED, GatewayError
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -73,5 +74,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     single = settings.max_upload_bytes * 4 // 3 + 256 * 1024  # base64 plus the other fields
     batch = single * settings.max_batch_images
     app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: batch if path.endswith("/batch") else single)
+    drain = Drain(settings.retry_after_s)
+    drain.on_start.append(service.start_draining)
+    app.state.drain = drain
+    app.add_middleware(DrainMiddleware, drain=drain)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -102,6 +102,7 @@ class MemeService:
         self._connected = asyncio.Event()
         self._checked = asyncio.Event()  # the first start-up check has finished, either way
         self._check_now = asyncio.Event()  # a request saw the model servers fail: check them now
+        self._draining = False
 
     # ---- life cycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -139,21 +140,31 @@ class MemeService:
         else:
             self._connected.clear()
 
+    def start_draining(self) -> None:
+        """Shutting down: not ready from now on, whatever the model servers say."""
+        self._draining = True
+        self._set_ready(False, "shutting down")
+
     async def _keep_ready(self) -> None:
         while True:
             try:
-                if self.readiness.ready:
+                if self._draining:
+                    pass
+                elif self.readiness.ready:
                     await self._ping()
                 else:
                     await self._connect()
-                    self._set_ready(True, "")
+                    if not self._draining:
+                        self._set_ready(True, "")
             except asyncio.CancelledError:
                 raise
             except GatewayError as error:
-                self._set_ready(False, error.detail, logged=error.logged)
+                if not self._draining:
+                    self._set_ready(False, error.detail, logged=error.logged)
             except Exception as error:  # keep monitoring whatever happens; say what it was
                 log.exception("readiness check failed")
-                self._set_ready(False, f"{type(error).__name__}: {error}")
+                if not self._draining:
+                    self._set_ready(False, f"{type(error).__name__}: {error}")
             self._checked.set()
             interval = self.settings.health_interval_s
             try:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from memefly.decoding.limits import MAX_BEAMS
+from memefly.decoding.limits import MAX_BEAMS, MAX_CANDIDATES
 from memefly.paths import models_dir as default_models_dir
 from memefly.paths import templates_dir as default_templates_dir
 
@@ -30,6 +30,10 @@ class Settings:
 
     # A request that takes longer than this gets 504 and frees its beams.
     request_timeout_s: float = 30.0
+    # On SIGTERM: /readyz and new requests get 503 at once, requests in flight get this long to
+    # finish (longer than a request may take), then what is left gets 503. Keep Kubernetes'
+    # terminationGracePeriodSeconds above it.
+    shutdown_grace_s: float = 35.0
     # Readiness: how often the model servers are checked, and Retry-After on 503.
     health_interval_s: float = 5.0
     retry_after_s: int = 5
@@ -79,8 +83,12 @@ class Settings:
                 raise ValueError(f"MEMEFLY_{name.upper()} must be at least 1")
         if not 1 <= self.render_jpeg_quality <= 100:
             raise ValueError("MEMEFLY_RENDER_JPEG_QUALITY must be between 1 and 100")
-        if self.decoder_max_rows < MAX_BEAMS:  # one request of the widest beam search must fit in a call
-            raise ValueError(f"MEMEFLY_DECODER_MAX_ROWS must be at least {MAX_BEAMS} (the most beams a request may ask for)")
+        widest = max(MAX_BEAMS, MAX_CANDIDATES)  # one request's rows must fit in a call
+        if self.decoder_max_rows < widest:
+            raise ValueError(f"MEMEFLY_DECODER_MAX_ROWS must be at least {widest} "
+                             "(the most beams or sampled candidates a request may ask for)")
+        if self.shutdown_grace_s < 0:
+            raise ValueError("MEMEFLY_SHUTDOWN_GRACE_S must be at least 0")
 
 
 def _parse(name: str, kind: str, raw: str):

@@ -220,8 +220,13 @@ def _cmd_serve(args) -> int:
         except BuildError as e:  # it says which setting to point where
             print(f"error: {e}", file=sys.stderr)
             return 2
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=10)
+    from gateway.draining import DrainingServer
+
+    app = create_app(settings)
+    # The drain (MEMEFLY_SHUTDOWN_GRACE_S) has answered every request by the time uvicorn's own
+    # shutdown runs: its grace only covers responses still being written.
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    DrainingServer(config, app.state.drain, settings.shutdown_grace_s).run()
     return 0
 
 

@@ -1,0 +1,95 @@
+"""SIGTERM under load, against `memefly serve` in a subprocess (gRPC to the loopback TF Serving):
+/readyz and new requests get 503 at once, requests in flight finish within the grace period,
+and what the grace period cuts off gets 503 with Retry-After, never a 500."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from memefly import contract as c
+from net import free_port
+
+IN_FLIGHT = 6
+
+
+def start_serve(loopback, grace_s: float, log_path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, MEMEFLY_SHUTDOWN_GRACE_S=str(grace_s), MEMEFLY_CALL_TIMEOUT_S="30",
+               MEMEFLY_REQUEST_TIMEOUT_S="60", MEMEFLY_HEALTH_INTERVAL_S="30")
+    process = subprocess.Popen([sys.executable, "-m", "memefly.cli", "serve", "--port", str(port), "--backend", "grpc",
+                                "--encoder-target", loopback.target, "--decoder-target", loopback.target],
+                               env=env, stderr=log_path.open("w"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, log_path.read_text()[-2000:]
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "not ready after 120 s"
+        time.sleep(0.2)
+
+
+def distinct_png(i: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (i * 37 % 256, 90, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def send_in_flight(url: str) -> tuple[list, list[threading.Thread]]:
+    answers: list = [None] * IN_FLIGHT
+
+    def one(i):
+        try:
+            answers[i] = httpx.post(url + "/memes", files={"image": ("x.png", distinct_png(i), "image/png")}, timeout=60)
+        except httpx.HTTPError as error:
+            answers[i] = error
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(IN_FLIGHT)]
+    for thread in threads:
+        thread.start()
+    return answers, threads
+
+
+@pytest.mark.parametrize("grace_s, encoder_delay_s", [(20.0, 3.0), (1.0, 6.0)], ids=["all-finish", "cut-off"])
+def test_sigterm_drains_in_flight_requests(loopback, tmp_path, grace_s, encoder_delay_s):
+    process, url = start_serve(loopback, grace_s, tmp_path / "serve.log")
+    try:
+        loopback.set_delay(encoder_delay_s, model=c.ENCODER_MODEL)  # every request now waits for the encoder
+        answers, threads = send_in_flight(url)
+        time.sleep(1.0)  # all of them are in flight
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        ready = httpx.get(url + "/readyz")
+        assert ready.status_code == 503 and ready.json()["reason"] == "shutting down"
+        late = httpx.post(url + "/memes", json={"template": "Grumpy-Cat"})
+        assert late.status_code == 503 and late.headers["retry-after"]
+        assert httpx.get(url + "/healthz").status_code == 200  # alive while draining
+        for thread in threads:
+            thread.join(60)
+        process.wait(60)
+    finally:
+        loopback.set_delay(0.0)
+        if process.poll() is None:
+            process.kill()
+    statuses = [a.status_code if isinstance(a, httpx.Response) else repr(a) for a in answers]
+    if grace_s > encoder_delay_s:
+        assert statuses == [200] * IN_FLIGHT, statuses
+    else:
+        assert statuses == [503] * IN_FLIGHT, statuses
+        assert all(a.headers.get("retry-after") for a in answers)
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert process.returncode in (0, -signal.SIGTERM)
