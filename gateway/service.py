@@ -161,6 +161,7 @@ class MemeService:
             except GatewayError as error:
                 if not self._draining:
                     self._set_ready(False, error.detail, logged=error.logged)
+                await self.backend.reset()  # the next check opens new channels
             except Exception as error:  # keep monitoring whatever happens; say what it was
                 log.exception("readiness check failed")
                 if not self._draining:
@@ -168,7 +169,7 @@ class MemeService:
             self._checked.set()
             interval = self.settings.health_interval_s
             try:
-                await asyncio.wait_for(self._check_now.wait(), interval if self.readiness.ready else min(interval, 1.0))
+                await asyncio.wait_for(self._check_now.wait(), interval if self.readiness.ready else min(interval, 0.5))
             except TimeoutError:
                 pass
             self._check_now.clear()

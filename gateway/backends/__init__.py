@@ -25,6 +25,9 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
+    async def reset(self) -> None:
+        """A check of the model servers failed: drop connections, so the next call starts afresh."""
+
 
 def make_backend(settings: Settings) -> Backend:
     if settings.backend == "grpc":

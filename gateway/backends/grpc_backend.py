@@ -37,6 +37,11 @@ def channel_options(settings: Settings) -> list[tuple[str, int | str]]:
         ("grpc.keepalive_permit_without_calls", 0),
         # A DNS name with several model-server replicas: spread calls over all of them.
         ("grpc.lb_policy_name", "round_robin"),
+        # Reconnect soon after a model server comes back, however long it was away (gRPC's
+        # default backoff grows to 120 s); the readiness check also starts new channels.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
 
 
@@ -96,8 +101,8 @@ class GrpcBackend:
     def _gateway_error(self, error: grpc.aio.AioRpcError, model: str, signature: str) -> GatewayError:
         # The client hears which model and what kind of failure; where it runs and the server's
         # own words (addresses, internals) go to the log only.
-        what = f"{model} ({signature})"
-        internal = f"v{self.version or 'latest'} at {self._targets[model]}: {error.details()}"
+        what = f"{model} v{self.version or 'latest'} ({signature})"
+        internal = f"at {self._targets[model]}: {error.details()}"
         code = error.code()
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded(f"{what}: no answer within {self.settings.call_timeout_s:g} s", internal=internal)
@@ -110,3 +115,7 @@ class GrpcBackend:
             await channel.close()
         self._channels.clear()
         self._stubs.clear()
+
+    async def reset(self) -> None:
+        """After a failed check: the next call opens new channels (no state left from the outage)."""
+        await self.close()

@@ -72,6 +72,9 @@ class InProcessBackend:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executors[model], _run, function, model, signature, inputs, outputs)
 
+    async def reset(self) -> None:
+        """Nothing to reconnect: the models live in this process."""
+
     async def close(self) -> None:
         for executor in self._executors.values():
             executor.shutdown(wait=False, cancel_futures=True)
