@@ -77,6 +77,8 @@ class MemeflyClient:
                  models_dir: Path | str | None = None, settings: Settings | None = None,
                  ready_timeout_s: float = 300.0, max_in_flight: int = 64, **setting_overrides):
         """`setting_overrides`: any field of gateway.settings.Settings, e.g. encoder_max_batch=64."""
+        # A library caller with many items would rather queue than be refused (admission control).
+        setting_overrides.setdefault("admission_control", False)
         self.settings = client_settings(encoder_target, decoder_target, models_dir=models_dir,
                                         settings=settings, **setting_overrides)
         self.service = MemeService(self.settings)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from memefly.decoding.search import Search
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,18 @@ class _Entry:
     search: Search
     future: asyncio.Future = field(repr=False)
     busy: bool = False  # in a call right now
+    steps: int = 0
+
+
+# Admission control: a request is refused at once (503, Retry-After) when the queue as it is
+# would not let it finish within its deadline; estimates come from the calls just made.
+EWMA = 0.2  # weight of the newest call in the running estimates
+TYPICAL_STEPS = 20.0  # steps of a search, until searches have been measured
+HEADROOM = 0.8  # admit only when the estimate leaves this share of the deadline
+
+
+class Overloaded(ModelUnavailable):
+    """503 with Retry-After: the gateway is too busy to answer this request within its deadline."""
 
 
 class DecodeScheduler:
@@ -52,6 +65,8 @@ class DecodeScheduler:
         self._task: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()
         self.calls = 0
+        self.call_seconds: float | None = None  # running estimate of one step call's wall time
+        self.steps_per_search = TYPICAL_STEPS
 
     @property
     def depth(self) -> int:
@@ -77,12 +92,25 @@ class DecodeScheduler:
                 entry.future.set_exception(GatewayError("the decoder scheduler stopped"))
         self._entries.clear()
 
-    async def run(self, search: Search) -> Search:
-        """Step `search` until it is done. Cancelling the caller frees its rows at once."""
+    def expected_seconds(self, rows: int) -> float | None:
+        """How long a new search of ROWS rows would take with the searches in flight (None: no
+        measurement yet). Every live row is stepped once per round of ceil(rows / max_rows) calls."""
+        if self.call_seconds is None or not self.continuous:
+            return None
+        calls_per_step = -(-(self.live_rows + rows) // self.max_rows)
+        return self.steps_per_search * calls_per_step * self.call_seconds
+
+    async def run(self, search: Search, deadline_s: float | None = None) -> Search:
+        """Step `search` until it is done. Cancelling the caller frees its rows at once. With
+        DEADLINE_S, refused at once (Overloaded) when the queue would not let it finish in time."""
         if search.rows > self.max_rows:
             raise InvalidRequest(f"{search.rows} beams or samples: at most {self.max_rows} (MEMEFLY_DECODER_MAX_ROWS)")
         if search.done:
             return search
+        expected = self.expected_seconds(search.rows)
+        if deadline_s is not None and expected is not None and expected > HEADROOM * deadline_s:
+            raise Overloaded(f"busy: {self.depth} requests ahead would take about {expected:.1f} s, more than the "
+                             f"{deadline_s:.1f} s left to this one; try again shortly", retry_after_s=1)
         entry = _Entry(search, asyncio.get_running_loop().create_future())
         self._entries.append(entry)
         self._wakeup.set()
@@ -150,6 +178,7 @@ class DecodeScheduler:
                 tokens, state, context = (np.concatenate([p[i] for p in parts]) for i in range(3))
                 self.calls += 1
                 self.on_batch(len(tokens))
+                started = time.perf_counter()
                 top_ids, top_log_probs, new_state = await self.step(tokens, state, context)
             except asyncio.CancelledError:
                 raise
@@ -171,9 +200,14 @@ class DecodeScheduler:
                     log.exception("search failed")
                     self._fail(entry, error)
                     continue
+                entry.steps += 1
                 if entry.search.done:
+                    self.steps_per_search += EWMA * (entry.steps - self.steps_per_search)
                     entry.future.set_result(None)
                     self._remove(entry)
+            elapsed = time.perf_counter() - started
+            self.call_seconds = elapsed if self.call_seconds is None else \
+                self.call_seconds + EWMA * (elapsed - self.call_seconds)
         finally:
             for entry in batch:
                 entry.busy = False

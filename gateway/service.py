@@ -25,7 +25,7 @@ from gateway.errors import DeadlineExceeded, GatewayError, InvalidRequest, Model
 from gateway.images import CheckedImage, already_checked, check_image, sha256
 from gateway.metrics import Metrics
 from memefly.decoding.safety import offensive_token_ids
-from gateway.scheduler import DecodeScheduler
+from gateway.scheduler import DecodeScheduler, Overloaded
 from gateway.rendering.layout import Layouts
 from gateway.served_models import ServedModels, Template
 from gateway.settings import Settings
@@ -264,9 +264,13 @@ class MemeService:
                 else:
                     raise InvalidRequest("send an image or name a template")
                 encoded = time.perf_counter()
-                hypotheses = await self._decode(conditioning, options, key)
+                left = self.settings.request_timeout_s - (encoded - started)
+                hypotheses = await self._decode(conditioning, options, key,
+                                                deadline_s=left if self.settings.admission_control else None)
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s:g} s") from None
+        except Overloaded:
+            raise  # our own queue is full: the model servers are fine
         except ModelUnavailable:
             # Not ready only if the monitor's own check fails too: one overloaded call
             # (RESOURCE_EXHAUSTED) must not take the gateway out of rotation.
@@ -326,11 +330,12 @@ class MemeService:
         state, context = await self.models.init(np.stack(rows))
         return list(zip(state, context))
 
-    async def _decode(self, conditioning: Conditioning, options: DecodingOptions, key: str) -> list[Hypothesis]:
+    async def _decode(self, conditioning: Conditioning, options: DecodingOptions, key: str,
+                      deadline_s: float | None = None) -> list[Hypothesis]:
         search = self.captioner.search(conditioning.state, conditioning.context, conditioning.probs, options, key)
         self.metrics.searches.inc()
         try:
-            await self.scheduler.run(search)
+            await self.scheduler.run(search, deadline_s)
         finally:
             self.metrics.searches.dec()
         return search.results()

@@ -13,7 +13,7 @@ from gateway.batcher import MicroBatcher
 from gateway.cache import LruCache
 from gateway.errors import BadImage, ImageTooLarge, ModelUnavailable, UnsupportedImage
 from gateway.images import check_image, sniff_format
-from gateway.scheduler import DecodeScheduler
+from gateway.scheduler import DecodeScheduler, Overloaded
 from gateway.settings import Settings
 from gateway.tensors import from_proto, to_proto
 from tensorflow.core.framework import tensor_pb2, types_pb2
@@ -77,6 +77,32 @@ def test_batch_cap_is_respected_and_nobody_starves():
     asyncio.run(run_all(DecodeScheduler(step, max_rows=10), searches))
     assert max(step.batches) <= 10
     assert all(s.done for s in searches)
+
+
+def test_admission_refuses_at_once_what_the_queue_cannot_finish_in_time():
+    async def scenario():
+        scheduler = DecodeScheduler(RecordingStep(delay_s=0.02), max_rows=8, pipeline=1)
+        scheduler.start()
+        try:
+            await scheduler.run(CountingSearch(rows=4, steps=10, tag=0))  # measures calls and steps
+            alone = scheduler.expected_seconds(4)
+            assert 0 < alone < 1.0
+            # Twelve searches of 4 rows: 6 calls a step, 10 steps, 20 ms a call: about 1.2 s.
+            queue = [asyncio.ensure_future(scheduler.run(CountingSearch(rows=4, steps=10, tag=i))) for i in range(12)]
+            await asyncio.sleep(0.05)
+            assert scheduler.expected_seconds(4) > 5 * alone  # 52 rows in calls of 8: 7 calls a step
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(Overloaded, match="busy") as refused:
+                await scheduler.run(CountingSearch(rows=4, steps=10, tag=99), deadline_s=0.5)
+            assert asyncio.get_running_loop().time() - started < 0.05  # at once, not after waiting
+            assert refused.value.status == 503 and refused.value.headers["Retry-After"]
+            admitted = await scheduler.run(CountingSearch(rows=4, steps=10, tag=98), deadline_s=30.0)
+            assert admitted.done
+            await asyncio.gather(*queue)
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(scenario())
 
 
 def test_without_continuous_batching_one_search_per_call():
