@@ -17,7 +17,7 @@ from gateway.backends import Backend
 from gateway.draining import Drain, DrainMiddleware
 from gateway.errors import CLIENT_CLOSED, GatewayError
 from gateway.metrics import Metrics
-from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
+from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware, SecurityHeadersMiddleware
 from gateway.render_routes import STATIC_DIR
 from gateway.render_routes import router as render_router
 from gateway.rendering.renderer import Renderer
@@ -78,5 +78,6 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     drain.on_start.append(service.start_draining)
     app.state.drain = drain
     app.add_middleware(DrainMiddleware, drain=drain)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

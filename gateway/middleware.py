@@ -36,6 +36,38 @@ class MetricsMiddleware:
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
 
 
+# The page loads only its own files (no inline script, nothing from elsewhere), may not be framed;
+# images may be blobs (the memes it renders) and data URLs (previews). /docs and /redoc keep
+# FastAPI's page, which runs an inline script.
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+               "connect-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+_DOCS = ("/docs", "/redoc")
+
+
+class SecurityHeadersMiddleware:
+    """nosniff on every answer; the page's Content-Security-Policy and no framing on all but /docs."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        docs = scope["path"].startswith(_DOCS)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if not docs:
+                    headers += [(b"content-security-policy", PAGE_POLICY.encode()), (b"x-frame-options", b"DENY"),
+                                (b"referrer-policy", b"no-referrer")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 class BodyTooLarge(Exception):
     pass
 

@@ -67,7 +67,12 @@ def page(browser, site):
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(site.url + "/")
+    # The page works under its Content-Security-Policy: no blocked script, style or image.
+    page.on("console", lambda message: errors.append(message.text)
+            if message.type == "error" and "Content Security Policy" in message.text else None)
+    response = page.goto(site.url + "/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff" and response.headers["x-frame-options"] == "DENY"
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
