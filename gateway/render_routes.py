@@ -14,10 +14,10 @@ from fastapi.responses import FileResponse, Response
 from gateway.errors import InvalidRequest
 from gateway.images import sha256
 from gateway.rendering.renderer import Renderer, RenderSpec
-from gateway.request_parsing import image_or_template, parse
+from gateway.request_parsing import body_doc, image_or_template, parse
 from gateway.dependencies import RendererDep, Service
 from gateway.schemas import RenderOptions, RenderRequest
-from gateway.settings import Settings
+from gateway.settings import MAX_RENDER_SIDE, Settings
 
 router = APIRouter()
 STATIC_DIR = Path(__file__).parent / "static"
@@ -66,7 +66,7 @@ def caption_headers(boxes: list[str], template: str | None) -> dict[str, str]:
     return headers
 
 
-@router.post("/render", response_class=Response, responses={
+@router.post("/render", response_class=Response, openapi_extra=body_doc(RenderRequest, {"image": False}), responses={
     200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "description": "the meme"},
     400: {}, 404: {}, 412: {"description": "If-None-Match names this image's ETag: the client has it"},
     413: {}, 415: {}, 422: {}})
@@ -88,7 +88,7 @@ async def render(request: Request, service: Service, renderer: RendererDep):
             responses={200: {"content": {"image/jpeg": {}}}, 304: {}, 404: {}, 422: {}})
 async def template_image(request: Request, name: str, renderer: RendererDep,
                          service: Service,
-                         size: Annotated[int | None, Query(ge=16, description="longest side, in pixels "
+                         size: Annotated[int | None, Query(ge=16, le=MAX_RENDER_SIDE, description="longest side, in pixels "
                                                            "(default and limit: MEMEFLY_RENDER_MAX_SIDE)")] = None):
     """A template's blank image, as a JPEG (thumbnails for the web page)."""
     size = size or service.settings.render_max_side

@@ -61,6 +61,21 @@ class BadRequestBody(BadImage):
     """400: the body itself cannot be read."""
 
 
+def body_doc(model: type[BaseModel], files: dict[str, bool]) -> dict:
+    """openapi_extra for a route that `parse`s MODEL: its JSON body, and the same fields as a
+    multipart form with FILES (name -> repeated?) as binary parts, so /docs can call it."""
+    schema = model.model_json_schema()
+    form = {name: prop for name, prop in schema.get("properties", {}).items() if not name.endswith("_base64")}
+    binary = {"type": "string", "format": "binary"}
+    for name, repeated in files.items():
+        form[name] = {"type": "array", "items": binary} if repeated else binary
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": form},
+                                "description": "the image(s) as file parts; any field of the JSON body as a form field"},
+        "application/json": {"schema": schema},
+    }}}
+
+
 def check_json_shape(raw: bytes) -> None:
     """Refuse, before parsing, a JSON body that no request of ours can be (see SMALL_JSON_BYTES)."""
     if len(raw) > SMALL_JSON_BYTES and b'_base64"' not in raw:

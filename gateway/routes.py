@@ -14,26 +14,15 @@ from gateway.errors import CLIENT_CLOSED, GatewayError, InvalidRequest
 from gateway.render_routes import caption_headers, image_response, render_spec
 from gateway.rendering.layout import layout_for
 from gateway.rendering.renderer import Renderer
-from gateway.request_parsing import decode_base64, image_or_template, parse
+from gateway.request_parsing import body_doc, decode_base64, image_or_template, parse
 from gateway.schemas import (BatchItem, BatchItemError, BatchRequest, BatchResponse, MemeRequest, MemeResponse,
                              Readyz, TemplateOut, TemplatesResponse)
 from gateway.service import MemeResult, MemeService
 
 router = APIRouter()
 
-_BODY_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "image": {"type": "string", "format": "binary"}, "template": {"type": "string"},
-                "num_beams": {"type": "integer"}, "do_sample": {"type": "boolean"},
-                "exclude": {"type": "array", "items": {"type": "string"}}},
-                "description": "the image as a file part; any field of the JSON body as a form field"}},
-            "application/json": {"schema": MemeRequest.model_json_schema()},
-        },
-    }
-}
+_BODY_DOC = body_doc(MemeRequest, {"image": False})
+_BATCH_DOC = body_doc(BatchRequest, {"images": True})
 
 
 def _options(body) -> DecodingOptions:
@@ -100,7 +89,8 @@ async def _rendered_meme(request: Request, service: MemeService, renderer: Rende
                                 headers=caption_headers(meme.boxes, result.templates[0][0]))
 
 
-@router.post("/memes/batch", response_model=BatchResponse, responses={413: {}, 415: {}, 422: {}, 503: {}})
+@router.post("/memes/batch", response_model=BatchResponse, openapi_extra=_BATCH_DOC,
+             responses={400: {}, 413: {}, 415: {}, 422: {}, 503: {}})
 async def create_memes_batch(request: Request, service: Service):
     """Several images in one request (multipart `images` parts, or JSON `images_base64`); one result or error each."""
     service.require_ready()

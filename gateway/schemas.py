@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.settings import MAX_RENDER_SIDE
 from memefly.decoding.limits import MAX_BEAMS
 from memefly.decoding.options import DecodingOptions
 
@@ -20,7 +21,7 @@ class RenderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     case: Literal["upper", "keep"] = Field("upper", description="upper: the classic all-caps; keep: as written")
-    max_size: int | None = Field(None, ge=16, description="longest side of the image drawn, in pixels "
+    max_size: int | None = Field(None, ge=16, le=MAX_RENDER_SIDE, description="longest side of the image drawn, in pixels "
                                  "(default and limit: MEMEFLY_RENDER_MAX_SIDE); smaller images keep their size")
     quality: int | None = Field(None, ge=1, le=100, description="JPEG or WebP quality (default MEMEFLY_RENDER_JPEG_QUALITY)")
     layout: str | None = Field(None, max_length=200, description="draw in this template's boxes (default: the "

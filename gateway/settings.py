@@ -11,6 +11,9 @@ from memefly.paths import models_dir as default_models_dir
 from memefly.paths import templates_dir as default_templates_dir
 
 
+MAX_RENDER_SIDE = 8192  # the most MEMEFLY_RENDER_MAX_SIDE may be (and so any requested size)
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where the models are: "grpc" (TF Serving) or "inprocess" (the SavedModels in this process).
@@ -85,6 +88,8 @@ class Settings:
                      "render_max_side"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MEMEFLY_{name.upper()} must be at least 1")
+        if self.render_max_side > MAX_RENDER_SIDE:
+            raise ValueError(f"MEMEFLY_RENDER_MAX_SIDE must be at most {MAX_RENDER_SIDE}")
         if not 1 <= self.render_jpeg_quality <= 100:
             raise ValueError("MEMEFLY_RENDER_JPEG_QUALITY must be between 1 and 100")
         widest = max(MAX_BEAMS, MAX_CANDIDATES)  # one request's rows must fit in a call

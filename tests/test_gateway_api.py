@@ -385,3 +385,13 @@ def test_a_client_that_leaves_mid_upload_is_499_in_one_info_line(gateway, caplog
     gone = [r for r in caplog.records if "client went away" in r.getMessage()]
     assert gone and all(r.levelno == logging.INFO and not r.exc_info for r in gone)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_the_openapi_schema_lets_docs_call_every_route_within_the_servers_limits(client):
+    spec = client.get("/openapi.json").json()
+    for path, files in (("/memes", "image"), ("/memes/batch", "images"), ("/render", "image")):
+        content = spec["paths"][path]["post"]["requestBody"]["content"]
+        assert {"multipart/form-data", "application/json"} <= set(content), path
+        assert files in content["multipart/form-data"]["schema"]["properties"], path
+    size = next(p for p in spec["paths"]["/templates/{name}/image"]["get"]["parameters"] if p["name"] == "size")
+    assert size["schema"]["anyOf"][0]["maximum"] == 8192
