@@ -73,7 +73,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     single = settings.max_upload_bytes * 4 // 3 + 256 * 1024  # base64 plus the other fields
     batch = single * settings.max_batch_images
-    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: batch if path.endswith("/batch") else single)
+    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: batch if path.endswith("/batch") else single,
+                       timeout_s=settings.body_timeout_s)
     drain = Drain(settings.retry_after_s)
     drain.on_start.append(service.start_draining)
     app.state.drain = drain

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -72,13 +73,20 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodySlow(Exception):
+    pass
+
+
 class BodyLimitMiddleware:
     """413 before reading a body whose Content-Length is over the limit, or as soon as a
-    streamed (chunked) body passes it: a huge upload is never buffered."""
+    streamed (chunked) body passes it: a huge upload is never buffered. 408 when the whole
+    body has not arrived within `timeout_s` of the first read: a slow client cannot hold a
+    request open."""
 
-    def __init__(self, app, limit_for: Callable[[str], int]):
+    def __init__(self, app, limit_for: Callable[[str], int], timeout_s: float = 30.0):
         self.app = app
         self.limit_for = limit_for  # path -> bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -89,14 +97,24 @@ class BodyLimitMiddleware:
             return await _reject(send, limit)
         seen = 0
         started = {"response": False}
+        deadline: float | None = None
+        complete = False
 
         async def counting_receive():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, deadline, complete
+            if complete:  # after the body only the disconnect can come: no deadline on waiting for it
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise BodySlow() from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise BodyTooLarge()
+                complete = not message.get("more_body", False)
             return message
 
         async def tracking_send(message):
@@ -109,11 +127,15 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if not started["response"]:
                 await _reject(send, limit)
+        except BodySlow:
+            if not started["response"]:
+                await _reject(send, limit, status=408,
+                              detail=f"the request body did not arrive within {self.timeout_s:g} s")
 
 
-async def _reject(send, limit: int) -> None:
-    body = json.dumps({"detail": f"the request body is over the {limit:,}-byte limit"}).encode()
-    await send({"type": "http.response.start", "status": 413,
+async def _reject(send, limit: int, status: int = 413, detail: str | None = None) -> None:
+    body = json.dumps({"detail": detail or f"the request body is over the {limit:,}-byte limit"}).encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})

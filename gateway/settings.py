@@ -54,7 +54,10 @@ class Settings:
     encoder_max_wait_ms: float = 0.0
     template_cache_size: int = 4096
 
-    # Uploads.
+    # Uploads. A request body must arrive within body_timeout_s (else 408); at most
+    # max_connections requests are handled at once (uvicorn answers 503 beyond).
+    body_timeout_s: float = 30.0
+    max_connections: int = 1024
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_batch_images: int = 16
@@ -85,7 +88,7 @@ class Settings:
         if self.backend not in ("grpc", "inprocess"):
             raise ValueError(f"MEMEFLY_BACKEND must be 'grpc' or 'inprocess', not {self.backend!r}")
         for name in ("decoder_max_rows", "encoder_max_batch", "template_cache_size", "max_batch_images",
-                     "render_max_side"):
+                     "render_max_side", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MEMEFLY_{name.upper()} must be at least 1")
         if self.render_max_side > MAX_RENDER_SIDE:

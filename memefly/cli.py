@@ -225,7 +225,8 @@ def _cmd_serve(args) -> int:
     app = create_app(settings)
     # The drain (MEMEFLY_SHUTDOWN_GRACE_S) has answered every request by the time uvicorn's own
     # shutdown runs: its grace only covers responses still being written.
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
+                            limit_concurrency=settings.max_connections, timeout_keep_alive=5)
     DrainingServer(config, app.state.drain, settings.shutdown_grace_s).run()
     return 0
 

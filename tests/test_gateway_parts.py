@@ -323,3 +323,27 @@ def test_image_checks():
         check_image(b"GIF90a...", **limits)
     with pytest.raises(BadImage, match="truncated or corrupt"):
         check_image(encoded(Image.effect_noise((300, 300), 50).convert("RGB"), "JPEG")[:2000], **limits)
+
+
+def test_a_body_that_trickles_in_gets_408_and_the_connection_is_freed(tmp_path):
+    import dataclasses
+    import socket
+    import time
+
+    from gateway_harness import running_gateway
+
+    settings = dataclasses.replace(Settings.from_env({}), backend="grpc", encoder_target="127.0.0.1:1",
+                                   decoder_target="127.0.0.1:1", body_timeout_s=1.0, templates_dir=tmp_path)
+    with running_gateway(settings, wait=False) as gateway:
+        port = int(gateway.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n" + b'{"boxes": ["a"], ')
+            started = time.monotonic()
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer
+        assert 0.9 <= time.monotonic() - started < 5
+        # A body that comes in time is not affected, and neither is waiting after it.
+        with gateway.client() as client:
+            response = client.post("/render", json={"boxes": ["a"], "template": "Nope"})
+            assert response.status_code == 404
