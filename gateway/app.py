@@ -9,6 +9,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
@@ -40,7 +41,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         yield
         await service.stop()
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts and styles served from here, not a CDN: they work
+    # offline and behind a firewall (fastapi-offline ships Swagger UI and ReDoc).
+    app = FastAPIOffline(
         title="Memefly",
         summary="Image in, meme captions out.",
         version="0.1.0",

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = ROOT / "gateway"
 # Import name -> the requirement line that provides it in the gateway image.
 PROVIDED_BY = {
-    "fastapi": "fastapi", "starlette": "fastapi", "pydantic": "fastapi", "uvicorn": "uvicorn", "grpc": "grpcio",
+    "fastapi": "fastapi", "fastapi_offline": "fastapi-offline", "starlette": "fastapi", "pydantic": "fastapi", "uvicorn": "uvicorn", "grpc": "grpcio",
     "numpy": "numpy", "PIL": "pillow", "httpx": "httpx", "prometheus_client": "prometheus-client",
     "pyobscenity": "pyobscenity", "google": "protobuf",
     # Generated protos only, copied in by docker/slim_serving_protos.py.

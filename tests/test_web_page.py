@@ -158,3 +158,17 @@ def test_phone_width(browser, site, tmp_path):
     assert card["width"] > 300, "one meme per row, full width"
     page.screenshot(path=tmp_path / "phone.png", full_page=True)
     context.close()
+
+
+def test_api_docs_work_with_no_network(browser, site):
+    """/docs loads Swagger UI from the gateway itself: every request the page makes stays on it."""
+    context = browser.new_context()
+    page = context.new_page()
+    elsewhere = []
+    page.on("request", lambda request: elsewhere.append(request.url) if not request.url.startswith(site.url) else None)
+    page.goto(site.url + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "nodes => nodes.map(n => n.textContent)")
+    context.close()
+    assert {"/memes", "/memes/batch", "/render"} <= {p.strip().replace("\u200b", "") for p in paths}
+    assert not elsewhere, elsewhere
