@@ -173,3 +173,14 @@ def loopback(served_models_dir):
     server = start_loopback_server(served_models_dir)
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def site(served_models_dir, tiny_dataset):
+    """A live gateway on the tiny export, in-process, with the template images for rendering."""
+    from gateway_harness import gateway_settings, running_gateway
+
+    settings = gateway_settings(served_models_dir, "inprocess",
+                                templates_dir=tiny_dataset / "dataset" / "templates" / "img")
+    with running_gateway(settings) as running:
+        yield running

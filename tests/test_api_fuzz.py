@@ -13,17 +13,13 @@ import schemathesis
 import schemathesis.checks as checks
 from hypothesis import HealthCheck, given, settings
 
-from gateway_harness import gateway_settings, running_gateway
 
 EXAMPLES = 25  # per route: enough to reach every field, few enough for CI
 
 
 @pytest.fixture(scope="module")
-def api_schema(served_models_dir, tiny_dataset):
-    settings_ = gateway_settings(served_models_dir, "inprocess",
-                                 templates_dir=tiny_dataset / "dataset" / "templates" / "img")
-    with running_gateway(settings_) as gateway:
-        yield schemathesis.openapi.from_url(gateway.url + "/openapi.json")
+def api_schema(site):
+    return schemathesis.openapi.from_url(site.url + "/openapi.json")
 
 
 def test_every_route_answers_as_documented_and_never_5xx(api_schema):

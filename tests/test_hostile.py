@@ -8,22 +8,13 @@ import time
 
 import pytest
 
-from gateway_harness import gateway_settings, running_gateway
 from hostile.cases import CASES, TIME_LIMIT_S
 
 
-@pytest.fixture(scope="module")
-def gateway(served_models_dir, tiny_dataset):
-    settings = gateway_settings(served_models_dir, "inprocess",
-                                templates_dir=tiny_dataset / "dataset" / "templates" / "img")
-    with running_gateway(settings) as running:
-        yield running
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_request_gets_a_clear_4xx_fast(gateway, case):
+def test_hostile_request_gets_a_clear_4xx_fast(site, case):
     request = case.build()
-    with gateway.client(timeout=60) as client:
+    with site.client(timeout=60) as client:
         started = time.perf_counter()
         response = client.request(case.method, case.path, **request)
         took = time.perf_counter() - started

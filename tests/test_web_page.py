@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway_harness import gateway_settings, running_gateway
 
 MEMES_SHOWN = """n => {
   const images = [...document.querySelectorAll('#memes figure img')];
@@ -51,14 +50,6 @@ def browser():
         browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         yield browser
         browser.close()
-
-
-@pytest.fixture(scope="module")
-def site(served_models_dir, tiny_dataset):
-    settings = gateway_settings(served_models_dir, "inprocess",
-                                templates_dir=tiny_dataset / "dataset" / "templates" / "img")
-    with running_gateway(settings) as running:
-        yield running
 
 
 @pytest.fixture
