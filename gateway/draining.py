@@ -104,11 +104,21 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, drain: Drain, grace_s: float):
         super().__init__(config)
         self.drain, self.grace_s = drain, grace_s
-        self._draining_task: asyncio.Task | None = None
+        self._draining_task: asyncio.Task | bool | None = None
+
+    async def startup(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
 
     def handle_exit(self, sig, frame) -> None:
-        if self._draining_task is not None or self.grace_s <= 0:  # a second signal: now
+        loop = getattr(self, "_loop", None)
+        if self._draining_task is not None or self.grace_s <= 0 or loop is None:  # a second signal: now
             return super().handle_exit(sig, frame)
+        # A signal handler may interrupt anything: the drain starts on the loop, not in here.
+        self._draining_task = True
+        loop.call_soon_threadsafe(self._begin_drain, sig, frame)
+
+    def _begin_drain(self, sig, frame) -> None:
         log.info("signal %s: draining for up to %g s (503 to new requests)", sig, self.grace_s)
         self.drain.start()
         self._draining_task = asyncio.get_running_loop().create_task(self._drain_then_exit(sig, frame))

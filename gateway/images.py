@@ -25,9 +25,10 @@ _PLAIN_MODES = {"RGB", "RGBA", "L", "LA", "P", "1"}
 _EXIF_ORIENTATION = 0x0112
 # Re-encoded images need not be larger than this: the encoder sees 299 x 299.
 _REENCODE_MAX_SIDE = 1024
-# Pixels x frames of an animation, as a multiple of the pixel limit: counting the frames walks
-# the file's headers, and a file of thousands of huge frames is refused before that walk ends.
+# Pixels x frames of an animation, as a multiple of the pixel limit (counted from the frame
+# headers, no pixel decoded), and a cap on frames whatever their size.
 FRAME_BUDGET_FACTOR = 10
+MAX_FRAMES = 10_000
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _frames(image: Image.Image, kind: str, frame_pixels: int, budget: int) -> in
         frames = getattr(image, "n_frames", 1)
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise BadImage(f"the {kind} animation cannot be read: {_plain(error)}") from None
-    if frames * frame_pixels > budget:
+    if frames * frame_pixels > budget or frames > MAX_FRAMES:
         raise ImageTooLarge(f"the animation has {frames:,} frames of {frame_pixels:,} pixels; "
                             f"the limit is {budget:,} pixels in all frames")
     return frames

@@ -21,7 +21,9 @@ FILE_FIELDS = {"image", "images"}
 # JSON is parsed in C holding the GIL: a hostile body (millions of nested empty lists) would
 # stall every request, /healthz included, and take gigabytes. Our bodies are a few small
 # fields plus base64 strings, so two cheap byte scans refuse such a body before parsing.
-SMALL_JSON_BYTES = 64 * 1024  # a JSON body that carries no image (no *_base64 field) is at most this
+# A JSON body that carries no image (no *_base64 field) is at most this: the longest the field
+# limits allow (100 excluded captions of 500 characters, 200 blocked words...), JSON-escaped.
+SMALL_JSON_BYTES = 512 * 1024
 MAX_JSON_CONTAINERS = 10_000  # "[" and "{" in the whole body, strings included
 
 

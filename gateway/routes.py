@@ -147,8 +147,9 @@ async def healthz():
 async def readyz(service: Service):
     """200 once the models are checked and warm; 503 (with the reason) before that or when they go away."""
     state = service.readiness
-    body = Readyz(ready=state.ready, reason=state.reason, model=service.model_info)
-    if state.ready:
+    ready, reason = (False, "shutting down") if service.draining else (state.ready, state.reason)
+    body = Readyz(ready=ready, reason=reason, model=service.model_info)
+    if ready:
         return body
     return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": str(service.settings.retry_after_s)})
 

@@ -107,7 +107,9 @@ class DecodeScheduler:
             raise InvalidRequest(f"{search.rows} beams or samples: at most {self.max_rows} (MEMEFLY_DECODER_MAX_ROWS)")
         if search.done:
             return search
-        expected = self.expected_seconds(search.rows)
+        # With nothing in flight a request is always admitted: it is also what refreshes the
+        # estimate (else one slow call, say during a model-server restart, could refuse all).
+        expected = self.expected_seconds(search.rows) if self._entries else None
         if deadline_s is not None and expected is not None and expected > HEADROOM * deadline_s:
             raise Overloaded(f"busy: {self.depth} requests ahead would take about {expected:.1f} s, more than the "
                              f"{deadline_s:.1f} s left to this one; try again shortly", retry_after_s=1)

@@ -102,7 +102,7 @@ class MemeService:
         self._connected = asyncio.Event()
         self._checked = asyncio.Event()  # the first start-up check has finished, either way
         self._check_now = asyncio.Event()  # a request saw the model servers fail: check them now
-        self._draining = False
+        self.draining = False
 
     # ---- life cycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -141,31 +141,29 @@ class MemeService:
             self._connected.clear()
 
     def start_draining(self) -> None:
-        """Shutting down: not ready from now on, whatever the model servers say."""
-        self._draining = True
-        self._set_ready(False, "shutting down")
+        """Shutting down: /readyz says 503 from now on (gateway/draining.py refuses new requests);
+        requests already inside still run, so the model readiness they check is left alone."""
+        self.draining = True
+        self.metrics.ready.set(0)
 
     async def _keep_ready(self) -> None:
         while True:
+            was_ready = self.readiness.ready
             try:
-                if self._draining:
-                    pass
-                elif self.readiness.ready:
+                if was_ready:
                     await self._ping()
                 else:
                     await self._connect()
-                    if not self._draining:
-                        self._set_ready(True, "")
+                    self._set_ready(True, "")
             except asyncio.CancelledError:
                 raise
             except GatewayError as error:
-                if not self._draining:
-                    self._set_ready(False, error.detail, logged=error.logged)
-                await self.backend.reset()  # the next check opens new channels
+                self._set_ready(False, error.detail, logged=error.logged)
+                if not was_ready and isinstance(error, ModelUnavailable):
+                    await self._reset_connections()  # still down: the next check starts afresh
             except Exception as error:  # keep monitoring whatever happens; say what it was
                 log.exception("readiness check failed")
-                if not self._draining:
-                    self._set_ready(False, f"{type(error).__name__}: {error}")
+                self._set_ready(False, f"{type(error).__name__}: {error}")
             self._checked.set()
             interval = self.settings.health_interval_s
             try:
@@ -173,6 +171,12 @@ class MemeService:
             except TimeoutError:
                 pass
             self._check_now.clear()
+
+    async def _reset_connections(self) -> None:
+        try:
+            await self.backend.reset()
+        except Exception:  # the monitor must go on whatever closing a channel does
+            log.exception("resetting the model-server connections failed")
 
     async def _connect(self) -> None:
         await self.backend.start()

@@ -67,6 +67,7 @@ def test_the_default_strategy_and_how_to_leave_it():
     assert not plain.default_strategy and plain.num_candidates == 3 and plain.temperature == 1.0
     with pytest.raises(ValueError, match="num_candidates"):
         DecodingOptions(num_candidates=2)
+    assert DecodingOptions(num_return_sequences=20).num_candidates == 20  # never fewer than asked for
 
 
 def test_box_rules_allow_sep_and_end_only_where_they_fit():

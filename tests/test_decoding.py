@@ -124,7 +124,7 @@ def test_wide_beam_finds_the_exact_best(seed, length_penalty, box_counts):
     beams = len(allowed) ** max_length
     options = DecodingOptions(num_beams=beams, num_return_sequences=5, max_length=max_length, min_length=1,
                               length_penalty=length_penalty, no_repeat_ngram_size=0)
-    results = run(new_search(model, options, blocked=(7,), box_counts=box_counts), model)
+    results = [h for h in run(new_search(model, options, blocked=(7,), box_counts=box_counts), model) if h.finished]
     truth = exhaustive(model, options, allowed, box_counts)
     assert [h.ids for h in results] == [ids for _, ids in truth[:5]]
     for h, (score, _) in zip(results, truth):
@@ -247,6 +247,14 @@ def test_repetition_penalty_steers_away_from_used_words_and_keeps_model_scores()
         assert math.isclose(h.log_prob, model.sequence_log_prob(h.ids, h.finished), abs_tol=1e-6)
 
 
+def test_a_full_length_beam_whose_end_the_box_rules_forbid_is_kept_as_cut():
+    # Three boxes need at least five tokens: within three, <end> is always forbidden.
+    model = TinyModel(6)
+    options = DecodingOptions(num_beams=3, num_return_sequences=3, max_length=3, no_repeat_ngram_size=0)
+    results = run(new_search(model, options, box_counts={3}), model)
+    assert results and all(not h.finished and len(h.ids) == 3 for h in results)
+
+
 def test_invalid_option_combinations_are_refused():
     with pytest.raises(ValueError, match="num_return_sequences"):
         DecodingOptions(num_beams=2, num_return_sequences=3)
@@ -293,8 +301,11 @@ def test_properties(seed, num_beams, extra_return, max_length, min_length, lengt
     results = run(new_search(model, options, blocked=block, box_counts=box_counts), model, k=k)
 
     assert len(results) <= options.num_return_sequences
-    scores = [h.score for h in results]
-    assert scores == sorted(scores, reverse=True)
+    # Finished captions best first, then any cut at max_length (best first among them).
+    assert [h.finished for h in results] == sorted((h.finished for h in results), reverse=True)
+    for group in (True, False):
+        scores = [h.score for h in results if h.finished is group]
+        assert scores == sorted(scores, reverse=True)
     for h in results:
         assert 1 <= len(h.ids) <= max_length
         if h.finished:

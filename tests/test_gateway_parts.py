@@ -99,6 +99,10 @@ def test_admission_refuses_at_once_what_the_queue_cannot_finish_in_time():
             admitted = await scheduler.run(CountingSearch(rows=4, steps=10, tag=98), deadline_s=30.0)
             assert admitted.done
             await asyncio.gather(*queue)
+            # However bad the estimate, a request to an empty queue is admitted (and refreshes it).
+            scheduler.call_seconds = 100.0
+            assert (await scheduler.run(CountingSearch(rows=4, steps=2, tag=97), deadline_s=1.0)).done
+            assert scheduler.call_seconds < 100.0
         finally:
             await scheduler.stop()
 

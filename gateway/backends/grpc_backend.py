@@ -111,10 +111,11 @@ class GrpcBackend:
         return ModelError(f"{what}: {code.name}", internal=internal)
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
+        channels = list(self._channels.values())  # new calls open new channels meanwhile
         self._channels.clear()
         self._stubs.clear()
+        for channel in channels:
+            await channel.close(grace=1.0)
 
     async def reset(self) -> None:
         """After a failed check: the next call opens new channels (no state left from the outage)."""

@@ -73,6 +73,8 @@ class DecodingOptions(BaseModel):
             for name, value in fallback.items():
                 if getattr(self, name) is None:
                     resolved[name] = value if value is not None else self.num_return_sequences
+            if "num_candidates" not in self.model_fields_set:  # never fewer than the captions asked for
+                resolved["num_candidates"] = max(self.num_candidates, self.num_return_sequences)
             if self.num_candidates < self.num_return_sequences:
                 raise ValueError(f"num_candidates ({self.num_candidates}) is less than "
                                  f"num_return_sequences ({self.num_return_sequences})")

@@ -143,7 +143,9 @@ class BeamSearch(Search):
                 if len(live) == self.per_group:
                     break
             for i, beam in enumerate(beams):
-                if len(beam.ids) >= self.options.max_length and not (ids[i] == END_ID).any():
+                # At full length with no <end> it may take (none among the top K, or one the box
+                # rules forbid): kept as a cut caption, not lost.
+                if len(beam.ids) >= self.options.max_length and not np.isfinite(rank[i][ids[i] == END_ID]).any():
                     self._cut(beam)
             for beam in live:
                 used[beam.ids[-1]] = used.get(beam.ids[-1], 0) + 1
@@ -184,8 +186,8 @@ class BeamSearch(Search):
         finished = sorted((h for group in self.finished for h in group), key=lambda h: -h.score)
         # Captions cut at max_length only fill places no finished caption took.
         cut = sorted(self.cut, key=lambda h: -h.score)
-        chosen = pick_distinct(finished + cut, self.options.num_return_sequences, self.words)
-        return sorted(chosen, key=lambda h: -h.score)
+        # Finished captions first, best first; cut ones only after them, whatever their score.
+        return pick_distinct(finished + cut, self.options.num_return_sequences, self.words)
 
 
 @dataclass
@@ -267,7 +269,7 @@ class SampleSearch(Search):
         return True
 
     def results(self) -> list[Hypothesis]:
-        ranked = sorted(self.finished, key=lambda h: -h.score)
+        ranked = sorted(self.finished, key=lambda h: (not h.finished, -h.score))  # cut ones last
         return pick_distinct(ranked, self.options.num_return_sequences, self.words)
 
 
