@@ -18,7 +18,7 @@ import numpy as np
 from gateway.backends import Backend, make_backend
 from gateway.batcher import MicroBatcher
 from gateway.cache import LruCache
-from memefly.decoding.captioner import Captioner, template_input_key
+from memefly.decoding.captioner import Captioner, template_box_counts, template_input_key
 from memefly.decoding.options import DecodingOptions
 from memefly.decoding.search import Hypothesis
 from gateway.errors import DeadlineExceeded, GatewayError, InvalidRequest, ModelError, ModelUnavailable
@@ -86,7 +86,7 @@ class MemeService:
         self.model_info: dict[str, str] = {}
         self._template_ids: dict[str, int] = {}
         self.captioner = Captioner([])
-        self.panels = Layouts.shipped().panel_counts()
+        self.layouts = Layouts.shipped()
         # Over gRPC the step computes elsewhere: a second call in flight lets the gateway advance
         # one cohort's beams while the model server computes the other's. In-process both
         # share these cores, and one call at a time measured faster.
@@ -346,8 +346,7 @@ class MemeService:
 
     def _box_counts(self, template: Template) -> frozenset[int] | None:
         """A multi-panel layout fixes the count (one box per panel); else the counts its real memes use."""
-        panels = self.panels.get(template_key(template.name))
-        return frozenset({panels}) if panels else template.box_counts
+        return template_box_counts(template.box_counts, self.layouts.panels(template.name))
 
     def _meme(self, rank: int, hypothesis: Hypothesis) -> Meme:
         boxes = self.captioner.boxes(hypothesis.ids)

@@ -164,11 +164,10 @@ def evaluate_caption_model(model: m.CaptionModel, data: EvaluationData, per_temp
 def served_captioner(run: rd.TrainedRun, training_captions: CaptionSet, panels=lambda name: None):
     """The Captioner the gateway builds for this decoder: box counts per template (PANELS(name)
     when a multi-panel layout fixes them), training captions, the offensive-word list."""
-    from memefly.decoding.captioner import Captioner
+    from memefly.decoding.captioner import Captioner, template_box_counts
     from memefly.decoding.safety import offensive_token_ids
 
-    counts = [frozenset({panels(t["name"])}) if panels(t["name"]) else frozenset(t.get("box_counts") or ()) or None
-              for t in run.templates]
+    counts = [template_box_counts(t.get("box_counts"), panels(t["name"])) for t in run.templates]
     return Captioner(run.vocabulary, counts, training_captions, offensive_token_ids(run.vocabulary))
 
 

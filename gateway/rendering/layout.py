@@ -91,13 +91,11 @@ class Layouts:
     def names(self) -> list[str]:
         return list(self._by_key)
 
-    def panel_counts(self) -> dict[str, int]:
-        """template_key -> boxes, for multi-panel layouts: their captions have one box per panel."""
-        return {key: len(boxes) for key, boxes in self._by_key.items() if len(boxes) >= 2}
-
     def panels(self, template: str) -> int | None:
-        """The panel count of TEMPLATE's multi-panel layout (any spelling), or None."""
-        return self.panel_counts().get(template_key(template))
+        """The panel count of TEMPLATE's multi-panel layout (any spelling): its captions have one
+        box per panel. None for a template without one."""
+        boxes = self._by_key.get(template_key(template), ())
+        return len(boxes) if len(boxes) >= 2 else None
 
     def for_caption(self, template: str | None, count: int) -> list[Box]:
         """Boxes for `count` caption boxes: the template's own when it declares enough of them

@@ -33,6 +33,14 @@ def template_input_key(template_id: int) -> str:
     return f"template:{template_id}"
 
 
+def template_box_counts(counts, panels: int | None) -> frozenset[int] | None:
+    """The box counts a template's captions may have: one box per panel of a multi-panel layout,
+    else the counts its real memes use (COUNTS; empty or None: any)."""
+    if panels:
+        return frozenset({panels})
+    return frozenset(counts) if counts else None
+
+
 def caption_key(text: str) -> str:
     """What makes two returned captions the same: box by box, case and spacing ignored."""
     boxes = [" ".join(box.lower().split()) for box in text.split(c.BOX_SEPARATOR)]
