@@ -31,12 +31,13 @@ def _env(**settings) -> dict[str, str]:
 
 
 @contextmanager
-def loopback_serving(models_dir: Path):
-    """tests/loopback_serving.py over MODELS_DIR: TF Serving's PredictionService, in Python."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "loopback_serving.py"), "--models-dir", str(models_dir),
+def loopback_serving(models_dir: Path, *, code: Path = ROOT, port: int | None = None):
+    """tests/loopback_serving.py over MODELS_DIR: TF Serving's PredictionService, in Python.
+    CODE: the checkout whose loopback server runs (benchmarks/reliability.py measures an older one)."""
+    port = port or free_port()
+    process = subprocess.Popen([sys.executable, str(code / "tests" / "loopback_serving.py"), "--models-dir", str(models_dir),
                                 "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env=_env())
+                               env=_env(), cwd=code)
     try:
         for line in process.stdout:
             if line.startswith("listening on"):
@@ -50,14 +51,17 @@ def loopback_serving(models_dir: Path):
 
 
 @contextmanager
-def gateway(backend: str, models_dir: Path, target: str | None = None, **settings):
-    """`memefly serve` with BACKEND; yields its URL once /readyz says ready."""
+def gateway_process(backend: str, models_dir: Path, target: str | None = None, *, code: Path = ROOT,
+                    log: Path | None = None, **settings):
+    """`memefly serve` of the checkout CODE with BACKEND; yields (URL, process) once /readyz says ready."""
     port = free_port()
     env = _env(backend=backend, models_dir=models_dir, **settings)
+    env["PYTHONPATH"] = str(code)
     if target:
         env.update(MEMEFLY_ENCODER_TARGET=target, MEMEFLY_DECODER_TARGET=target)
-    process = subprocess.Popen([sys.executable, "-m", "memefly.cli", "serve", "--port", str(port), "--log-level", "warning"],
-                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    output = open(log, "ab") if log else subprocess.DEVNULL
+    process = subprocess.Popen([sys.executable, "-m", "memefly.cli", "serve", "--port", str(port), "--log-level",
+                                "info" if log else "warning"], env=env, cwd=code, stdout=output, stderr=output)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -72,10 +76,20 @@ def gateway(backend: str, models_dir: Path, target: str | None = None, **setting
             if time.monotonic() > deadline:
                 raise RuntimeError("memefly serve did not become ready")
             time.sleep(0.2)
-        yield url
+        yield url, process
     finally:
-        process.terminate()
-        process.wait(30)
+        if process.poll() is None:
+            process.terminate()
+        process.wait(60)
+        if log:
+            output.close()
+
+
+@contextmanager
+def gateway(backend: str, models_dir: Path, target: str | None = None, **settings):
+    """`memefly serve` with BACKEND; yields its URL once /readyz says ready."""
+    with gateway_process(backend, models_dir, target, **settings) as (url, _):
+        yield url
 
 
 def percentile(values: list[float], q: float) -> float:

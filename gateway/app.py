@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
 
+from gateway.admission import Overloaded, WorkerPool
 from gateway.backends import Backend
 from gateway.draining import Drain, DrainMiddleware
 from gateway.errors import CLIENT_CLOSED, GatewayError
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         await service.start()
         yield
         await service.stop()
+        renders.close()
 
     # /docs and /redoc with their scripts and styles served from here, not a CDN: they work
     # offline and behind a firewall (fastapi-offline ships Swagger UI and ReDoc).
@@ -51,14 +53,19 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     )
     app.state.service = service
     app.state.settings = settings
-    app.state.renderer = Renderer(cache_bytes=settings.render_cache_bytes, templates_dir=settings.templates_dir)
+    renders = WorkerPool(settings.render_workers, name="render",
+                         deadline_s=settings.request_timeout_s if settings.admission_control else None)
+    app.state.renderer = Renderer(cache_bytes=settings.render_cache_bytes, templates_dir=settings.templates_dir,
+                                  pool=renders)
     app.include_router(router)
     app.include_router(render_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, error: GatewayError):
-        if error.status >= 500:
+        if isinstance(error, Overloaded):  # expected under load, and counted in /metrics: not a warning
+            log.info("%s %s -> %d: %s", request.method, request.url.path, error.status, error.logged)
+        elif error.status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, error.status, error.logged)
         return JSONResponse({"detail": error.detail}, status_code=error.status, headers=error.headers)
 

@@ -5,14 +5,18 @@ Used for the encoder (images -> template_probs) and the decoder's `init`. At mos
 next call (up to `max_batch`), so batches grow with the load and a lone request does not
 wait. `max_wait_s` > 0 adds a wait for company after the first item. A caller that is
 cancelled while waiting drops out of its batch. `call` may return an exception in an item's
-place: that caller alone gets it.
+place: that caller alone gets it. With a deadline, an item that the queue would not get
+through in time is refused at once (admission control, gateway/admission.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
+
+from gateway.admission import CostModel, Overloaded, too_late
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -31,10 +35,19 @@ class MicroBatcher(Generic[Item, Result]):
         self._slots = asyncio.Semaphore(max_concurrent)
         self._task: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()
+        self.cost = CostModel()  # a call's wall time by its batch size
 
     @property
     def waiting(self) -> int:
         return self._queue.qsize()
+
+    def expected_seconds(self) -> float | None:
+        """How long an item submitted now would take: the calls in flight, then the batches
+        queued ahead of it and its own, one after another (None: nothing measured yet)."""
+        items = self.waiting + 1
+        batches = -(-items // self.max_batch)
+        per_call = self.cost.seconds(-(-items // batches))
+        return None if per_call is None else (len(self._inflight) + batches) * per_call
 
     def start(self) -> None:
         if self._task is None:
@@ -51,7 +64,12 @@ class MicroBatcher(Generic[Item, Result]):
             if not future.done():
                 future.cancel()
 
-    async def submit(self, item: Item) -> Result:
+    async def submit(self, item: Item, deadline_s: float | None = None) -> Result:
+        busy = self.waiting or self._inflight  # an idle batcher always takes an item (and measures it)
+        expected = self.expected_seconds() if busy else None
+        if too_late(expected, deadline_s):
+            raise Overloaded(f"busy: {self.waiting} items queued would take about {expected:.1f} s, more than "
+                             f"the {deadline_s:.1f} s left to this request; try again shortly")
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((item, future))
         return await future
@@ -89,7 +107,9 @@ class MicroBatcher(Generic[Item, Result]):
     async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
         try:
             self.on_batch(len(batch))
+            started = time.perf_counter()
             results = await self.call([item for item, _ in batch])
+            self.cost.add(len(batch), time.perf_counter() - started)
             for (_, future), result in zip(batch, results):
                 if future.done():
                     continue

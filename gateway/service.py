@@ -25,7 +25,8 @@ from gateway.errors import DeadlineExceeded, GatewayError, InvalidRequest, Model
 from gateway.images import CheckedImage, already_checked, check_image, sha256
 from gateway.metrics import Metrics
 from memefly.decoding.safety import offensive_token_ids
-from gateway.scheduler import DecodeScheduler, Overloaded
+from gateway.admission import Overloaded
+from gateway.scheduler import DecodeScheduler
 from gateway.rendering.layout import Layouts
 from gateway.served_models import ServedModels, Template
 from gateway.settings import Settings
@@ -189,6 +190,8 @@ class MemeService:
                 f"the models do not belong together: template fingerprint {encoder[c.TEMPLATE_FINGERPRINT][:12]} "
                 f"(encoder v{encoder[c.MODEL_VERSION]}) != {decoder[c.TEMPLATE_FINGERPRINT][:12]} "
                 f"(decoder v{decoder[c.MODEL_VERSION]}); export them together")
+        if self.model_info and self._same_models(encoder, decoder):
+            return  # a model server restarted with the models we have: ready at once, nothing to refetch
         vocabulary = await self.models.vocabulary(int(decoder["vocabulary_size"]))
         templates = await self.models.templates(int(decoder[c.NUM_TEMPLATES]))
         offensive = await asyncio.to_thread(offensive_token_ids, vocabulary)
@@ -208,6 +211,14 @@ class MemeService:
             "backend": self.backend.name,
         }
         await self._warm_up()
+
+    def _same_models(self, encoder: dict, decoder: dict) -> bool:
+        info = self.model_info
+        return (str(self.backend.version) == info.get("version") and encoder[c.MODEL_VERSION] == info.get("encoder_version")
+                and decoder[c.MODEL_VERSION] == info.get("decoder_version")
+                and encoder["encoder_weights"] == info.get("encoder_weights")
+                and decoder[c.WEIGHTS_FINGERPRINT] == info.get("decoder_weights")
+                and decoder[c.TEMPLATE_FINGERPRINT] == info.get("template_fingerprint"))
 
     async def _ping(self) -> None:
         for model in (c.ENCODER_MODEL, c.DECODER_MODEL):
@@ -264,7 +275,7 @@ class MemeService:
                     conditioning = await self._conditioning(key, probs=self._one_hot(template_id))
                 elif image is not None:
                     key = image.sha256
-                    conditioning = await self._conditioning(key, image=image.data)
+                    conditioning = await self._conditioning(key, image=image.data, deadline_s=self._encode_deadline(options))
                 else:
                     raise InvalidRequest("send an image or name a template")
                 encoded = time.perf_counter()
@@ -289,6 +300,14 @@ class MemeService:
                         "total": round(1000 * (done - started), 2)},
         )
 
+    def _encode_deadline(self, options: DecodingOptions) -> float | None:
+        """What the encoder queue may take of the request's time: what decoding will not (and a
+        request that decoding alone would make late is refused now, not after encoding)."""
+        if not self.settings.admission_control:
+            return None
+        decoding = self.scheduler.check_admission(options.rows, self.settings.request_timeout_s) or 0.0
+        return self.settings.request_timeout_s - decoding
+
     async def template_probs(self, image: CheckedImage) -> np.ndarray:
         """The encoder's template_probs for an image (cached ones if it was seen before); no decoding."""
         self.require_ready()
@@ -301,7 +320,8 @@ class MemeService:
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s:g} s") from None
 
-    async def _conditioning(self, key: str, *, probs: np.ndarray | None = None, image: bytes | None = None) -> Conditioning:
+    async def _conditioning(self, key: str, *, probs: np.ndarray | None = None, image: bytes | None = None,
+                            deadline_s: float | None = None) -> Conditioning:
         """For template_probs given, or for an image's (from the encoder). Cached by image SHA-256
         (or template): popular templates come again and again, and then neither the encoder
         nor the decoder's `init` runs."""
@@ -312,7 +332,7 @@ class MemeService:
         self.metrics.cache_misses.inc()
         if probs is None:
             self.metrics.queue.set(self.encoder.waiting + 1)
-            probs = await self.encoder.submit(image)
+            probs = await self.encoder.submit(image, deadline_s)
             self.metrics.queue.set(self.encoder.waiting)
         state, context = await self.initializer.submit(np.asarray(probs, np.float32))
         conditioning = Conditioning(*(_read_only(a) for a in (probs, state, context)))

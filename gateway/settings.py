@@ -37,8 +37,8 @@ class Settings:
     # finish (longer than a request may take), then what is left gets 503. Keep Kubernetes'
     # terminationGracePeriodSeconds above it.
     shutdown_grace_s: float = 35.0
-    # Refuse a request at once (503, Retry-After) when the decoding queue would not let it finish
-    # within request_timeout_s, instead of letting it wait and time out. The library client
+    # Refuse a request at once (503, Retry-After) when the decoding or render queue would not let
+    # it finish within request_timeout_s, instead of letting it wait and time out. The library client
     # (memefly batch) turns it off: it would rather queue.
     admission_control: bool = True
     # Readiness: how often the model servers are checked, and Retry-After on 503.
@@ -54,8 +54,10 @@ class Settings:
     encoder_max_wait_ms: float = 0.0
     template_cache_size: int = 4096
 
-    # Uploads. A request body must arrive within body_timeout_s (else 408); at most
-    # max_connections requests are handled at once (uvicorn answers 503 beyond).
+    # Uploads. A request's headers must arrive within header_timeout_s and its body within
+    # body_timeout_s (else 408): slow clients cannot hold connections. At most max_connections
+    # connections are handled at once (uvicorn answers 503 beyond).
+    header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 1024
     max_upload_bytes: int = 10 * 1024 * 1024
@@ -69,6 +71,9 @@ class Settings:
     render_max_side: int = 2048
     render_jpeg_quality: int = 85
     render_cache_bytes: int = 64 * 1024 * 1024
+    # Renders drawn at once (0: one per core, at most 4); more wait, and with admission_control
+    # one that would not be drawn within request_timeout_s is refused (503, Retry-After).
+    render_workers: int = 0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
@@ -99,6 +104,11 @@ class Settings:
         if self.decoder_max_rows < widest:
             raise ValueError(f"MEMEFLY_DECODER_MAX_ROWS must be at least {widest} "
                              "(the most beams or sampled candidates a request may ask for)")
+        for name in ("header_timeout_s", "body_timeout_s", "request_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"MEMEFLY_{name.upper()} must be more than 0")
+        if self.render_workers < 0:
+            raise ValueError("MEMEFLY_RENDER_WORKERS must be at least 0 (0: one per core, at most 4)")
         if self.shutdown_grace_s < 0:
             raise ValueError("MEMEFLY_SHUTDOWN_GRACE_S must be at least 0")
 

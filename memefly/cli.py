@@ -194,8 +194,6 @@ def _cmd_serve(args) -> int:
     _quiet_tensorflow()
     import logging
 
-    import uvicorn
-
     from gateway.app import create_app
     from gateway.settings import Settings
 
@@ -221,12 +219,10 @@ def _cmd_serve(args) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     from gateway.draining import DrainingServer
+    from gateway.server import uvicorn_config
 
     app = create_app(settings)
-    # The drain (MEMEFLY_SHUTDOWN_GRACE_S) has answered every request by the time uvicorn's own
-    # shutdown runs: its grace only covers responses still being written.
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
-                            limit_concurrency=settings.max_connections, timeout_keep_alive=5)
+    config = uvicorn_config(app, settings, host=args.host, port=args.port, log_level=args.log_level)
     DrainingServer(config, app.state.drain, settings.shutdown_grace_s).run()
     return 0
 

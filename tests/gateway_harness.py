@@ -15,6 +15,7 @@ import httpx
 import uvicorn
 
 from gateway.app import create_app
+from gateway.server import uvicorn_config
 from gateway.settings import Settings
 
 
@@ -48,7 +49,7 @@ class RunningGateway:
 @contextmanager
 def running_gateway(settings: Settings, backend=None, wait: bool = True):
     app = create_app(settings, backend=backend)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)
     thread.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from gateway.batcher import MicroBatcher
 from gateway.cache import LruCache
 from gateway.errors import BadImage, ImageTooLarge, ModelUnavailable, UnsupportedImage
 from gateway.images import check_image, sniff_format
-from gateway.scheduler import DecodeScheduler, Overloaded
+from gateway.admission import Overloaded
+from gateway.scheduler import DecodeScheduler
 from gateway.settings import Settings
 from gateway.tensors import from_proto, to_proto
 from tensorflow.core.framework import tensor_pb2, types_pb2
@@ -100,9 +102,10 @@ def test_admission_refuses_at_once_what_the_queue_cannot_finish_in_time():
             assert admitted.done
             await asyncio.gather(*queue)
             # However bad the estimate, a request to an empty queue is admitted (and refreshes it).
-            scheduler.call_seconds = 100.0
+            scheduler.cost.add(4, 100.0)
+            stale = scheduler.expected_seconds(4)
             assert (await scheduler.run(CountingSearch(rows=4, steps=2, tag=97), deadline_s=1.0)).done
-            assert scheduler.call_seconds < 100.0
+            assert scheduler.expected_seconds(4) < stale
         finally:
             await scheduler.stop()
 
@@ -194,6 +197,45 @@ def test_micro_batcher_groups_and_splits_results():
 
     assert asyncio.run(scenario()) == [2 * i for i in range(10)]
     assert [len(c) for c in calls] == [4, 4, 2]
+
+
+def test_cost_model_fits_fixed_and_per_item_cost_and_errs_high_on_one_size():
+    from gateway.admission import CostModel
+
+    cost = CostModel()
+    assert cost.seconds(10) is None
+    for size in (10, 100, 10, 100, 50):
+        cost.add(size, 0.01 + 0.001 * size)
+    assert cost.seconds(1000) == pytest.approx(1.01)
+    one_size = CostModel()
+    for _ in range(3):
+        one_size.add(10, 0.02)  # fixed and per-item cost cannot be told apart: all per item
+    assert one_size.seconds(100) == pytest.approx(0.2)
+
+
+def test_micro_batcher_refuses_at_once_what_its_queue_cannot_encode_in_time():
+    async def scenario():
+        async def slow(items):
+            await asyncio.sleep(0.1)
+            return items
+
+        batcher = MicroBatcher(slow, max_batch=1, max_wait_s=0.0, max_concurrent=1)
+        batcher.start()
+        try:
+            assert await batcher.submit(1, deadline_s=0.01) == 1  # an idle batcher takes anything (and measures it)
+            queued = [asyncio.ensure_future(batcher.submit(i, deadline_s=10.0)) for i in range(3)]
+            await asyncio.sleep(0.01)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(Overloaded, match="busy") as refused:  # ~0.4 s ahead of it
+                await batcher.submit(9, deadline_s=0.3)
+            assert loop.time() - started < 0.05 and refused.value.headers["Retry-After"] == "1"
+            assert await batcher.submit(8, deadline_s=10.0) == 8  # room before a later deadline
+            assert await asyncio.gather(*queued) == [0, 1, 2]
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
 
 
 def test_micro_batcher_passes_errors_to_every_caller():
@@ -329,17 +371,59 @@ def test_image_checks():
         check_image(encoded(Image.effect_noise((300, 300), 50).convert("RGB"), "JPEG")[:2000], **limits)
 
 
-def test_a_body_that_trickles_in_gets_408_and_the_connection_is_freed(tmp_path):
+@contextmanager
+def gateway_without_models(tmp_path, **settings):
+    """A live gateway whose model servers are unreachable: enough for what happens before a request is handled."""
     import dataclasses
-    import socket
-    import time
 
     from gateway_harness import running_gateway
 
     settings = dataclasses.replace(Settings.from_env({}), backend="grpc", encoder_target="127.0.0.1:1",
-                                   decoder_target="127.0.0.1:1", body_timeout_s=1.0, templates_dir=tmp_path)
+                                   decoder_target="127.0.0.1:1", templates_dir=tmp_path, **settings)
     with running_gateway(settings, wait=False) as gateway:
-        port = int(gateway.url.rsplit(":", 1)[1])
+        yield gateway, int(gateway.url.rsplit(":", 1)[1])
+
+
+def test_headers_that_trickle_in_or_never_come_get_408_and_the_connection_is_closed(tmp_path):
+    import socket
+    import time
+
+    with gateway_without_models(tmp_path, header_timeout_s=1.0) as (gateway, port):
+        # slowloris: a byte of headers at a time, each well within any read timeout
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.settimeout(0.3)
+            answer = b""
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+                try:
+                    sock.sendall(bytes([byte]))
+                    answer += sock.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if answer:
+                    break
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert 0.9 <= time.monotonic() - started < 5
+        # a connection that sends nothing is closed too
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            started = time.monotonic()
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408")
+            assert sock.recv(4096) == b""  # closed
+            assert 0.9 <= time.monotonic() - started < 5
+        # headers that come in time are not affected, on a kept-alive connection either
+        with gateway.client() as client:
+            assert client.get("/healthz").status_code == 200
+            time.sleep(1.5)
+            assert client.get("/healthz").status_code == 200
+
+
+def test_a_body_that_trickles_in_gets_408_and_the_connection_is_freed(tmp_path):
+    import socket
+    import time
+
+    with gateway_without_models(tmp_path, body_timeout_s=1.0) as (gateway, port):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"POST /render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 1000\r\n\r\n" + b'{"boxes": ["a"], ')

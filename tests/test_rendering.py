@@ -229,6 +229,40 @@ def test_transparent_and_rotated_inputs_are_drawn_upright_on_white(font, tmp_pat
     assert rotated.size == (100, 300)
 
 
+def test_renders_that_would_finish_after_the_deadline_are_refused_at_once(font, tmp_path):
+    import time
+
+    from gateway.admission import Overloaded, WorkerPool
+
+    class SlowRenderer(Renderer):
+        def render_now(self, source, spec):
+            time.sleep(0.3)
+            return super().render_now(source, spec)
+
+    async def scenario():
+        renderer = SlowRenderer(cache_bytes=10_000_000, templates_dir=tmp_path, font=font,
+                                pool=WorkerPool(1, deadline_s=0.5, name="render"))
+        source = png_bytes(blank(200, 200), format="PNG")
+        spec = RenderSpec(("top",))
+        await renderer.render(source, "a", spec)  # measured: about 0.3 s a render
+        running = asyncio.ensure_future(renderer.render(source, "b", spec))  # a free worker: admitted
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        with pytest.raises(Overloaded, match="busy") as refused:  # would end after ~0.6 s > 80% of 0.5 s
+            await renderer.render(source, "c", spec)
+        assert time.perf_counter() - started < 0.05 and refused.value.status == 503
+        assert refused.value.headers["Retry-After"] == "1"
+        await running
+        assert renderer.pool.pending == 0
+        assert (await renderer.render(source, "c", spec)).data  # room again
+        # Without a deadline (memefly batch) renders queue instead.
+        patient = SlowRenderer(cache_bytes=0, templates_dir=tmp_path, font=font, pool=WorkerPool(1, name="render"))
+        done = await asyncio.gather(*(patient.render(source, str(i), spec) for i in range(3)))
+        assert len(done) == 3
+
+    asyncio.run(scenario())
+
+
 def test_render_cache_is_bounded_in_bytes():
     from gateway.rendering.renderer import RenderCache, Rendered
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from gateway.admission import WorkerPool
 from gateway.errors import BadImage, NotFound
 from gateway.rendering.draw import draw_captions
 from gateway.rendering.fonts import MemeFont, font_file
@@ -80,8 +81,10 @@ class RenderCache:
 
 class Renderer:
     def __init__(self, *, cache_bytes: int, templates_dir: Path, font: MemeFont | None = None,
-                 layouts: Layouts | None = None):
+                 layouts: Layouts | None = None, pool: WorkerPool | None = None):
         self.cache = RenderCache(cache_bytes)
+        # Drawing is CPU-bound: a bounded number at once, the rest refused when they would be late.
+        self.pool = pool or WorkerPool(name="render")
         self.templates_dir = Path(templates_dir)
         # Found now: a bad MEMEFLY_FONT stops the start, instead of failing every render.
         self.font = font or MemeFont(font_file())
@@ -123,7 +126,7 @@ class Renderer:
                     source = await asyncio.to_thread(source.read_bytes)
                 except OSError:  # removed or replaced since it was listed
                     raise NotFound(f"the image of {source.stem!r} is gone from the templates folder") from None
-            data = await asyncio.to_thread(self.render_now, source, spec)
+            data = await self.pool.run(self.render_now, source, spec)
             rendered = Rendered(data, CONTENT_TYPES[spec.format], etag)
             self.cache.put(rendered)
             future.set_result(rendered)
