@@ -18,25 +18,37 @@ from gateway.errors import ModelUnavailable
 
 EWMA = 0.2  # weight of the newest measurement in the running estimates
 HEADROOM = 0.8  # admit only when the estimate leaves this share of the deadline
+OUTLIER = 5.0  # a call over this many times the median cost per item is left out of the fit
 T = TypeVar("T")
 
 
 class Overloaded(ModelUnavailable):
-    """503 with Retry-After: the gateway is too busy to answer this request within its deadline."""
+    """503 with Retry-After: the gateway is too busy to answer this request within its deadline.
+    The client is told only that; the estimate goes to the log line."""
 
-    def __init__(self, detail: str):
-        super().__init__(detail, retry_after_s=1)
+    def __init__(self, queue: str, internal: str):
+        super().__init__("busy: try again shortly", retry_after_s=1, internal=internal)
+        self.queue = queue  # which queue refused: decoder, encoder or render (a label in /metrics)
 
 
-def too_late(expected_s: float | None, deadline_s: float | None) -> bool:
-    return deadline_s is not None and expected_s is not None and expected_s > HEADROOM * deadline_s
+def admit(queue: str, expected_s: float | None, deadline_s: float | None, ahead: str) -> None:
+    """Raises Overloaded when EXPECTED_S (None: nothing measured, or an idle queue) would take
+    more than HEADROOM of DEADLINE_S (None: no deadline, always admitted)."""
+    if deadline_s is not None and expected_s is not None and expected_s > HEADROOM * deadline_s:
+        raise Overloaded(queue, f"{queue} queue: {ahead} would take about {expected_s:.2f} s, more than "
+                                f"{HEADROOM:.0%} of the {deadline_s:.2f} s left")
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 class CostModel:
     """Seconds one model call takes for a batch of n, a + b*n, fitted by least squares to the
-    latest calls. While the calls seen are all of about one size, proportional (a = 0): that
-    over-estimates bigger batches, the safe side for admission. A running mean alone would
-    take the cost of the small calls of a quiet minute for the big ones of a busy one."""
+    latest calls. While the calls seen are all of about one size, half of their time is taken
+    as fixed and half as per item: bigger batches are then over-estimated (the safe side for
+    admission) but not by their whole size ratio. A running mean alone would take the cost
+    of the small calls of a quiet minute for the big ones of a busy one."""
 
     def __init__(self, window: int = 64):
         self._calls: deque[tuple[int, float]] = deque(maxlen=window)
@@ -57,11 +69,14 @@ class CostModel:
 
     def _solve(self) -> tuple[float, float]:
         sizes, seconds = (np.array(column, np.float64) for column in zip(*self._calls))
+        # One call that hung (a model server's cold start, a retry) must not stand for the next 63.
+        usual = seconds / sizes <= OUTLIER * np.median(seconds / sizes)
+        sizes, seconds = sizes[usual], seconds[usual]
         if sizes.max() >= 2 * sizes.min():
             per_item, fixed = np.polyfit(sizes, seconds, 1)
             if fixed >= 0 and per_item > 0:
                 return float(fixed), float(per_item)
-        return 0.0, float(seconds.sum() / sizes.sum())
+        return float(seconds.mean() / 2), float(seconds.sum() / sizes.sum() / 2)
 
 
 def default_workers() -> int:
@@ -78,7 +93,7 @@ class WorkerPool:
         self.deadline_s = deadline_s
         self.name = name
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=name)
-        self.pending = 0  # queued or running; a job whose caller left still counts until it ends
+        self.pending = 0  # queued or running; a job whose caller left counts until its thread is done
         self.job_seconds: float | None = None  # running estimate of one job
 
     def expected_seconds(self) -> float | None:
@@ -88,20 +103,20 @@ class WorkerPool:
         return (self.pending // self.workers + 1) * self.job_seconds
 
     async def run(self, fn: Callable[..., T], *args) -> T:
-        expected = self.expected_seconds() if self.pending >= self.workers else None  # a free worker: always
-        if too_late(expected, self.deadline_s):
-            raise Overloaded(f"busy: {self.pending} {self.name} jobs ahead would take about {expected:.1f} s, more "
-                             f"than the {self.deadline_s:g} s a request may take; try again shortly")
+        if self.pending >= self.workers:  # a free worker: always admitted
+            admit("render", self.expected_seconds(), self.deadline_s, f"{self.pending} renders")
+        loop = asyncio.get_running_loop()
+        job = self._executor.submit(_timed, fn, args)
         self.pending += 1
-        future = asyncio.get_running_loop().run_in_executor(self._executor, _timed, fn, args)
-        future.add_done_callback(self._finished)
-        result, _ = await future
+        # Counted until the thread is done, whether or not its caller still waits for it.
+        job.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finished, done))
+        result, _ = await asyncio.wrap_future(job)
         return result
 
-    def _finished(self, future: asyncio.Future) -> None:
+    def _finished(self, job) -> None:
         self.pending -= 1
-        if not future.cancelled() and future.exception() is None:
-            seconds = future.result()[1]
+        if not job.cancelled() and job.exception() is None:
+            seconds = job.result()[1]
             self.job_seconds = seconds if self.job_seconds is None else \
                 self.job_seconds + EWMA * (seconds - self.job_seconds)
 

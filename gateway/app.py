@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, error: GatewayError):
         if isinstance(error, Overloaded):  # expected under load, and counted in /metrics: not a warning
+            metrics.refused.labels(error.queue).inc()
             log.info("%s %s -> %d: %s", request.method, request.url.path, error.status, error.logged)
         elif error.status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, error.status, error.logged)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from gateway.admission import CostModel, Overloaded, too_late
+from gateway.admission import CostModel, admit, ceil_div
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -24,9 +24,11 @@ Result = TypeVar("Result")
 
 class MicroBatcher(Generic[Item, Result]):
     def __init__(self, call: Callable[[list[Item]], Awaitable[list[Result]]], *, max_batch: int,
-                 max_wait_s: float, max_concurrent: int = 2,
+                 max_wait_s: float, max_concurrent: int = 2, name: str = "encoder",
                  on_batch: Callable[[int], None] = lambda size: None):
         self.call = call
+        self.name = name  # which queue refused, in an Overloaded
+        self.max_concurrent = max_concurrent
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch
@@ -43,11 +45,12 @@ class MicroBatcher(Generic[Item, Result]):
 
     def expected_seconds(self) -> float | None:
         """How long an item submitted now would take: the calls in flight, then the batches
-        queued ahead of it and its own, one after another (None: nothing measured yet)."""
+        queued ahead of it and its own, `max_concurrent` at a time (None: nothing measured yet)."""
         items = self.waiting + 1
-        batches = -(-items // self.max_batch)
-        per_call = self.cost.seconds(-(-items // batches))
-        return None if per_call is None else (len(self._inflight) + batches) * per_call
+        batches = ceil_div(items, self.max_batch)
+        per_call = self.cost.seconds(ceil_div(items, batches))
+        rounds = ceil_div(len(self._inflight) + batches, self.max_concurrent)
+        return None if per_call is None else rounds * per_call
 
     def start(self) -> None:
         if self._task is None:
@@ -65,11 +68,8 @@ class MicroBatcher(Generic[Item, Result]):
                 future.cancel()
 
     async def submit(self, item: Item, deadline_s: float | None = None) -> Result:
-        busy = self.waiting or self._inflight  # an idle batcher always takes an item (and measures it)
-        expected = self.expected_seconds() if busy else None
-        if too_late(expected, deadline_s):
-            raise Overloaded(f"busy: {self.waiting} items queued would take about {expected:.1f} s, more than "
-                             f"the {deadline_s:.1f} s left to this request; try again shortly")
+        if self.waiting or self._inflight:  # an idle batcher always takes an item (and measures it)
+            admit(self.name, self.expected_seconds(), deadline_s, f"{self.waiting} images queued")
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((item, future))
         return await future

@@ -21,6 +21,8 @@ class Metrics:
                                         buckets=_ROW_BUCKETS[:7], registry=r)
         self.searches = Gauge("memefly_decoder_searches", "Searches (requests' decodes) in flight", registry=r)
         self.queue = Gauge("memefly_encoder_queue", "Images waiting for an encoder call", registry=r)
+        self.refused = Counter("memefly_admission_refused", "requests refused at once (503) by admission control, "
+                               "by the queue that would have made them late", ["queue"], registry=r)
         self.cache_hits = Counter("memefly_template_cache_hits", "template_probs served from the cache", registry=r)
         self.cache_misses = Counter("memefly_template_cache_misses", "template_probs computed by the encoder", registry=r)
         self.ready = Gauge("memefly_ready", "1 when the gateway can serve", registry=r)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from memefly.decoding.search import Search
-from gateway.admission import EWMA, CostModel, Overloaded, too_late
+from gateway.admission import EWMA, CostModel, admit, ceil_div
 from gateway.errors import GatewayError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,8 @@ class DecodeScheduler:
         if not self.continuous:
             return None
         total = self.live_rows + rows
-        calls = -(-total // self.max_rows)
-        per_call = self.cost.seconds(-(-total // calls))
+        calls = ceil_div(total, self.max_rows)
+        per_call = self.cost.seconds(ceil_div(total, calls))
         return None if per_call is None else self.correction * self.steps_per_search * calls * per_call
 
     def check_admission(self, rows: int, deadline_s: float | None) -> float | None:
@@ -110,10 +110,9 @@ class DecodeScheduler:
         else returns the estimate. With nothing in flight a request is always admitted: it
         is also what refreshes the estimate (else one slow call, say during a model-server
         restart, could refuse all)."""
-        expected = self.expected_seconds(rows) if self._entries else None
-        if too_late(expected, deadline_s):
-            raise Overloaded(f"busy: {self.depth} requests ahead would take about {expected:.1f} s, more than the "
-                             f"{deadline_s:.1f} s left to this one; try again shortly")
+        expected = self.expected_seconds(rows)
+        if self._entries:
+            admit("decoder", expected, deadline_s, f"{self.depth} requests")
         return expected
 
     async def run(self, search: Search, deadline_s: float | None = None) -> Search:
@@ -132,7 +131,8 @@ class DecodeScheduler:
             await entry.future
             return search
         except asyncio.CancelledError:
-            self._learn(entry)  # cut off (its deadline passed): the time so far is a lower bound, learn it too
+            if not entry.search.done:  # cut off (its deadline passed): the time so far is a lower bound
+                self._learn(entry)
             raise
         finally:
             self._remove(entry)

@@ -77,8 +77,17 @@ class TemplateGuess(BaseModel):
     probability: float
 
 
+class TemplateMatch(TemplateGuess):
+    known: bool | None = Field(description=(
+        "whether the image is one of the known templates (its likeliest template's probability is at least the "
+        "threshold chosen at export against images that are no template); false: a photo or a picture the "
+        "models do not know, answered with memes in the style of the likeliest templates; always true for a "
+        "named template; null with models exported without a threshold"))
+
+
 class MemeResponse(BaseModel):
     memes: list[MemeOut]
+    template: TemplateMatch = Field(description="the likeliest template, and whether the image is one of the known templates")
     templates: list[TemplateGuess] = Field(description="the three likeliest templates")
     model: dict[str, str]
     timings_ms: dict[str, float]
@@ -89,6 +98,7 @@ class MemeResponse(BaseModel):
         """From the service's MemeResult: the one shape of a result, over HTTP or from the client."""
         return cls(
             memes=[vars(m) for m in result.memes],
+            template={"name": result.templates[0][0], "probability": result.templates[0][1], "known": result.known},
             templates=[{"name": n, "probability": p} for n, p in result.templates],
             model=model_info,
             timings_ms=result.timings_ms,

@@ -6,7 +6,7 @@ uvicorn bounds an idle keep-alive connection, but not a new connection that send
 or headers a byte at a time (slowloris): enough of them fill `limit_concurrency` and every
 real client gets 503. Here the headers of each request must be complete within
 `header_timeout_s` of the connection opening or of the request's first byte; else the
-client gets 408 and the connection is closed. The body has its own deadline
+client gets 408 and the connection is closed (silently, when it never sent a byte). The body has its own deadline
 (BodyLimitMiddleware).
 """
 
@@ -32,9 +32,15 @@ def with_header_timeout(header_timeout_s: float) -> type[HttpToolsProtocol]:
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
 
+        _received = False  # any byte on this connection yet
+
         def connection_made(self, transport):  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            self._received = True
+            super().data_received(data)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -64,6 +70,9 @@ def with_header_timeout(header_timeout_s: float) -> type[HttpToolsProtocol]:
         def _headers_too_slow(self) -> None:
             self._header_timer = None
             if self.transport.is_closing():
+                return
+            if not self._received:  # a preconnect or a probe: closed without a word, as idle keep-alive is
+                self.transport.close()
                 return
             # Answer only when no earlier response on this connection is still being written.
             if self.cycle is None or self.cycle.response_complete:

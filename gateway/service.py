@@ -65,6 +65,9 @@ class MemeResult:
     templates: list[tuple[str, float]]  # the three likeliest, with probability
     image_sha256: str | None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Is the image one of the known templates (its top probability at least the encoder's
+    # known_threshold)? True for a named template; None with models exported without a threshold.
+    known: bool | None = None
 
 
 def _read_only(array) -> np.ndarray:
@@ -85,6 +88,8 @@ class MemeService:
         self.vocabulary: list[str] = []
         self.templates: list[Template] = []
         self.model_info: dict[str, str] = {}
+        self.known_threshold: float | None = None
+        self._rewarm: asyncio.Task | None = None
         self._template_ids: dict[str, int] = {}
         self.captioner = Captioner([])
         self.layouts = Layouts.shipped()
@@ -98,7 +103,7 @@ class MemeService:
         self.encoder = MicroBatcher(self._encode, max_batch=settings.encoder_max_batch,
                                     max_wait_s=settings.encoder_max_wait_ms / 1000,
                                     on_batch=self.metrics.encoder_images.observe)
-        self.initializer = MicroBatcher(self._init_rows, max_batch=settings.decoder_max_rows, max_wait_s=0.0)
+        self.initializer = MicroBatcher(self._init_rows, max_batch=settings.decoder_max_rows, max_wait_s=0.0, name="init")
         self._monitor: asyncio.Task | None = None
         self._connected = asyncio.Event()
         self._checked = asyncio.Event()  # the first start-up check has finished, either way
@@ -113,9 +118,10 @@ class MemeService:
         self._monitor = asyncio.create_task(self._keep_ready(), name="readiness")
 
     async def stop(self) -> None:
-        if self._monitor:
-            self._monitor.cancel()
-            await asyncio.gather(self._monitor, return_exceptions=True)
+        for task in (self._monitor, self._rewarm):
+            if task:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.scheduler.stop()
         await self.encoder.stop()
         await self.initializer.stop()
@@ -182,7 +188,7 @@ class MemeService:
     async def _connect(self) -> None:
         await self.backend.start()
         keys = (c.TEMPLATE_FINGERPRINT, c.MODEL_VERSION, c.NUM_TEMPLATES)
-        encoder = await self.models.metadata(c.ENCODER_MODEL, keys + ("encoder_weights",))
+        encoder = await self.models.metadata(c.ENCODER_MODEL, keys + ("encoder_weights", c.KNOWN_THRESHOLD))
         decoder = await self.models.metadata(c.DECODER_MODEL, keys + (c.WEIGHTS_FINGERPRINT, "vocabulary_size", "top_k",
                                                                             c.TRAINING_CAPTIONS))
         if encoder[c.TEMPLATE_FINGERPRINT] != decoder[c.TEMPLATE_FINGERPRINT]:
@@ -191,7 +197,10 @@ class MemeService:
                 f"(encoder v{encoder[c.MODEL_VERSION]}) != {decoder[c.TEMPLATE_FINGERPRINT][:12]} "
                 f"(decoder v{decoder[c.MODEL_VERSION]}); export them together")
         if self.model_info and self._same_models(encoder, decoder):
-            return  # a model server restarted with the models we have: ready at once, nothing to refetch
+            # A model server restarted with the models we have: ready at once, nothing to fetch
+            # again; its first calls are warmed up meanwhile.
+            self._rewarm = asyncio.create_task(self._warm_up_quietly())
+            return
         vocabulary = await self.models.vocabulary(int(decoder["vocabulary_size"]))
         templates = await self.models.templates(int(decoder[c.NUM_TEMPLATES]))
         offensive = await asyncio.to_thread(offensive_token_ids, vocabulary)
@@ -199,6 +208,7 @@ class MemeService:
         if decoder[c.WEIGHTS_FINGERPRINT] != self.model_info.get("decoder_weights"):
             self.cache.clear()
         self.vocabulary, self.templates = vocabulary, templates
+        self.known_threshold = float(encoder[c.KNOWN_THRESHOLD]) if encoder.get(c.KNOWN_THRESHOLD) else None
         self.captioner = Captioner(vocabulary, [self._box_counts(t) for t in templates], training_captions, offensive)
         self._template_ids = {template_key(t.name): t.id for t in templates}
         self.model_info = {
@@ -225,6 +235,12 @@ class MemeService:
             meta = await self.models.metadata(model, (c.TEMPLATE_FINGERPRINT,))
             if meta[c.TEMPLATE_FINGERPRINT] != self.model_info["template_fingerprint"]:
                 raise ModelError(f"{model} now serves other templates: reconnecting")
+
+    async def _warm_up_quietly(self) -> None:
+        try:
+            await self._warm_up()
+        except Exception as error:  # a request would meet the same; the monitor will notice
+            log.info("warm-up after reconnecting failed: %s", getattr(error, "logged", error))
 
     async def _warm_up(self) -> None:
         """One image through the encoder and one short decode: the first user does not pay for it."""
@@ -292,13 +308,19 @@ class MemeService:
             self._check_now.set()
             raise
         done = time.perf_counter()
+        templates = self._top_templates(conditioning.probs, 3)
         return MemeResult(
             memes=[self._meme(rank, h) for rank, h in enumerate(hypotheses, start=1)],
-            templates=self._top_templates(conditioning.probs, 3),
+            templates=templates,
+            known=True if template is not None else self.is_known(templates[0][1]),
             image_sha256=image.sha256 if image else None,
             timings_ms={"encode": round(1000 * (encoded - started), 2), "decode": round(1000 * (done - encoded), 2),
                         "total": round(1000 * (done - started), 2)},
         )
+
+    def is_known(self, top_probability: float) -> bool | None:
+        """Is an image whose likeliest template has this probability one of the known templates?"""
+        return None if self.known_threshold is None else bool(top_probability >= self.known_threshold)
 
     def _encode_deadline(self, options: DecodingOptions) -> float | None:
         """What the encoder queue may take of the request's time: what decoding will not (and a

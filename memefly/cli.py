@@ -179,6 +179,7 @@ def _cmd_export(args) -> int:
         templates_dir=args.templates_dir,
         overwrite=args.overwrite,
         fit_views=args.fit_views,
+        non_template_views=args.non_template_views,
         top_k=args.top_k,
     )
     try:
@@ -396,7 +397,8 @@ def _pretty(result) -> str:
     if result.error is not None:
         return f"{result.label}: error {result.error.status}: {result.error.detail}"
     guesses = ", ".join(f"{t.name} {t.probability:.0%}" for t in result.response.templates)
-    lines = [f"{result.label}  ({guesses})"]
+    unknown = "not a known template; in the style of: " if result.response.template.known is False else ""
+    lines = [f"{result.label}  ({unknown}{guesses})"]
     for meme in result.response.memes:
         lines.append(f"  {meme.rank}. " + " / ".join(box.upper() for box in meme.boxes))
     return "\n".join(lines)
@@ -493,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="template images, <Name>.jpg|png (default: $MEMEFLY_TEMPLATES_DIR or %(default)s)",
     )
     ex.add_argument("--fit-views", type=int, default=20, help="views per template to fit the template head")
+    ex.add_argument("--non-template-views", type=int, default=120,
+                    help="generated images that are no template, to choose the known-template threshold on "
+                         "(as many again to check it)")
     ex.add_argument("--top-k", type=int, default=contract.TOP_K, help="candidates per decoder step (default: %(default)s)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing version")
     ex.set_defaults(func=_cmd_export)

@@ -75,5 +75,8 @@ TEMPLATE_FINGERPRINT = "template_fingerprint"  # sha256 of the ordered template 
 WEIGHTS_FINGERPRINT = "weights_fingerprint"  # decoder only: sha256 of its weights
 MODEL_VERSION = "model_version"
 NUM_TEMPLATES = "num_templates"
+# Encoder only: an image whose top template probability is below this is no known template
+# (chosen at export against generated non-template images; "" in models exported before it).
+KNOWN_THRESHOLD = "known_threshold"
 
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"

@@ -42,6 +42,8 @@ class ExportConfig:
     fit_views: int = 20  # per template: the original image + perturbed views
     calibration_views: int = 6  # per template, for ridge strength and temperature
     test_views: int = 2  # per template and perturbation kind, for the printed accuracy
+    # Images that are no template (model_export/non_templates.py): as many again held out.
+    non_template_views: int = 120
     top_k: int = c.TOP_K
     cache_dir: str | None = None
     progress: bool = True
@@ -105,7 +107,8 @@ def fit_head(extractor, images, names, config: ExportConfig, log):
     calib_x = extractor(calib[0], config.progress, "features (calibration views)")
     test_x = extractor(test[0], config.progress, "features (held-out views)")
     head = fit_template_head(fit_x, np.array(fit[1]), calib_x, np.array(calib[1]), len(names))
-    predicted = head.probs(test_x).argmax(axis=1)
+    test_probs = head.probs(test_x)
+    predicted = test_probs.argmax(axis=1)
     labels, kinds = np.array(test[1]), np.array(test[2])
     accuracy = {k: float(np.mean(predicted[kinds == k] == labels[kinds == k])) for k in KINDS}
     accuracy["all"] = float(np.mean(predicted == labels))
@@ -114,7 +117,36 @@ def fit_head(extractor, images, names, config: ExportConfig, log):
     log(f"template head: temperature {head.temperature:.4g}, fitted on {len(fit[0])} views, "
         f"calibrated on {len(calib[0])}, tested on {len(test[0])} held-out views")
     log("recognition on held-out views: " + "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
-    return head, accuracy
+    known = fit_known_threshold(extractor, head, calib_x, test_probs, kinds, images, names, config, log)
+    return head, accuracy, known
+
+
+def fit_known_threshold(extractor, head, calib_x, test_probs, test_kinds, images, names, config: ExportConfig, log) -> dict:
+    """The "known template" threshold on the head's top probability: chosen on the calibration
+    views against generated images that are no template, checked on held-out ones of each."""
+    from model_export.augment import to_png
+    from model_export.non_templates import non_template_images
+    from model_export.template_head import choose_known_threshold, known_score
+
+    templates = [images[n] for n in names]
+    count = config.non_template_views
+    calib_other = non_template_images(count, config.seed + 3, templates)
+    test_other = non_template_images(count, config.seed + 4, templates)
+    calib_other_x = extractor([to_png(i) for _, i in calib_other], config.progress, "features (non-templates)")
+    test_other_x = extractor([to_png(i) for _, i in test_other], config.progress, "features (held-out non-templates)")
+    threshold = choose_known_threshold(known_score(head.probs(calib_x)), known_score(head.probs(calib_other_x)))
+    known = known_score(test_probs) >= threshold
+    other_kinds = np.array([kind for kind, _ in test_other])
+    unknown = known_score(head.probs(test_other_x)) < threshold
+    report = {"threshold": threshold,
+              "known_rate": {k: float(known[test_kinds == k].mean()) for k in dict.fromkeys(test_kinds)},
+              "unknown_rate": {k: float(unknown[other_kinds == k].mean()) for k in dict.fromkeys(other_kinds)}}
+    report["known_rate"]["all"], report["unknown_rate"]["all"] = float(known.mean()), float(unknown.mean())
+    log(f"known-template threshold {threshold:.4g} (top probability), chosen on {len(calib_x)} views and "
+        f"{count} non-template images")
+    log("held-out views called known: " + "  ".join(f"{k} {v:.3f}" for k, v in report["known_rate"].items()))
+    log("held-out non-templates called unknown: " + "  ".join(f"{k} {v:.3f}" for k, v in report["unknown_rate"].items()))
+    return report
 
 
 def _jpeg(image) -> bytes:
@@ -316,9 +348,10 @@ def export(config: ExportConfig) -> dict:
 
     backbone = build_backbone(config.weights, config.seed)
     extractor = FeatureExtractor(backbone, wid, config.cache_dir)
-    head, accuracy = fit_head(extractor, images, names, config, log)
+    head, accuracy, known = fit_head(extractor, images, names, config, log)
 
-    encoder_meta = {**shared, "encoder_weights": wid, "head_temperature": f"{head.temperature:.6g}"}
+    encoder_meta = {**shared, "encoder_weights": wid, "head_temperature": f"{head.temperature:.6g}",
+                    c.KNOWN_THRESHOLD: f"{known['threshold']:.6g}"}
     decoder_meta = {
         **shared,
         c.WEIGHTS_FINGERPRINT: weights_fingerprint(run.model),
@@ -375,6 +408,7 @@ def export(config: ExportConfig) -> dict:
         "sizes_bytes": {name: directory_size(path) for name, path in finals.items()},
         "seconds": round(time.perf_counter() - started, 1),
         "recognition_held_out": accuracy,
+        "known_template": known,
         "metadata": {c.ENCODER_MODEL: encoder_meta, c.DECODER_MODEL: decoder_meta},
         "config": asdict(config),
     }

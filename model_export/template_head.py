@@ -76,3 +76,20 @@ def fit_template_head(
 
 def _with(head: TemplateHead, temperature: float) -> TemplateHead:
     return TemplateHead(head.mean, head.scale, head.weights, head.bias, float(temperature))
+
+
+def known_score(probs: np.ndarray) -> np.ndarray:
+    """How sure the head is that an image is one of its templates: its top probability."""
+    return probs.max(axis=1)
+
+
+def choose_known_threshold(known: np.ndarray, unknown: np.ndarray) -> float:
+    """The top-probability threshold that best separates template views (KNOWN scores) from
+    images that are no template (UNKNOWN scores): the most balanced accuracy, mid-way between
+    the two scores it falls between; on ties the lowest (a template wrongly called unknown
+    loses the user more than the reverse)."""
+    scores = np.unique(np.concatenate([known, unknown]))
+    cuts = np.concatenate([[0.0], (scores[:-1] + scores[1:]) / 2, [1.0]])
+    known_rate = (known[None, :] >= cuts[:, None]).mean(axis=1)
+    unknown_rate = (unknown[None, :] < cuts[:, None]).mean(axis=1)
+    return float(cuts[int(np.argmax(known_rate + unknown_rate))])

@@ -143,6 +143,7 @@ def tiny_export_config(run: Path, dataset: Path, models: Path, cache: Path, **ov
         fit_views=6,
         calibration_views=3,
         test_views=2,
+        non_template_views=24,
         cache_dir=str(cache),
         progress=False,
     )

@@ -28,3 +28,43 @@ def test_features_unlike_any_template_get_spread_probabilities():
     head = fit_template_head(*clustered_views(rng, centers, 300), *clustered_views(rng, centers, 120), 6)
     between = centers[:2].mean(axis=0, keepdims=True)  # halfway between two templates
     assert head.probs(between).max() < 0.9
+
+
+def test_known_threshold_separates_template_views_from_other_images():
+    from model_export.template_head import choose_known_threshold, known_score
+
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(6, 32)) * 3
+    head = fit_template_head(*clustered_views(rng, centers, 300), *clustered_views(rng, centers, 120), 6)
+    views, _ = clustered_views(rng, centers, 200)
+    others = rng.normal(size=(200, 32)) * 3  # no template's cluster
+    threshold = choose_known_threshold(known_score(head.probs(views)), known_score(head.probs(others)))
+    new_views, _ = clustered_views(rng, centers, 200)
+    new_others = rng.normal(size=(200, 32)) * 3
+    assert np.mean(known_score(head.probs(new_views)) >= threshold) > 0.9
+    assert np.mean(known_score(head.probs(new_others)) < threshold) > 0.9
+
+
+def test_known_threshold_lies_between_the_scores_and_ties_favour_known():
+    from model_export.template_head import choose_known_threshold
+
+    assert choose_known_threshold(np.array([0.9, 0.8, 0.95]), np.array([0.1, 0.3])) == np.float64(0.55)
+    # overlapping: calling 0.5 unknown or 0.6 known costs the same; the lower cut wins
+    threshold = choose_known_threshold(np.array([0.5, 0.9]), np.array([0.6, 0.2]))
+    assert 0.2 < threshold <= 0.5
+
+
+def test_non_template_images_are_seeded_and_cover_every_kind():
+    from PIL import Image
+
+    from model_export.non_templates import KINDS, non_template_images
+
+    templates = [Image.new("RGB", (300, 200), (i * 60, 100, 50)) for i in range(3)]
+    made = non_template_images(len(KINDS) * 2, seed=5, templates=templates)
+    again = non_template_images(len(KINDS) * 2, seed=5, templates=templates)
+    other = non_template_images(len(KINDS) * 2, seed=6, templates=templates)
+    assert [k for k, _ in made] == list(KINDS) * 2
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for (_, a), (_, b) in zip(made, again))
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for (_, a), (_, b) in zip(made, other))
+    for _, image in made:
+        assert image.mode == "RGB" and min(image.size) >= 200

@@ -196,7 +196,7 @@ async function generate(more) {
     const layout = source.template || (best && best.probability >= LAYOUT_MIN_PROBABILITY ? best.name : null);
     const images = await Promise.all(body.memes.map((meme) => renderMeme(source, meme, layout)));
     if (sameSource(source, currentSource())) {
-      showGuess(body.templates);
+      showGuess(body.template, body.templates);
       showMemes(body.memes, images);
       state.memes = more ? state.memes.concat(body.memes) : body.memes;
     }
@@ -210,14 +210,21 @@ async function generate(more) {
   }
 }
 
-function showGuess(templates) {
+function showGuess(match, templates) {
   const guess = $("guess");
   if (state.template || !templates.length) {
     guess.hidden = true;
     return;
   }
-  const [best] = templates;
-  guess.textContent = `Looks like ${best.name.replaceAll("-", " ")} (${Math.round(best.probability * 100)}%)`;
+  const named = (t) => t.name.replaceAll("-", " ");
+  if (match.known === false) {
+    guess.textContent = `Not a known template — here are memes in the style of ${templates.map(named).join(", ")}; ` +
+      "or pick a template below.";
+    guess.classList.add("unknown");
+  } else {
+    guess.textContent = `Looks like ${named(match)} (${Math.round(match.probability * 100)}%)`;
+    guess.classList.remove("unknown");
+  }
   guess.hidden = false;
 }
 
