@@ -45,10 +45,10 @@ def ceil_div(a: int, b: int) -> int:
 
 class CostModel:
     """Seconds one model call takes for a batch of n, a + b*n, fitted by least squares to the
-    latest calls. While the calls seen are all of about one size, half of their time is taken
-    as fixed and half as per item: bigger batches are then over-estimated (the safe side for
-    admission) but not by their whole size ratio. A running mean alone would take the cost
-    of the small calls of a quiet minute for the big ones of a busy one."""
+    latest calls. While the calls seen are all of about one size, proportional (a = 0): that
+    over-estimates bigger batches, the safe side for admission, and corrects itself, since
+    the bigger calls it admits are measured in turn. A running mean alone would take the
+    cost of the small calls of a quiet minute for the big ones of a busy one."""
 
     def __init__(self, window: int = 64):
         self._calls: deque[tuple[int, float]] = deque(maxlen=window)
@@ -76,7 +76,7 @@ class CostModel:
             per_item, fixed = np.polyfit(sizes, seconds, 1)
             if fixed >= 0 and per_item > 0:
                 return float(fixed), float(per_item)
-        return float(seconds.mean() / 2), float(seconds.sum() / sizes.sum() / 2)
+        return 0.0, float(seconds.sum() / sizes.sum())
 
 
 def default_workers() -> int:

@@ -47,6 +47,7 @@ class _Entry:
 # Admission control: a request is refused at once (503, Retry-After) when the queue as it is
 # would not let it finish within its deadline; estimates come from the calls just made.
 TYPICAL_STEPS = 20.0  # steps of a search, until searches have been measured
+COLD_CORRECTION, LEARNT_AFTER = 2.0, 16
 
 
 class DecodeScheduler:
@@ -68,8 +69,10 @@ class DecodeScheduler:
         # Measured / estimated time of finished searches: what the estimate leaves out (searches
         # that arrive later and slow this one down, calls that overlap) is learnt, not modelled.
         # Its 95th percentile: nineteen in twenty admitted searches finish within their estimate.
+        # Until 16 searches have been measured, at least doubled: a cold gateway hit by a wave of
+        # requests knows least, and a refusal costs the client a second, a timeout the request.
         self._ratios: deque[float] = deque(maxlen=64)
-        self.correction = 1.0
+        self.correction = COLD_CORRECTION
 
     @property
     def depth(self) -> int:
@@ -231,7 +234,10 @@ class DecodeScheduler:
     def _learn(self, entry: _Entry) -> None:
         if entry.estimate:  # the estimate before correction
             self._ratios.append((time.perf_counter() - entry.started) / entry.estimate)
-            self.correction = min(4.0, max(0.5, float(np.quantile(self._ratios, 0.95))))
+            learnt = float(np.quantile(self._ratios, 0.95))
+            if len(self._ratios) < LEARNT_AFTER:
+                learnt = max(learnt, COLD_CORRECTION)
+            self.correction = min(4.0, max(0.5, learnt))
 
     def _fail(self, entry: _Entry, error: Exception) -> None:
         if not entry.future.done():

@@ -54,6 +54,17 @@ def test_both_versions_are_written_with_warmup_and_log(tiny_export):
     assert set(tiny_export["recognition_held_out"]) == {"crop", "text", "padding", "greyscale", "jpeg", "colour", "all"}
 
 
+def test_the_encoder_ships_a_known_template_threshold_checked_on_held_out_images(tiny_export):
+    known = tiny_export["known_template"]
+    assert tiny_export["metadata"][c.ENCODER_MODEL][c.KNOWN_THRESHOLD] == f"{known['threshold']:.6g}"
+    assert 0 < known["threshold"] < 1
+    assert set(known["unknown_rate"]) == {"noise", "gradient", "shapes", "text", "mosaic", "blur", "all"}
+    # Held out: views of the four templates called known, generated non-templates unknown.
+    assert known["known_rate"]["all"] >= 0.9, known
+    assert known["unknown_rate"]["all"] >= 0.9, known
+    assert "known-template threshold" in (Path(tiny_export["log"]).read_text())
+
+
 def test_tf1_loader_drives_every_decoder_signature(tiny_export, tiny_run, tmp_path):
     run = load_run(tiny_run)
     num_templates, vocab = len(run.templates), len(run.vocabulary)

@@ -82,6 +82,7 @@ def test_memes_for_an_uploaded_image(client, template_jpeg):
         assert not re.search(r"<(unk|pad|start|end|sep)>", meme["text"])
     assert body["image_sha256"] == hashlib.sha256(template_jpeg).hexdigest()
     assert len(body["templates"]) == 3
+    assert body["template"] == {**body["templates"][0], "known": True}
     assert {t["name"] for t in body["templates"]} <= set(TEMPLATES)
     probabilities = [t["probability"] for t in body["templates"]]
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
@@ -113,6 +114,20 @@ def test_default_memes_are_distinct_fit_the_template_and_are_not_training_captio
     assert all(len(caption_words(m["boxes"])) == 2 for m in drake)  # its layout has two panels
 
 
+def test_photos_that_are_no_template_are_said_so_and_each_get_memes_of_their_own(client):
+    import skimage.data  # scikit-image's sample photos: a cat, an astronaut, a cup of coffee...
+
+    answers = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field"):
+        response = upload(client, png(Image.fromarray(getattr(skimage.data, name)()).convert("RGB")), f"{name}.png")
+        assert response.status_code == 200, response.text
+        answers.append(response.json())
+    assert [a["template"]["known"] for a in answers] == [False] * 5, [a["template"] for a in answers]
+    for answer in answers:  # still answered: memes in the style of the likeliest templates
+        assert len(answer["memes"]) == 5 and answer["template"]["name"] == answer["templates"][0]["name"]
+    assert len({a["memes"][0]["text"] for a in answers}) == 5, "each photo its own memes"
+
+
 def test_json_base64_gives_the_same_memes_as_multipart(client, template_jpeg):
     options = {"num_beams": 4, "num_return_sequences": 3, "max_length": 12}
     multipart = upload(client, template_jpeg, **options).json()
@@ -128,6 +143,7 @@ def test_a_template_name_needs_no_encoder(client, gateway):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["templates"][0] == {"name": "Sparta-Leonidas", "probability": 1.0}
+    assert body["template"] == {"name": "Sparta-Leonidas", "probability": 1.0, "known": True}
     assert body["image_sha256"] is None and len(body["memes"]) == 2
     if gateway.loopback:
         work = [call for call in gateway.loopback.calls if call.signature != c.METADATA_SIGNATURE]  # not health checks

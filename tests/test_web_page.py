@@ -83,7 +83,8 @@ def read_memes(page) -> list[dict]:
 def test_upload_shows_five_rendered_memes_then_five_more(page, tmp_path):
     page.set_input_files("#file", photo(tmp_path / "holiday.jpg"))
     page.wait_for_function(MEMES_SHOWN, arg=5, timeout=120_000)
-    assert page.inner_text("#guess").startswith("Looks like ")
+    # A holiday photo is no template: the page says so, and still shows memes.
+    assert page.inner_text("#guess").startswith("Not a known template — here are memes in the style of ")
     assert page.is_hidden("#error")
 
     memes = read_memes(page)
@@ -109,6 +110,12 @@ def test_upload_shows_five_rendered_memes_then_five_more(page, tmp_path):
                            "document.getElementById('spinner').hidden")
     again = {meme["caption"] for meme in read_memes(page)}
     assert again and not again & first, "five more are new captions"
+
+
+def test_an_upload_of_a_known_template_is_named(page, tiny_dataset):
+    page.set_input_files("#file", str(tiny_dataset / "dataset" / "templates" / "img" / "Grumpy-Cat.jpg"))
+    page.wait_for_function(MEMES_SHOWN, arg=5, timeout=120_000)
+    assert page.inner_text("#guess").startswith("Looks like Grumpy Cat (")
 
 
 def test_a_template_from_the_list(page):
