@@ -79,6 +79,31 @@ class CostModel:
         return 0.0, float(seconds.sum() / sizes.sum())
 
 
+class Correction:
+    """Measured / estimated time of the work a queue admitted: what its estimate leaves out
+    (work that arrives later and slows earlier work down, calls that overlap, the event loop's
+    own load) is learnt, not modelled. The factor is the 95th percentile of the latest 64
+    ratios, so that nineteen in twenty admitted requests finish within their estimate; until
+    16 are measured, at least 2: a cold gateway hit by a wave of requests knows least, and a
+    refusal costs the client a second, a timeout the whole request."""
+
+    COLD, LEARNT_AFTER, MOST = 2.0, 16, 4.0
+
+    def __init__(self):
+        self._ratios: deque[float] = deque(maxlen=64)
+        self.factor = self.COLD
+
+    def learn(self, seconds: float, estimate: float | None) -> None:
+        """ESTIMATE: before correction (None: none was made, nothing to learn)."""
+        if not estimate:
+            return
+        self._ratios.append(seconds / estimate)
+        learnt = float(np.quantile(self._ratios, 0.95))
+        if len(self._ratios) < self.LEARNT_AFTER:
+            learnt = max(learnt, self.COLD)
+        self.factor = min(self.MOST, max(0.5, learnt))
+
+
 def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from gateway.admission import CostModel, admit, ceil_div
+from gateway.admission import Correction, CostModel, admit, ceil_div
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -38,6 +38,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._task: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()
         self.cost = CostModel()  # a call's wall time by its batch size
+        self.correction = Correction()  # learnt from how long admitted items really took
 
     @property
     def waiting(self) -> int:
@@ -50,7 +51,7 @@ class MicroBatcher(Generic[Item, Result]):
         batches = ceil_div(items, self.max_batch)
         per_call = self.cost.seconds(ceil_div(items, batches))
         rounds = ceil_div(len(self._inflight) + batches, self.max_concurrent)
-        return None if per_call is None else rounds * per_call
+        return None if per_call is None else self.correction.factor * rounds * per_call
 
     def start(self) -> None:
         if self._task is None:
@@ -68,11 +69,15 @@ class MicroBatcher(Generic[Item, Result]):
                 future.cancel()
 
     async def submit(self, item: Item, deadline_s: float | None = None) -> Result:
+        expected = self.expected_seconds()
         if self.waiting or self._inflight:  # an idle batcher always takes an item (and measures it)
-            admit(self.name, self.expected_seconds(), deadline_s, f"{self.waiting} images queued")
+            admit(self.name, expected, deadline_s, f"{self.waiting} images queued")
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((item, future))
-        return await future
+        started = time.perf_counter()
+        result = await future
+        self.correction.learn(time.perf_counter() - started, expected and expected / self.correction.factor)
+        return result
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

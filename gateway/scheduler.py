@@ -18,14 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from memefly.decoding.search import Search
-from gateway.admission import EWMA, CostModel, admit, ceil_div
+from gateway.admission import EWMA, Correction, CostModel, admit, ceil_div
 from gateway.errors import GatewayError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ class _Entry:
 # Admission control: a request is refused at once (503, Retry-After) when the queue as it is
 # would not let it finish within its deadline; estimates come from the calls just made.
 TYPICAL_STEPS = 20.0  # steps of a search, until searches have been measured
-COLD_CORRECTION, LEARNT_AFTER = 2.0, 16
 
 
 class DecodeScheduler:
@@ -66,13 +64,7 @@ class DecodeScheduler:
         self.calls = 0
         self.cost = CostModel()  # a step call's wall time (model and the gateway's share) by its rows
         self.steps_per_search = TYPICAL_STEPS
-        # Measured / estimated time of finished searches: what the estimate leaves out (searches
-        # that arrive later and slow this one down, calls that overlap) is learnt, not modelled.
-        # Its 95th percentile: nineteen in twenty admitted searches finish within their estimate.
-        # Until 16 searches have been measured, at least doubled: a cold gateway hit by a wave of
-        # requests knows least, and a refusal costs the client a second, a timeout the request.
-        self._ratios: deque[float] = deque(maxlen=64)
-        self.correction = COLD_CORRECTION
+        self.correction = Correction()  # learnt from how long admitted searches really took
 
     @property
     def depth(self) -> int:
@@ -106,7 +98,7 @@ class DecodeScheduler:
         total = self.live_rows + rows
         calls = ceil_div(total, self.max_rows)
         per_call = self.cost.seconds(ceil_div(total, calls))
-        return None if per_call is None else self.correction * self.steps_per_search * calls * per_call
+        return None if per_call is None else self.correction.factor * self.steps_per_search * calls * per_call
 
     def check_admission(self, rows: int, deadline_s: float | None) -> float | None:
         """Raises Overloaded when a search of ROWS rows would not finish within DEADLINE_S;
@@ -127,7 +119,7 @@ class DecodeScheduler:
             return search
         expected = self.check_admission(search.rows, deadline_s)
         entry = _Entry(search, asyncio.get_running_loop().create_future(), started=time.perf_counter(),
-                       estimate=expected / self.correction if expected else None)
+                       estimate=expected / self.correction.factor if expected else None)
         self._entries.append(entry)
         self._wakeup.set()
         try:
@@ -232,12 +224,7 @@ class DecodeScheduler:
                 entry.busy = False
 
     def _learn(self, entry: _Entry) -> None:
-        if entry.estimate:  # the estimate before correction
-            self._ratios.append((time.perf_counter() - entry.started) / entry.estimate)
-            learnt = float(np.quantile(self._ratios, 0.95))
-            if len(self._ratios) < LEARNT_AFTER:
-                learnt = max(learnt, COLD_CORRECTION)
-            self.correction = min(4.0, max(0.5, learnt))
+        self.correction.learn(time.perf_counter() - entry.started, entry.estimate)
 
     def _fail(self, entry: _Entry, error: Exception) -> None:
         if not entry.future.done():

@@ -34,6 +34,9 @@ RECORD = "default_build.json"  # in assets.extra/ of both models' version folder
 # Fewer views than `memefly export` (20/6/2): a first start must finish in minutes on a laptop.
 FIT_VIEWS, CALIBRATION_VIEWS, TEST_VIEWS = 8, 3, 1
 KEEP_BUILDS = 2  # the new build and the one before it (a running gateway may still serve it)
+# Bumped when how the encoder is built changes (augmentations, the known-template threshold):
+# a build made before is built again at the next start, as a changed default model is.
+ENCODER_RECIPE = 2
 
 
 class BuildError(Exception):
@@ -76,7 +79,8 @@ def _wanted(settings: BuildSettings) -> dict:
     except OSError:
         raise BuildError(f"InceptionV3 weights file not found: {settings.weights}: set MEMEFLY_ENCODER_WEIGHTS to "
                          "an existing no-top weights file, `imagenet` (Keras' download) or `random`") from None
-    return {"decoder_run_fingerprint": run_fingerprint(Path(settings.run)), "encoder_weights": weights}
+    return {"decoder_run_fingerprint": run_fingerprint(Path(settings.run)), "encoder_weights": weights,
+            "encoder_recipe": ENCODER_RECIPE}
 
 
 def read_record(models_dir: Path, version: int) -> dict | None:
@@ -111,7 +115,8 @@ def ensure_models(settings: BuildSettings, log: Callable[[str], None] = print) -
             record = read_record(models_dir, max(pairs)) if pairs else None
             if pairs and (record is None or all(record.get(k) == v for k, v in wanted.items())):
                 return max(pairs)
-            reason = "the default model or the encoder weights changed" if pairs else f"no exported models in {models_dir}"
+            reason = ("the default model, the encoder weights or how the encoder is built changed" if pairs
+                      else f"no exported models in {models_dir}")
             log(f"building the serving models ({reason}): decoder {settings.run}, encoder weights "
                 f"{wanted['encoder_weights']}")
             return _build(settings, wanted)

@@ -11,7 +11,7 @@ from conftest import tiny_export_config
 from memefly import contract as c
 from memefly.cli import main
 from model_export import export as export_module
-from model_export.augment import perturb, to_png
+from model_export.augment import KINDS, perturb, to_png
 from model_export.export import ExportError, export, utf8, weights_fingerprint
 from model_export.run_dir import load_run
 from model_export.warmup import read_warmup
@@ -51,7 +51,7 @@ def test_both_versions_are_written_with_warmup_and_log(tiny_export):
     log = Path(tiny_export["log"]).read_text()
     assert "verified memefly_encoder" in log and "verified memefly_decoder" in log
     assert "signature_def['score']" in log and "signature_def['pixels']" in log  # saved_model_cli show --all
-    assert set(tiny_export["recognition_held_out"]) == {"crop", "text", "padding", "greyscale", "jpeg", "colour", "all"}
+    assert set(tiny_export["recognition_held_out"]) == {*KINDS, "all"}
 
 
 def test_the_encoder_ships_a_known_template_threshold_checked_on_held_out_images(tiny_export):
@@ -186,7 +186,7 @@ def test_encoder_recognises_new_views_of_its_templates(tiny_export, tiny_dataset
     views, labels = [], []
     for index, name in enumerate(names):
         image = Image.open(tiny_dataset / "dataset" / "templates" / "img" / f"{name}.jpg")
-        for kind in ("crop", "text", "jpeg"):
+        for kind in ("crop", "caption", "jpeg"):
             views.append(to_png(perturb(image, kind, rng)))
             labels.append(index)
     probs = encoder.signatures[c.ENCODER_BYTES_SIGNATURE](image_bytes=tf.constant(views))[c.TEMPLATE_PROBS].numpy()
