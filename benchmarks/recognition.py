@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import random
 import sys
@@ -65,6 +66,7 @@ async def measure(models_dir: Path, templates_dir: Path, per_kind: int, seed: in
     async with MemeflyClient(models_dir=models_dir) as client:
         names = client.template_names
         threshold = client.service.known_threshold
+        known_rule = client.service.is_known  # the served decision, not a copy of it
         uploads, labels, kinds = [], [], []
         for index, name in enumerate(names):
             found = [p for p in templates_dir.glob(f"{name}.*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
@@ -80,20 +82,27 @@ async def measure(models_dir: Path, templates_dir: Path, per_kind: int, seed: in
         probs = await client.encode(uploads)
         photos = sample_photos(random.Random(seed))
         photo_probs = await client.encode([data for _, data in photos])
+    failed = [i for i, p in enumerate(probs) if not isinstance(p, np.ndarray)]
+    if failed:
+        raise SystemExit(f"{len(failed)} uploads were refused by the gateway, e.g. {probs[failed[0]]}")
     top = np.array([p.argmax() for p in probs])
     score = np.array([p.max() for p in probs])
+    is_known = np.vectorize(lambda s: bool(known_rule(s)) if threshold is not None else False)
     labels, kinds = np.array(labels), np.array(kinds)
     rows = {}
     for kind in KINDS:
         mine = kinds == kind
         rows[kind] = {"recognised": float(np.mean(top[mine] == labels[mine])),
-                      "known": float(np.mean(score[mine] >= threshold)) if threshold is not None else None}
+                      "known": float(np.mean(is_known(score[mine]))) if threshold is not None else None}
+    for kind in KINDS:
+        rows[kind]["score_quantiles"] = [round(float(q), 3) for q in np.quantile(score[kinds == kind], [0.03, 0.1, 0.5])]
     rows["all"] = {"recognised": float(np.mean(top == labels)),
-                   "known": float(np.mean(score >= threshold)) if threshold is not None else None}
+                   "known": float(np.mean(is_known(score))) if threshold is not None else None}
     photo_scores = np.array([p.max() for p in photo_probs])
     flagged = [(name, float(s)) for (name, _), s in zip(photos, photo_scores)]
     return {"templates": len(names), "uploads": len(uploads), "threshold": threshold, "kinds": rows,
-            "photos": len(photos), "photos_unknown": float(np.mean(photo_scores < threshold)) if threshold else None,
+            "photos": len(photos),
+            "photos_unknown": float(1 - np.mean(is_known(photo_scores))) if threshold is not None else None,
             "photo_scores": flagged}
 
 
@@ -103,8 +112,11 @@ def main(argv=None) -> int:
     parser.add_argument("--templates-dir", type=Path, default=default_templates_dir())
     parser.add_argument("--per-kind", type=int, default=2, help="uploads of each kind per template")
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
     result = asyncio.run(measure(args.models_dir, args.templates_dir, args.per_kind, args.seed))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
     threshold = result["threshold"]
     print(f"{result['uploads']} uploads of {result['templates']} templates, {result['photos']} photos; "
           f"known-template threshold: {threshold if threshold is not None else 'none (exported before it)'}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from gateway.content_view import content_view
 from gateway.errors import BadImage, ImageTooLarge, UnsupportedImage
 
 # What the encoder graph decodes as sent. BMP is re-encoded, whatever its depth: TensorFlow's
@@ -39,6 +40,9 @@ class CheckedImage:
     width: int
     height: int
     reencoded: bool
+    # More views for the encoder besides `data` (gateway/content_view.py: the picture inside a
+    # screenshot or frame); the most confident answer is kept.
+    extra_views: tuple[bytes, ...] = ()
 
 
 def already_checked(data: bytes, digest: str) -> CheckedImage:
@@ -100,7 +104,8 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> CheckedImage
     digest = sha256(data)
     rotated = image.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None)
     if kind in ENCODER_FORMATS and not rotated and image.mode in _PLAIN_MODES and frames == 1:
-        return CheckedImage(data, digest, kind, width, height, reencoded=False)
+        views = tuple(v for v in (content_view(image),) if v)
+        return CheckedImage(data, digest, kind, width, height, reencoded=False, extra_views=views)
     return _reencode(image, digest, kind)
 
 
@@ -128,4 +133,5 @@ def _reencode(image: Image.Image, digest: str, kind: str) -> CheckedImage:
     rgb.thumbnail((_REENCODE_MAX_SIDE, _REENCODE_MAX_SIDE))
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
-    return CheckedImage(buffer.getvalue(), digest, kind, upright.width, upright.height, reencoded=True)
+    views = tuple(v for v in (content_view(rgb),) if v)
+    return CheckedImage(buffer.getvalue(), digest, kind, upright.width, upright.height, reencoded=True, extra_views=views)

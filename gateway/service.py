@@ -22,6 +22,7 @@ from memefly.decoding.captioner import Captioner, template_box_counts, template_
 from memefly.decoding.options import DecodingOptions
 from memefly.decoding.search import Hypothesis
 from gateway.errors import DeadlineExceeded, GatewayError, InvalidRequest, ModelError, ModelUnavailable
+from gateway.content_view import most_confident
 from gateway.images import CheckedImage, already_checked, check_image, sha256
 from gateway.metrics import Metrics
 from memefly.decoding.safety import offensive_token_ids
@@ -205,7 +206,10 @@ class MemeService:
         templates = await self.models.templates(int(decoder[c.NUM_TEMPLATES]))
         offensive = await asyncio.to_thread(offensive_token_ids, vocabulary)
         training_captions = await self.models.training_captions(int(decoder.get(c.TRAINING_CAPTIONS) or 0))
-        if decoder[c.WEIGHTS_FINGERPRINT] != self.model_info.get("decoder_weights"):
+        changed = (decoder[c.WEIGHTS_FINGERPRINT] != self.model_info.get("decoder_weights")
+                   or encoder["encoder_weights"] != self.model_info.get("encoder_weights")
+                   or encoder[c.MODEL_VERSION] != self.model_info.get("encoder_version"))
+        if changed:  # cached template_probs and states came from other models
             self.cache.clear()
         self.vocabulary, self.templates = vocabulary, templates
         self.known_threshold = float(encoder[c.KNOWN_THRESHOLD]) if encoder.get(c.KNOWN_THRESHOLD) else None
@@ -291,7 +295,7 @@ class MemeService:
                     conditioning = await self._conditioning(key, probs=self._one_hot(template_id))
                 elif image is not None:
                     key = image.sha256
-                    conditioning = await self._conditioning(key, image=image.data, deadline_s=self._encode_deadline(options))
+                    conditioning = await self._conditioning(key, image=image, deadline_s=self._encode_deadline(options))
                 else:
                     raise InvalidRequest("send an image or name a template")
                 encoded = time.perf_counter()
@@ -338,11 +342,30 @@ class MemeService:
             return found.probs
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                return np.asarray(await self.encoder.submit(image.data), np.float32)
+                return np.asarray(await self._encode_views(image), np.float32)
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s:g} s") from None
 
-    async def _conditioning(self, key: str, *, probs: np.ndarray | None = None, image: bytes | None = None,
+    async def _encode_views(self, image: CheckedImage, deadline_s: float | None = None) -> np.ndarray:
+        """template_probs of an upload: of its views (the image, and the picture inside it when
+        gateway/content_view.py finds one), the most confident; they share an encoder batch.
+        The extra view only helps: refused or failed, the image's own answer stands."""
+        main = asyncio.ensure_future(self.encoder.submit(image.data, deadline_s))
+        extras = [asyncio.ensure_future(self.encoder.submit(view, deadline_s)) for view in image.extra_views]
+        try:
+            answers = [await main]
+        except BaseException:
+            for extra in extras:
+                extra.cancel()
+            raise
+        for extra in extras:
+            try:
+                answers.append(await extra)
+            except GatewayError as error:
+                log.info("the picture-inside view was not encoded: %s", error.logged)
+        return most_confident(answers)
+
+    async def _conditioning(self, key: str, *, probs: np.ndarray | None = None, image: CheckedImage | None = None,
                             deadline_s: float | None = None) -> Conditioning:
         """For template_probs given, or for an image's (from the encoder). Cached by image SHA-256
         (or template): popular templates come again and again, and then neither the encoder
@@ -354,7 +377,7 @@ class MemeService:
         self.metrics.cache_misses.inc()
         if probs is None:
             self.metrics.queue.set(self.encoder.waiting + 1)
-            probs = await self.encoder.submit(image, deadline_s)
+            probs = await self._encode_views(image, deadline_s)
             self.metrics.queue.set(self.encoder.waiting)
         state, context = await self.initializer.submit(np.asarray(probs, np.float32))
         conditioning = Conditioning(*(_read_only(a) for a in (probs, state, context)))

@@ -130,6 +130,8 @@ def fit_known_threshold(extractor, head, calib_x, test_probs, test_kinds, images
 
     templates = [images[n] for n in names]
     count = config.non_template_views
+    if count < 1:
+        raise ExportError("--non-template-views must be at least 1: the known-template threshold is chosen on them")
     calib_other = non_template_images(count, config.seed + 3, templates)
     test_other = non_template_images(count, config.seed + 4, templates)
     calib_other_x = extractor([to_png(i) for _, i in calib_other], config.progress, "features (non-templates)")
@@ -139,8 +141,8 @@ def fit_known_threshold(extractor, head, calib_x, test_probs, test_kinds, images
     other_kinds = np.array([kind for kind, _ in test_other])
     unknown = known_score(head.probs(test_other_x)) < threshold
     report = {"threshold": threshold,
-              "known_rate": {k: float(known[test_kinds == k].mean()) for k in dict.fromkeys(test_kinds)},
-              "unknown_rate": {k: float(unknown[other_kinds == k].mean()) for k in dict.fromkeys(other_kinds)}}
+              "known_rate": {str(k): float(known[test_kinds == k].mean()) for k in dict.fromkeys(test_kinds)},
+              "unknown_rate": {str(k): float(unknown[other_kinds == k].mean()) for k in dict.fromkeys(other_kinds)}}
     report["known_rate"]["all"], report["unknown_rate"]["all"] = float(known.mean()), float(unknown.mean())
     log(f"known-template threshold {threshold:.4g} (top probability), chosen on {len(calib_x)} views and "
         f"{count} non-template images")

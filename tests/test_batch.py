@@ -223,6 +223,7 @@ def test_batch_over_grpc_writes_each_image_once_with_errors_and_renders(loopback
         record = by_path[path]
         assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert len(record["memes"]) == 3 and record["templates"] and record["model"]["backend"] == "grpc"
+        assert record["template"]["name"] == record["templates"][0]["name"] and record["template"]["known"] in (True, False)
         (drawn,) = record["rendered"]
         assert Image.open(drawn).size == Image.open(path).size
     assert by_path[folder["root"][0] / "nested" / "grumpy.jpg"]["templates"][0]["name"] == "Grumpy-Cat"

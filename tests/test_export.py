@@ -12,6 +12,7 @@ from memefly import contract as c
 from memefly.cli import main
 from model_export import export as export_module
 from model_export.augment import KINDS, perturb, to_png
+from model_export.non_templates import KINDS as NON_TEMPLATE_KINDS
 from model_export.export import ExportError, export, utf8, weights_fingerprint
 from model_export.run_dir import load_run
 from model_export.warmup import read_warmup
@@ -58,10 +59,11 @@ def test_the_encoder_ships_a_known_template_threshold_checked_on_held_out_images
     known = tiny_export["known_template"]
     assert tiny_export["metadata"][c.ENCODER_MODEL][c.KNOWN_THRESHOLD] == f"{known['threshold']:.6g}"
     assert 0 < known["threshold"] < 1
-    assert set(known["unknown_rate"]) == {"noise", "gradient", "shapes", "text", "mosaic", "blur", "all"}
-    # Held out: views of the four templates called known, generated non-templates unknown.
-    assert known["known_rate"]["all"] >= 0.9, known
-    assert known["unknown_rate"]["all"] >= 0.9, known
+    assert set(known["unknown_rate"]) == {*NON_TEMPLATE_KINDS, "all"}
+    # Held out: most views of the four templates called known, most generated non-templates
+    # unknown (72 views and 24 images here; benchmarks/recognition.py measures the real build).
+    assert known["known_rate"]["all"] >= 0.75, known
+    assert known["unknown_rate"]["all"] >= 0.75, known
     assert "known-template threshold" in (Path(tiny_export["log"]).read_text())
 
 
