@@ -6,8 +6,8 @@ the whole image squeezed to 299 x 299, where the template fills a third. The pic
 the longest run of busy rows (text lines are short runs between plain gaps), and within it
 the longest run of busy columns; when that box is a real part of the image, it goes to the
 encoder as well, and the more confident answer of the two views is kept (measured with
-benchmarks/recognition.py: phone screenshots recognised 0.40 -> 0.96, the other kinds within
-about a point). The box is found on a copy at most SEARCH_SIDE pixels a side: an upload may
+benchmarks/recognition.py: phone screenshots recognised 0.40 -> 0.97, the other kinds the
+same). The box is found on a copy at most SEARCH_SIDE pixels a side: an upload may
 have 40 million pixels, and every upload is looked at.
 """
 
