@@ -117,6 +117,22 @@ def test_generate_gives_memes_for_images_and_templates_and_errors_per_input(serv
     assert lines[1] == lines[1].upper()
 
 
+def test_generate_says_when_an_image_is_no_known_template(served_models_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    photo = tmp_path / "holiday.jpg"  # soft colour blobs: no template's picture
+    cells = np.random.default_rng(1).integers(0, 255, (45, 60, 3), dtype=np.uint8)
+    Image.fromarray(cells).resize((480, 360), Image.Resampling.BICUBIC).save(photo, format="JPEG")
+    command = [sys.executable, "-m", "memefly.cli", "generate", str(photo), "--n", "2", "--models-dir", str(served_models_dir)]
+    pretty = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert pretty.returncode == 0, pretty.stderr
+    assert "  (not a known template; in the style of: " in pretty.stdout.splitlines()[0]
+    result = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=300)
+    (out,) = json.loads(result.stdout)
+    assert out["template"]["known"] is False and out["template"]["name"] == out["templates"][0]["name"]
+
+
 def test_generate_needs_an_input(capsys):
     assert main(["generate"]) == 2
     assert "--template" in capsys.readouterr().err

@@ -64,6 +64,15 @@ def test_built_once_reused_then_rebuilt_when_the_model_changes(settings, tmp_pat
     assert paths.exported_pairs(settings.models_dir) == {1, 2}  # the one before stays for running gateways
     assert read_record(settings.models_dir, 2)["decoder_run_fingerprint"] == first_run.run_fingerprint(changed.run)
 
+    # A new way of building the encoder (augmentations, the known-template threshold): built again.
+    newer = first_run.ENCODER_RECIPE + 1
+    with monkeypatch.context() as patch:
+        patch.setattr(first_run, "ENCODER_RECIPE", newer)
+        wanted = []
+        patch.setattr(first_run, "_build", lambda settings, record: wanted.append(record) or 3)
+        assert ensure_models(changed, log=logs.append) == 3
+        assert wanted[0]["encoder_recipe"] == newer and "how the encoder is built" in logs[-1]
+
     # The user exports over the newest version number: theirs now, never rebuilt or deleted.
     for model in (c.ENCODER_MODEL, c.DECODER_MODEL):
         (settings.models_dir / model / "2" / "assets.extra" / first_run.RECORD).unlink()
