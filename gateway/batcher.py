@@ -72,11 +72,18 @@ class MicroBatcher(Generic[Item, Result]):
         expected = self.expected_seconds()
         if self.waiting or self._inflight:  # an idle batcher always takes an item (and measures it)
             admit(self.name, expected, deadline_s, f"{self.waiting} images queued")
+        estimate = expected / self.correction.factor if expected else None  # before correction, as made now
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((item, future))
         started = time.perf_counter()
-        result = await future
-        self.correction.learn(time.perf_counter() - started, expected and expected / self.correction.factor)
+        try:
+            result = await future
+        except asyncio.CancelledError:  # cut off (its deadline): learnt only when it already took longer
+            elapsed = time.perf_counter() - started
+            if estimate and elapsed > estimate:
+                self.correction.learn(elapsed, estimate)
+            raise
+        self.correction.learn(time.perf_counter() - started, estimate)
         return result
 
     async def _loop(self) -> None:

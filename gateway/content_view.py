@@ -39,8 +39,9 @@ def _longest_run(busy: np.ndarray, gap: int) -> tuple[int, int]:
 def content_box(image: Image.Image) -> tuple[int, int, int, int] | None:
     """(left, top, right, bottom) of the picture inside IMAGE, or None when there is none to
     tell apart (a plain meme, a photo) or it is too small to be the point of the image."""
-    small = image.convert("L")
-    small.thumbnail((SEARCH_SIDE, SEARCH_SIDE))
+    small = image.copy()
+    small.thumbnail((SEARCH_SIDE, SEARCH_SIDE))  # first: no full-size grey copy of a 40-megapixel upload
+    small = small.convert("L")
     box = _box(np.asarray(small, dtype=np.float32))
     if box is None:
         return None
@@ -67,7 +68,7 @@ def content_view(image: Image.Image) -> bytes | None:
     box = content_box(image)
     if box is None:
         return None
-    picture = image.convert("RGB").crop(box)
+    picture = image.crop(box).convert("RGB")
     picture.thumbnail((MAX_SIDE, MAX_SIDE))
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", compress_level=1)

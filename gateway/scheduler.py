@@ -126,7 +126,9 @@ class DecodeScheduler:
             await entry.future
             return search
         except asyncio.CancelledError:
-            if not entry.search.done:  # cut off (its deadline passed): the time so far is a lower bound
+            # Cut off: a deadline that passed says the estimate was short; a client that left
+            # early says nothing (so only what already took longer than estimated is learnt).
+            if not entry.search.done and entry.estimate and time.perf_counter() - entry.started > entry.estimate:
                 self._learn(entry)
             raise
         finally:

@@ -200,6 +200,8 @@ class MemeService:
         if self.model_info and self._same_models(encoder, decoder):
             # A model server restarted with the models we have: ready at once, nothing to fetch
             # again; its first calls are warmed up meanwhile.
+            if self._rewarm:
+                self._rewarm.cancel()
             self._rewarm = asyncio.create_task(self._warm_up_quietly())
             return
         vocabulary = await self.models.vocabulary(int(decoder["vocabulary_size"]))
@@ -332,6 +334,8 @@ class MemeService:
         if not self.settings.admission_control:
             return None
         decoding = self.scheduler.check_admission(options.rows, self.settings.request_timeout_s) or 0.0
+        if not self.scheduler.depth:  # an idle decoder admits anything: its estimate takes nothing from the encoder
+            decoding = 0.0
         return self.settings.request_timeout_s - decoding
 
     async def template_probs(self, image: CheckedImage) -> np.ndarray:
@@ -361,8 +365,8 @@ class MemeService:
         for extra in extras:
             try:
                 answers.append(await extra)
-            except GatewayError as error:
-                log.info("the picture-inside view was not encoded: %s", error.logged)
+            except Exception as error:  # the image's own answer stands, whatever happened to this one
+                log.info("the picture-inside view was not encoded: %s", getattr(error, "logged", error))
         return most_confident(answers)
 
     async def _conditioning(self, key: str, *, probs: np.ndarray | None = None, image: CheckedImage | None = None,

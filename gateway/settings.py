@@ -37,8 +37,8 @@ class Settings:
     # finish (longer than a request may take), then what is left gets 503. Keep Kubernetes'
     # terminationGracePeriodSeconds above it.
     shutdown_grace_s: float = 35.0
-    # Refuse a request at once (503, Retry-After) when the decoding or render queue would not let
-    # it finish within request_timeout_s, instead of letting it wait and time out. The library client
+    # Refuse a request at once (503, Retry-After) when the encoder, decoding or render queue would
+    # not let it finish within request_timeout_s, instead of letting it wait and time out. The library client
     # (memefly batch) turns it off: it would rather queue.
     admission_control: bool = True
     # Readiness: how often the model servers are checked, and Retry-After on 503.

@@ -285,6 +285,29 @@ def test_micro_batcher_refuses_at_once_what_its_queue_cannot_encode_in_time():
     asyncio.run(scenario())
 
 
+def test_micro_batcher_learns_what_its_estimates_miss():
+    async def scenario():
+        delay = {"s": 0.02}
+
+        async def call(items):
+            await asyncio.sleep(delay["s"])
+            return items
+
+        batcher = MicroBatcher(call, max_batch=1, max_wait_s=0.0, max_concurrent=1)
+        batcher.start()
+        try:
+            for i in range(20):  # one at a time: each takes what it was estimated to
+                await batcher.submit(i)
+            assert batcher.correction.factor < 1.5
+            delay["s"] = 0.1  # the model slowed down: the latest calls' costs fall short for a while
+            await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+            assert batcher.correction.factor > 1.5
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+
+
 def test_micro_batcher_passes_errors_to_every_caller():
     async def broken(items):
         raise ModelUnavailable("down")
