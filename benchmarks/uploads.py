@@ -1,23 +1,20 @@
 """Realistic uploads of a template, for benchmarks/recognition.py: made here, apart from the
-export's augmentations (model_export/augment.py), so that what is measured is not what the
-template head was fitted on. Each kind imitates how people really send a meme template."""
+export's augmentations (model_export/augment.py, whose font and JPEG round trip they share),
+so that what is measured is not what the template head was fitted on. Each kind imitates how
+people really send a meme template."""
 
 from __future__ import annotations
 
 import io
 import random
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageOps
+
+from model_export.augment import resave_jpeg, text_font
 
 KINDS = ("crop", "small_jpeg", "tilted_grey", "captioned", "screenshot")
 _WORDS = ("when the teacher says the test is easy me trying to explain why my code works on my machine "
           "nobody friday monday coffee boss weekend homework cat dog mom dad").split()
-
-
-def _jpeg(image: Image.Image, quality: int) -> Image.Image:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
 def crop(image: Image.Image, rng: random.Random) -> Image.Image:
@@ -34,7 +31,7 @@ def small_jpeg(image: Image.Image, rng: random.Random) -> Image.Image:
     scale = rng.uniform(120, 240) / max(w, h)
     small = image.resize((max(8, int(w * scale)), max(8, int(h * scale))), Image.BILINEAR)
     for _ in range(rng.randint(1, 3)):
-        small = _jpeg(small, rng.randint(10, 40))
+        small = resave_jpeg(small, rng.randint(10, 40))
     return small
 
 
@@ -44,22 +41,13 @@ def tilted_grey(image: Image.Image, rng: random.Random) -> Image.Image:
     return grey.rotate(rng.uniform(-12, 12), resample=Image.BILINEAR, expand=True, fillcolor=(255, 255, 255))
 
 
-def _caption_font(size: int) -> ImageFont.ImageFont:
-    for name in ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "DejaVuSans-Bold.ttf"):
-        try:
-            return ImageFont.truetype(name, size)
-        except OSError:
-            continue
-    return ImageFont.load_default(size=size)
-
-
 def captioned(image: Image.Image, rng: random.Random) -> Image.Image:
     """A finished meme: one or two lines of white, black-outlined capitals at the top and bottom."""
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     w, h = out.size
     size = max(10, int(h * rng.uniform(0.08, 0.13)))
-    font = _caption_font(size)
+    font = text_font(size)
     for top in (True, False)[: rng.choice([1, 2, 2])]:
         words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 8))]
         lines, line = [], ""
@@ -89,7 +77,7 @@ def screenshot(image: Image.Image, rng: random.Random) -> Image.Image:
     height = int(width * rng.uniform(1.9, 2.2))
     canvas = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(canvas)
-    small, body = _caption_font(width // 30), _caption_font(width // 24)
+    small, body = text_font(width // 30), text_font(width // 24)
     draw.text((width * 0.05, width * 0.02), f"{rng.randint(1, 12)}:{rng.randint(0, 59):02d}", font=small, fill=ink)
     draw.rectangle((width * 0.85, width * 0.025, width * 0.93, width * 0.05), fill=ink)  # battery
     y = int(width * 0.12)
@@ -113,7 +101,7 @@ def screenshot(image: Image.Image, rng: random.Random) -> Image.Image:
         y += int(width * 0.03)
         draw.text((width * 0.17, y), " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 6))), font=body, fill=ink)
         y += int(width * 0.15)
-    return _jpeg(canvas, rng.randint(70, 92))
+    return resave_jpeg(canvas, rng.randint(70, 92))
 
 
 MAKE = {"crop": crop, "small_jpeg": small_jpeg, "tilted_grey": tilted_grey, "captioned": captioned,

@@ -93,9 +93,14 @@ class Correction:
         self._ratios: deque[float] = deque(maxlen=64)
         self.factor = self.COLD
 
-    def learn(self, seconds: float, estimate: float | None) -> None:
-        """ESTIMATE: before correction (None: none was made, nothing to learn)."""
-        if not estimate:
+    def apply(self, estimate: float | None) -> float | None:
+        return None if estimate is None else self.factor * estimate
+
+    def learn(self, seconds: float, estimate: float | None, *, finished: bool = True) -> None:
+        """SECONDS the work took against its ESTIMATE before correction (None: none was made).
+        Work cut off before it finished counts only when it had already run past its estimate:
+        a deadline that passed says the estimate was short; a client that left early says nothing."""
+        if not estimate or (not finished and seconds <= estimate):
             return
         self._ratios.append(seconds / estimate)
         learnt = float(np.quantile(self._ratios, 0.95))

@@ -45,13 +45,17 @@ class MicroBatcher(Generic[Item, Result]):
         return self._queue.qsize()
 
     def expected_seconds(self) -> float | None:
-        """How long an item submitted now would take: the calls in flight, then the batches
-        queued ahead of it and its own, `max_concurrent` at a time (None: nothing measured yet)."""
+        """How long an item submitted now would take (None: nothing measured yet)."""
+        return self.correction.apply(self._estimate())
+
+    def _estimate(self) -> float | None:
+        """Before correction: the calls in flight, then the batches queued ahead of an item
+        submitted now and its own, `max_concurrent` at a time."""
         items = self.waiting + 1
         batches = ceil_div(items, self.max_batch)
         per_call = self.cost.seconds(ceil_div(items, batches))
         rounds = ceil_div(len(self._inflight) + batches, self.max_concurrent)
-        return None if per_call is None else self.correction.factor * rounds * per_call
+        return None if per_call is None else rounds * per_call
 
     def start(self) -> None:
         if self._task is None:
@@ -69,19 +73,16 @@ class MicroBatcher(Generic[Item, Result]):
                 future.cancel()
 
     async def submit(self, item: Item, deadline_s: float | None = None) -> Result:
-        expected = self.expected_seconds()
+        estimate = self._estimate()
         if self.waiting or self._inflight:  # an idle batcher always takes an item (and measures it)
-            admit(self.name, expected, deadline_s, f"{self.waiting} images queued")
-        estimate = expected / self.correction.factor if expected else None  # before correction, as made now
+            admit(self.name, self.correction.apply(estimate), deadline_s, f"{self.waiting} images queued")
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((item, future))
         started = time.perf_counter()
         try:
             result = await future
-        except asyncio.CancelledError:  # cut off (its deadline): learnt only when it already took longer
-            elapsed = time.perf_counter() - started
-            if estimate and elapsed > estimate:
-                self.correction.learn(elapsed, estimate)
+        except asyncio.CancelledError:
+            self.correction.learn(time.perf_counter() - started, estimate, finished=False)
             raise
         self.correction.learn(time.perf_counter() - started, estimate)
         return result

@@ -104,8 +104,7 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> CheckedImage
     digest = sha256(data)
     rotated = image.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None)
     if kind in ENCODER_FORMATS and not rotated and image.mode in _PLAIN_MODES and frames == 1:
-        views = tuple(v for v in (content_view(image),) if v)
-        return CheckedImage(data, digest, kind, width, height, reencoded=False, extra_views=views)
+        return CheckedImage(data, digest, kind, width, height, reencoded=False, extra_views=_extra_views(image))
     return _reencode(image, digest, kind)
 
 
@@ -133,5 +132,10 @@ def _reencode(image: Image.Image, digest: str, kind: str) -> CheckedImage:
     rgb.thumbnail((_REENCODE_MAX_SIDE, _REENCODE_MAX_SIDE))
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
-    views = tuple(v for v in (content_view(rgb),) if v)
-    return CheckedImage(buffer.getvalue(), digest, kind, upright.width, upright.height, reencoded=True, extra_views=views)
+    return CheckedImage(buffer.getvalue(), digest, kind, upright.width, upright.height, reencoded=True,
+                        extra_views=_extra_views(rgb))
+
+
+def _extra_views(image: Image.Image) -> tuple[bytes, ...]:
+    view = content_view(image)
+    return (view,) if view else ()

@@ -40,7 +40,7 @@ class _Entry:
     busy: bool = False  # in a call right now
     steps: int = 0
     started: float = 0.0
-    estimate: float | None = None  # what admission control expected it to take
+    estimate: float | None = None  # what it was expected to take, before correction
 
 
 # Admission control: a request is refused at once (503, Retry-After) when the queue as it is
@@ -92,20 +92,27 @@ class DecodeScheduler:
 
     def expected_seconds(self, rows: int) -> float | None:
         """How long a new search of ROWS rows would take with the searches in flight (None: no
-        measurement yet). Every live row is stepped once per round of ceil(rows / max_rows) calls."""
+        measurement yet)."""
+        return self.correction.apply(self._estimate(rows))
+
+    def _estimate(self, rows: int) -> float | None:
+        """Before correction: every live row is stepped once per round of ceil(rows / max_rows) calls."""
         if not self.continuous:
             return None
         total = self.live_rows + rows
         calls = ceil_div(total, self.max_rows)
         per_call = self.cost.seconds(ceil_div(total, calls))
-        return None if per_call is None else self.correction.factor * self.steps_per_search * calls * per_call
+        return None if per_call is None else self.steps_per_search * calls * per_call
 
     def check_admission(self, rows: int, deadline_s: float | None) -> float | None:
         """Raises Overloaded when a search of ROWS rows would not finish within DEADLINE_S;
-        else returns the estimate. With nothing in flight a request is always admitted: it
-        is also what refreshes the estimate (else one slow call, say during a model-server
-        restart, could refuse all)."""
-        expected = self.expected_seconds(rows)
+        else returns the estimate."""
+        return self._admit(self._estimate(rows), deadline_s)
+
+    def _admit(self, estimate: float | None, deadline_s: float | None) -> float | None:
+        # With nothing in flight a request is always admitted: it is also what refreshes the
+        # estimate (else one slow call, say during a model-server restart, could refuse all).
+        expected = self.correction.apply(estimate)
         if self._entries:
             admit("decoder", expected, deadline_s, f"{self.depth} requests")
         return expected
@@ -117,19 +124,18 @@ class DecodeScheduler:
             raise InvalidRequest(f"{search.rows} beams or samples: at most {self.max_rows} (MEMEFLY_DECODER_MAX_ROWS)")
         if search.done:
             return search
-        expected = self.check_admission(search.rows, deadline_s)
+        estimate = self._estimate(search.rows)
+        self._admit(estimate, deadline_s)
         entry = _Entry(search, asyncio.get_running_loop().create_future(), started=time.perf_counter(),
-                       estimate=expected / self.correction.factor if expected else None)
+                       estimate=estimate)
         self._entries.append(entry)
         self._wakeup.set()
         try:
             await entry.future
             return search
         except asyncio.CancelledError:
-            # Cut off: a deadline that passed says the estimate was short; a client that left
-            # early says nothing (so only what already took longer than estimated is learnt).
-            if not entry.search.done and entry.estimate and time.perf_counter() - entry.started > entry.estimate:
-                self._learn(entry)
+            if not entry.search.done:  # learnt at the step that finished it otherwise
+                self._learn(entry, finished=False)
             raise
         finally:
             self._remove(entry)
@@ -225,8 +231,8 @@ class DecodeScheduler:
             for entry in batch:
                 entry.busy = False
 
-    def _learn(self, entry: _Entry) -> None:
-        self.correction.learn(time.perf_counter() - entry.started, entry.estimate)
+    def _learn(self, entry: _Entry, finished: bool = True) -> None:
+        self.correction.learn(time.perf_counter() - entry.started, entry.estimate, finished=finished)
 
     def _fail(self, entry: _Entry, error: Exception) -> None:
         if not entry.future.done():

@@ -333,9 +333,9 @@ class MemeService:
         request that decoding alone would make late is refused now, not after encoding)."""
         if not self.settings.admission_control:
             return None
-        decoding = self.scheduler.check_admission(options.rows, self.settings.request_timeout_s) or 0.0
         if not self.scheduler.depth:  # an idle decoder admits anything: its estimate takes nothing from the encoder
-            decoding = 0.0
+            return self.settings.request_timeout_s
+        decoding = self.scheduler.check_admission(options.rows, self.settings.request_timeout_s) or 0.0
         return self.settings.request_timeout_s - decoding
 
     async def template_probs(self, image: CheckedImage) -> np.ndarray:

@@ -25,7 +25,8 @@ _BOLD_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "DejaVuSa
 
 
 @lru_cache(maxsize=64)
-def _font(size: int, bold: bool = True) -> ImageFont.ImageFont:
+def text_font(size: int, bold: bool = True) -> ImageFont.ImageFont:
+    """Text of SIZE pixels: a bold system font when BOLD is asked and one is installed, else Pillow's own."""
     for name in _BOLD_FONTS if bold else ():
         try:
             return ImageFont.truetype(name, size)
@@ -49,7 +50,8 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> list[str]
     return lines + [line]
 
 
-def _jpeg_once(img: Image.Image, quality: int) -> Image.Image:
+def resave_jpeg(img: Image.Image, quality: int) -> Image.Image:
+    """IMG as it comes back from being saved as JPEG at QUALITY."""
     buffer = io.BytesIO()
     img.convert("RGB").save(buffer, "JPEG", quality=quality)
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
@@ -71,7 +73,7 @@ def _caption(img: Image.Image, rng: random.Random) -> Image.Image:
     places = sorted(rng.sample([0.02, 0.98, 0.5, 0.27, 0.73], boxes))
     for place in places:
         size = max(8, int(h * rng.uniform(0.06, 0.13) / (1 + 0.15 * (boxes - 1))))
-        font = _font(size)
+        font = text_font(size)
         lines = _wrap(draw, _words(rng, 2, 8).upper(), font, 0.92 * w)[:3]
         block = len(lines) * int(size * 1.15)
         y = int(min(max(0, place * h - block / 2), h - block))
@@ -90,7 +92,7 @@ def _caption_band(img: Image.Image, rng: random.Random) -> Image.Image:
     """Black text on a white band above the picture (the style of reposted memes)."""
     w, h = img.size
     size = max(10, int(w * rng.uniform(0.04, 0.07)))
-    font = _font(size, bold=rng.random() < 0.5)
+    font = text_font(size, bold=rng.random() < 0.5)
     probe = ImageDraw.Draw(img)
     lines = _wrap(probe, _words(rng, 4, 16), font, 0.9 * w)[:5]
     band = int((len(lines) + 0.8) * size * 1.25)
@@ -114,7 +116,7 @@ def _screenshot(img: Image.Image, rng: random.Random) -> Image.Image:
     canvas = Image.new("RGB", (width, int(width * rng.uniform(1.3, 2.2))), background)
     draw = ImageDraw.Draw(canvas)
     height = canvas.size[1]
-    small, body = _font(max(10, width // 32)), _font(max(12, width // 24), bold=False)
+    small, body = text_font(max(10, width // 32)), text_font(max(12, width // 24), bold=False)
     draw.rectangle((0, 0, width, int(width * 0.06)), fill=rng.choice([background, faint]))  # status bar
     y = int(width * rng.uniform(0.08, 0.14))
     draw.ellipse((width * 0.04, y, width * 0.13, y + width * 0.09), fill=faint)  # avatar
@@ -153,7 +155,7 @@ def _jpeg(img: Image.Image, rng: random.Random) -> Image.Image:
     scale = min(1.0, rng.uniform(120, 400) / max(w, h))
     img = img.resize((max(16, int(w * scale)), max(16, int(h * scale))), Image.BILINEAR)
     for _ in range(rng.randint(1, 3)):
-        img = _jpeg_once(img, rng.randint(5, 40))
+        img = resave_jpeg(img, rng.randint(5, 40))
     return img
 
 
@@ -174,7 +176,7 @@ def _sticker(img: Image.Image, rng: random.Random) -> Image.Image:
         colour = rng.choice([(255, 204, 77), (255, 90, 90), (120, 200, 255), (255, 255, 255)])
         (draw.ellipse if rng.random() < 0.6 else draw.rectangle)((x, y, x + size, y + size), fill=colour,
                                                                   outline=(0, 0, 0), width=max(1, size // 20))
-    font = _font(max(8, int(h * 0.035)), bold=False)
+    font = text_font(max(8, int(h * 0.035)), bold=False)
     mark = rng.choice(["imgflip.com", "9GAG", "@memes", "reddit"])
     draw.text((w * rng.choice([0.02, 0.7]), h * 0.95), mark, font=font, fill=(255, 255, 255),
               stroke_width=1, stroke_fill=(0, 0, 0))
@@ -195,7 +197,7 @@ def _perspective(img: Image.Image, rng: random.Random) -> Image.Image:
     warped = canvas.transform((cw, ch), Image.QUAD, data, resample=Image.BILINEAR)
     warped = warped.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
     warped = ImageEnhance.Brightness(warped).enhance(rng.uniform(0.8, 1.25))
-    return _jpeg_once(warped, rng.randint(60, 90))
+    return resave_jpeg(warped, rng.randint(60, 90))
 
 
 _APPLY = {
