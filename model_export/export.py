@@ -41,7 +41,7 @@ class ExportConfig:
     overwrite: bool = False
     fit_views: int = 20  # per template: the original image + perturbed views
     calibration_views: int = 6  # per template, for ridge strength and temperature
-    test_views: int = 2  # per template and perturbation kind, for the printed accuracy
+    test_views: int = 18  # per template, the perturbation kinds in turn, for the printed accuracy
     # Images that are no template (model_export/non_templates.py): as many again held out.
     non_template_views: int = 120
     top_k: int = c.TOP_K
@@ -75,13 +75,14 @@ def find_template_images(names: list[str], templates_dir: Path) -> dict[str, Pat
 
 
 def _views(images: dict[str, "Image.Image"], names: list[str], count_kinds, seed: int) -> tuple[list[bytes], list[int], list[str]]:
-    """Encoded perturbed views: (bytes, template index, kind). count_kinds(i) yields kinds per template."""
+    """Encoded perturbed views: (bytes, template index, kind). count_kinds(rng, index) yields a
+    template's kinds."""
     from model_export.augment import perturb
 
     data, labels, kinds = [], [], []
     for index, name in enumerate(names):
         rng = random.Random(f"{seed}:{name}")
-        for kind in count_kinds(rng):
+        for kind in count_kinds(rng, index):
             view = images[name] if kind == "original" else perturb(images[name], kind, rng)
             data.append(to_png(view))
             labels.append(index)
@@ -94,15 +95,23 @@ def _unseen(views, fitted: set) -> tuple[list, list, list]:
     return tuple([part[i] for i in keep] for part in views)
 
 
+def _kinds_in_turn(index: int, count: int) -> list[str]:
+    """COUNT perturbation kinds for template INDEX, going on where the template before stopped:
+    every kind is tested equally often (within one), even with fewer test views than kinds."""
+    from model_export.augment import KINDS
+
+    return [KINDS[(index * count + j) % len(KINDS)] for j in range(count)]
+
+
 def fit_head(extractor, images, names, config: ExportConfig, log):
     from model_export.augment import KINDS
     from model_export.template_head import TEMPERATURES, fit_template_head
 
-    fit = _views(images, names, lambda rng: ["original"] + [rng.choice(KINDS) for _ in range(config.fit_views - 1)], config.seed)
+    fit = _views(images, names, lambda rng, _: ["original"] + [rng.choice(KINDS) for _ in range(config.fit_views - 1)], config.seed)
     # Held-out means held out: a calibration or test view identical to a fitted one is dropped.
     fitted = {hashlib.sha256(b).digest() for b in fit[0]}
-    calib = _unseen(_views(images, names, lambda rng: [rng.choice(KINDS) for _ in range(config.calibration_views)], config.seed + 1), fitted)
-    test = _unseen(_views(images, names, lambda rng: [k for k in KINDS for _ in range(config.test_views)], config.seed + 2), fitted)
+    calib = _unseen(_views(images, names, lambda rng, _: [rng.choice(KINDS) for _ in range(config.calibration_views)], config.seed + 1), fitted)
+    test = _unseen(_views(images, names, lambda _, index: _kinds_in_turn(index, config.test_views), config.seed + 2), fitted)
     fit_x = extractor(fit[0], config.progress, "features (fit views)")
     calib_x = extractor(calib[0], config.progress, "features (calibration views)")
     test_x = extractor(test[0], config.progress, "features (held-out views)")
@@ -110,7 +119,7 @@ def fit_head(extractor, images, names, config: ExportConfig, log):
     test_probs = head.probs(test_x)
     predicted = test_probs.argmax(axis=1)
     labels, kinds = np.array(test[1]), np.array(test[2])
-    accuracy = {k: float(np.mean(predicted[kinds == k] == labels[kinds == k])) for k in KINDS}
+    accuracy = {k: float(np.mean(predicted[kinds == k] == labels[kinds == k])) for k in KINDS if np.any(kinds == k)}
     accuracy["all"] = float(np.mean(predicted == labels))
     if head.temperature in (TEMPERATURES[0], TEMPERATURES[-1]):
         log(f"warning: the calibrated temperature {head.temperature:.3g} is at the edge of the search grid")
@@ -168,9 +177,13 @@ def _metadata_case(metadata: dict) -> dict:
 
 def _encoder_cases(backbone, head, images: list, metadata: dict) -> tuple[dict, list]:
     """Inputs and expected outputs, computed with the Keras backbone and the numpy head."""
+    import tensorflow as tf
+
+    from model_export.encoder import encode_features
+
     pixels = np.stack([np.asarray(img.convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE))) for img in images]).astype(np.uint8)
-    features = backbone.predict(pixels.astype(np.float32) / 127.5 - 1.0, verbose=0)
-    probs = head.probs(features.astype(np.float64))
+    features, head_features = (t.numpy() for t in encode_features(backbone, tf.constant(pixels, tf.float32)))
+    probs = head.probs(head_features.astype(np.float64))
     encoded = np.array([to_png(img.convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE))) for img in images], dtype=bytes)
     cases = {
         f"{c.ENCODER_PIXELS_SIGNATURE}/in/{c.IMAGES}": pixels,
@@ -262,6 +275,7 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
 
 def verify(model_dir: Path, cases: dict, work: Path, atol: float = 1e-4) -> dict:
     """Run tf1_check.py in a fresh interpreter (no project code) against expected outputs."""
+    model_dir, work = Path(model_dir).resolve(), Path(work).resolve()  # it runs in WORK: relative paths would miss
     cases_path = work / f"{model_dir.name}-cases.npz"
     np.savez(cases_path, **cases)
     script = Path(__file__).with_name("tf1_check.py")

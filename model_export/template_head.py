@@ -1,7 +1,7 @@
 """The template-recognition head: standardise + linear + softmax, fitted at export time.
 
 Fitted by ridge regression to one-hot targets on features of augmented template views
-(closed form: deterministic and fast for ~2k views x 2048 features), with the ridge strength
+(closed form: deterministic and fast for ~2k views x 9k features), with the ridge strength
 and the softmax temperature chosen on separate calibration views (against label-smoothed
 targets, see CALIBRATION_SMOOTHING).
 """
@@ -40,8 +40,11 @@ class TemplateHead:
 
 
 def _ridge(x: np.ndarray, targets: np.ndarray, strength: float) -> tuple[np.ndarray, np.ndarray]:
-    gram = x.T @ x + strength * np.eye(x.shape[1])
-    weights = np.linalg.solve(gram, x.T @ (targets - targets.mean(axis=0)))
+    centred = targets - targets.mean(axis=0)
+    if x.shape[1] <= x.shape[0]:
+        weights = np.linalg.solve(x.T @ x + strength * np.eye(x.shape[1]), x.T @ centred)
+    else:  # more features than views: the same solution, from the smaller [views, views] system
+        weights = x.T @ np.linalg.solve(x @ x.T + strength * np.eye(x.shape[0]), centred)
     return weights, targets.mean(axis=0)
 
 

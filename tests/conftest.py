@@ -142,7 +142,7 @@ def tiny_export_config(run: Path, dataset: Path, models: Path, cache: Path, **ov
         templates_dir=str(dataset / "dataset" / "templates" / "img"),
         fit_views=6,
         calibration_views=3,
-        test_views=2,
+        test_views=18,
         non_template_views=24,
         cache_dir=str(cache),
         progress=False,

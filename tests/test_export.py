@@ -225,13 +225,15 @@ def test_existing_version_is_not_overwritten(tiny_export, tiny_run, tiny_dataset
     assert (models / c.DECODER_MODEL / "1" / "saved_model.pb").stat().st_mtime_ns == before
 
 
-def test_overwrite_replaces_both_models_and_leaves_nothing_aside(tiny_run, tiny_dataset, feature_cache, tmp_path):
-    first = export(tiny_export_config(tiny_run, tiny_dataset, tmp_path, feature_cache, version=2))
+def test_overwrite_replaces_both_models_and_leaves_nothing_aside(tiny_run, tiny_dataset, feature_cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative models folder, as `--models-dir models` gives: verification runs elsewhere
+    models = Path("models")
+    first = export(tiny_export_config(tiny_run, tiny_dataset, models, feature_cache, version=2))
     stamps = {name: (Path(path) / "saved_model.pb").stat().st_mtime_ns for name, path in first["models"].items()}
-    export(tiny_export_config(tiny_run, tiny_dataset, tmp_path, feature_cache, version=2, overwrite=True))
+    export(tiny_export_config(tiny_run, tiny_dataset, models, feature_cache, version=2, overwrite=True))
     for name in (c.ENCODER_MODEL, c.DECODER_MODEL):
-        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["2"]  # no .old-*, no .tmp-*
-        assert (tmp_path / name / "2" / "saved_model.pb").stat().st_mtime_ns > stamps[name]
+        assert sorted(p.name for p in (tmp_path / "models" / name).iterdir()) == ["2"]  # no .old-*, no .tmp-*
+        assert (tmp_path / "models" / name / "2" / "saved_model.pb").stat().st_mtime_ns > stamps[name]
 
 
 def test_a_failed_export_leaves_no_version_behind(tiny_run, tiny_dataset, feature_cache, tmp_path, monkeypatch):
@@ -281,3 +283,14 @@ def test_served_top_k_is_exactly_tensorflows(vocabulary, k):
     n = min(k, vocabulary)
     crowded = tf.tensor_scatter_nd_update(values, [[0, i] for i in range(n)], 100.0 + tf.range(n, dtype=tf.float32))
     np.testing.assert_array_equal(top_k(crowded, k)[1].numpy()[0], tf.math.top_k(crowded, k=k).indices.numpy()[0])
+
+
+def test_fewer_test_views_than_kinds_still_test_every_kind_about_equally():
+    from collections import Counter
+
+    from model_export.augment import KINDS
+    from model_export.export import _kinds_in_turn
+
+    counts = Counter(kind for index in range(88) for kind in _kinds_in_turn(index, 2))  # the first start's
+    assert set(counts) == set(KINDS) and max(counts.values()) - min(counts.values()) <= 1
+    assert Counter(_kinds_in_turn(5, 18)) == Counter({kind: 2 for kind in KINDS})  # `memefly export`'s: 2 of each

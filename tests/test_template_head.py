@@ -68,3 +68,16 @@ def test_non_template_images_are_seeded_and_cover_every_kind():
     assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for (_, a), (_, b) in zip(made, other))
     for _, image in made:
         assert image.mode == "RGB" and min(image.size) >= 200
+
+
+def test_more_features_than_views_fit_the_same_head_as_the_feature_form():
+    from model_export.template_head import _ridge
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 25))
+    targets = np.eye(4)[rng.integers(0, 4, 40)]
+    wide = np.concatenate([x, rng.normal(size=(40, 60))], axis=1)  # 85 features > 40 views
+    primal = np.linalg.solve(wide.T @ wide + 10.0 * np.eye(85), wide.T @ (targets - targets.mean(axis=0)))
+    weights, bias = _ridge(wide, targets, 10.0)
+    assert np.allclose(weights, primal, atol=1e-10)
+    assert np.allclose(bias, targets.mean(axis=0))
