@@ -1,0 +1,193 @@
+"""The gateway's own ceiling: how many decoding row-steps per second it can feed a decoder that
+costs nothing, and what share of the time it takes beside the real model.
+
+    python benchmarks/ceiling.py [--models-dir models] [--seconds 5] [--clients 8,64,256]
+                                 [--code DIR ...] [--json FILE]
+
+The real MemeService, scheduler and searches run in this process (the in-process path, as
+`memefly generate` and a one-process `memefly serve` use them), with cached conditioning:
+every client asks again and again for memes of one template, so the encoder is not called.
+Two decoders:
+- **instant**: the outputs of one real 1,024-row decoder step, recorded at start and
+  sliced to each call's rows (tiled past 1,024), answered without computing anything.
+  What is left is the gateway: scheduling, the searches' bookkeeping, constraints.
+- **model**: the real in-process decoder step, for the gateway's share of the wall time
+  (everything but the step calls).
+Options: beam search with 5 beams and up to 24 tokens (issue 16's measurement), and the
+default strategy (16 sampled candidates).
+
+Prints, per decoder, options and number of concurrent clients: memes/s, row-steps/s (rows
+summed over the decoder calls), rows per call, and the gateway's microseconds per row-step
+(wall time / row-steps: the event loop is one thread, so this is its CPU per row-step).
+With --code DIR (a checkout of another commit, e.g. a `git worktree`), runs the same
+measurement on that code too, in its own process, and prints the commits side by side.
+
+Target (issue 16): at 256 clients, at most a tenth of the commit before's microseconds per
+row-step; beside the real model at 64 clients, the gateway's share at most 15%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CODE = Path(os.environ.get("MEMEFLY_BENCH_CODE", ROOT))  # whose gateway is measured
+sys.path.insert(0, str(CODE))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+OPTION_SETS = {
+    "beams": {"num_beams": 5, "num_return_sequences": 5, "max_length": 24},
+    "default": {},
+}
+RECORDED_ROWS = 1024
+
+
+def _commit(code: Path) -> str:
+    result = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() or str(code)
+
+
+async def _record_step(service, template: str):
+    """One real 1,024-row step of the template's rows, each fed another (seeded) word, so that
+    the rows' candidates differ as in a real search."""
+    import numpy as np
+
+    from memefly.decoding.captioner import template_input_key
+
+    template_id = service.template_id(template)
+    conditioning = await service._conditioning(template_input_key(template_id), probs=service._one_hot(template_id))
+    tokens = np.random.default_rng(0).integers(5, len(service.vocabulary), RECORDED_ROWS).astype(np.int32)
+    state = np.repeat(np.asarray(conditioning.state, np.float32).reshape(1, -1), RECORDED_ROWS, axis=0)
+    context = np.repeat(np.asarray(conditioning.context, np.float32).reshape(1, -1), RECORDED_ROWS, axis=0)
+    return await service.models.step(tokens, state, context)
+
+
+def _instant(recorded):
+    import numpy as np
+
+    top_ids, log_probs, state = recorded
+
+    async def step(tokens, _state, _context):
+        n = len(tokens)
+        take = np.arange(n) % RECORDED_ROWS
+        return top_ids[take], log_probs[take], state[take]
+
+    return step
+
+
+async def _load(service, template: str, options, clients: int, seconds: float, counter: dict) -> dict:
+    """CLIENTS loops asking for memes of TEMPLATE for SECONDS (after one warm-up round)."""
+    await asyncio.gather(*(service.memes(None, template, options) for _ in range(clients)))
+    counter.update(rows=0, calls=0, step_s=0.0)
+    memes = 0
+    started = time.perf_counter()
+    end = started + seconds
+    cpu = time.process_time()
+
+    async def client() -> None:
+        nonlocal memes
+        while time.perf_counter() < end:
+            result = await service.memes(None, template, options)
+            memes += len(result.memes)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    rows, calls = counter["rows"], max(1, counter["calls"])
+    return {"memes_per_s": memes / wall, "row_steps_per_s": rows / wall, "rows_per_call": rows / calls,
+            "us_per_row_step": 1e6 * (wall - counter["step_s"]) / max(1, rows),
+            "cpu_us_per_row_step": 1e6 * cpu / max(1, rows), "gateway_share": 1 - counter["step_s"] / wall}
+
+
+async def measure(models_dir: Path, seconds: float, clients: list[int]) -> dict:
+    from gateway.client import MemeflyClient
+    from memefly.decoding.options import DecodingOptions
+
+    results = {"commit": _commit(CODE), "runs": []}
+    async with MemeflyClient(models_dir=models_dir, max_in_flight=max(clients)) as client:
+        service = client.service
+        template = service.templates[0].name
+        real_step = service.scheduler.step
+        counter = {"rows": 0, "calls": 0, "step_s": 0.0}
+        decoders = {"instant": _instant(await _record_step(service, template)), "model": real_step}
+        for decoder, step in decoders.items():
+
+            async def counted(tokens, state, context, step=step):
+                started = time.perf_counter()
+                try:
+                    return await step(tokens, state, context)
+                finally:
+                    counter["step_s"] += time.perf_counter() - started
+                    counter["rows"] += len(tokens)
+                    counter["calls"] += 1
+
+            service.scheduler.step = counted
+            for name, values in OPTION_SETS.items():
+                options = DecodingOptions(**values)
+                for n in clients:
+                    if decoder == "model" and n != 64:
+                        continue  # beside the model: the issue's 64 clients (the model dominates the rest)
+                    row = await _load(service, template, options, n, seconds, counter)
+                    row.update(decoder=decoder, options=name, clients=n)
+                    results["runs"].append(row)
+                    print(f"  {results['commit']} {decoder:7s} {name:7s} {n:4d} clients: {row['memes_per_s']:8.0f} memes/s "
+                          f"{row['row_steps_per_s']:9.0f} row-steps/s {row['rows_per_call']:6.0f} rows/call "
+                          f"{row['us_per_row_step']:6.2f} us/row-step, gateway share {row['gateway_share']:.0%}",
+                          file=sys.stderr, flush=True)
+    return results
+
+
+def _table(all_results: list[dict]) -> str:
+    commits = [r["commit"] for r in all_results]
+    lines = ["| decoder | options | clients | " + " | ".join(f"{c}: memes/s, rows/call, us/row-step (CPU), gateway share"
+                                                       for c in commits) + " |",
+             "|---|---|---|" + "---|" * len(commits)]
+    keys = [(r["decoder"], r["options"], r["clients"]) for r in all_results[0]["runs"]]
+    for key in keys:
+        cells = []
+        for result in all_results:
+            row = next((r for r in result["runs"] if (r["decoder"], r["options"], r["clients"]) == key), None)
+            cells.append("-" if row is None else
+                         f"{row['memes_per_s']:.0f}, {row['rows_per_call']:.0f}, {row['us_per_row_step']:.2f} "
+                         f"({row['cpu_us_per_row_step']:.2f}), {row['gateway_share']:.0%}")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from memefly.paths import models_dir as default_models_dir
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement, after a warm-up round")
+    parser.add_argument("--clients", default="8,64,256", help="concurrent clients, comma-separated")
+    parser.add_argument("--code", type=Path, action="append", default=[], help="also measure this checkout")
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one checkout, JSON to stdout
+    args = parser.parse_args(argv)
+    clients = [int(n) for n in args.clients.split(",")]
+    if args.worker:
+        print(json.dumps(asyncio.run(measure(args.models_dir, args.seconds, clients))))
+        return 0
+    all_results = []
+    for code in [*args.code, ROOT]:  # others first: this checkout's numbers last, as "after"
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--models-dir", str(args.models_dir.resolve()),
+                   "--seconds", str(args.seconds), "--clients", args.clients]
+        out = subprocess.run(command, env={**os.environ, "MEMEFLY_BENCH_CODE": str(code.resolve())},
+                             stdout=subprocess.PIPE, text=True, check=True, cwd=code)
+        all_results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    if args.json:
+        args.json.write_text(json.dumps(all_results, indent=1))
+    print(_table(all_results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
