@@ -22,6 +22,10 @@ summed over the decoder calls), rows per call, and the gateway's microseconds pe
 With --code DIR (a checkout of another commit, e.g. a `git worktree`), runs the same
 measurement on that code too, in its own process, and prints the commits side by side.
 
+Also prints the gRPC wire cost of one 1,024-row step on the gateway's side: building the
+PredictRequest (tensors as `tensor_content` bytes) and serialising it, then parsing a
+PredictResponse of the step's outputs and reading its tensors, as gateway/backends/grpc_backend.py does.
+
 Target (issue 16): at 256 clients, at most a tenth of the commit before's microseconds per
 row-step; beside the real model at 64 clients, the gateway's share at most 15%.
 """
@@ -54,7 +58,7 @@ def _commit(code: Path) -> str:
     return result.stdout.strip() or str(code)
 
 
-async def _record_step(service, template: str):
+async def _record_step(service, template: str, inputs: dict | None = None):
     """One real 1,024-row step of the template's rows, each fed another (seeded) word, so that
     the rows' candidates differ as in a real search."""
     import numpy as np
@@ -63,9 +67,13 @@ async def _record_step(service, template: str):
 
     template_id = service.template_id(template)
     conditioning = await service._conditioning(template_input_key(template_id), probs=service._one_hot(template_id))
+    from memefly import contract as c
+
     tokens = np.random.default_rng(0).integers(5, len(service.vocabulary), RECORDED_ROWS).astype(np.int32)
     state = np.repeat(np.asarray(conditioning.state, np.float32).reshape(1, -1), RECORDED_ROWS, axis=0)
     context = np.repeat(np.asarray(conditioning.context, np.float32).reshape(1, -1), RECORDED_ROWS, axis=0)
+    if inputs is not None:
+        inputs.update({c.TOKEN: tokens, c.STATE: state, c.CONTEXT: context})
     return await service.models.step(tokens, state, context)
 
 
@@ -80,6 +88,43 @@ def _instant(recorded):
         return top_ids[take], log_probs[take], state[take]
 
     return step
+
+
+def wire_us(recorded, inputs, repeats: int = 50) -> dict:
+    """Gateway-side microseconds to encode one step's request and decode its response."""
+    import numpy as np
+    from tensorflow_serving.apis import predict_pb2
+
+    from gateway.tensors import from_proto, to_proto
+    from memefly import contract as c
+
+    outputs = dict(zip((c.TOP_IDS, c.TOP_LOG_PROBS, c.STATE), recorded))
+    reply = predict_pb2.PredictResponse()
+    for name, value in outputs.items():
+        reply.outputs[name].CopyFrom(to_proto(value))
+    reply_bytes = reply.SerializeToString()
+
+    def encode() -> bytes:
+        request = predict_pb2.PredictRequest()
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(to_proto(value))
+        return request.SerializeToString()
+
+    def decode() -> dict:
+        response = predict_pb2.PredictResponse.FromString(reply_bytes)
+        return {name: from_proto(proto) for name, proto in response.outputs.items()}
+
+    timings = {}
+    for name, work in (("encode", encode), ("decode", decode)):
+        work()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            work()
+        timings[name] = 1e6 * (time.perf_counter() - started) / repeats
+    timings["request_bytes"] = len(encode())
+    timings["response_bytes"] = len(reply_bytes)
+    assert all(np.array_equal(decode()[k], v) for k, v in outputs.items())
+    return timings
 
 
 async def _load(service, template: str, options, clients: int, seconds: float, counter: dict) -> dict:
@@ -116,7 +161,12 @@ async def measure(models_dir: Path, seconds: float, clients: list[int]) -> dict:
         template = service.templates[0].name
         real_step = service.scheduler.step
         counter = {"rows": 0, "calls": 0, "step_s": 0.0}
-        decoders = {"instant": _instant(await _record_step(service, template)), "model": real_step}
+        inputs: dict = {}
+        recorded = await _record_step(service, template, inputs)
+        results["wire"] = wire_us(recorded, inputs)
+        print(f"  {results['commit']} wire, 1,024-row step: " + ", ".join(f"{k} {v:.0f}" for k, v in results["wire"].items()),
+              file=sys.stderr, flush=True)
+        decoders = {"instant": _instant(recorded), "model": real_step}
         for decoder, step in decoders.items():
 
             async def counted(tokens, state, context, step=step):
@@ -158,6 +208,9 @@ def _table(all_results: list[dict]) -> str:
                          f"{row['memes_per_s']:.0f}, {row['rows_per_call']:.0f}, {row['us_per_row_step']:.2f} "
                          f"({row['cpu_us_per_row_step']:.2f}), {row['gateway_share']:.0%}")
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+    lines.append("| gRPC wire, one 1,024-row step (gateway side) | | | " + " | ".join(
+        "encode {encode:.0f} us + decode {decode:.0f} us ({request_bytes:,} + {response_bytes:,} bytes)".format(**r["wire"])
+        if "wire" in r else "-" for r in all_results) + " |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """Memes per second at 1, 8, 32 and 64 concurrent clients, continuous batching on vs off.
 
     python benchmarks/throughput.py [--models-dir models] [--backend inprocess|grpc] [--seconds 20]
+    python benchmarks/throughput.py --backend grpc --workers 1,2   # gateway processes instead
 
 Every client uploads the same image again and again, so template_probs come from the
 gateway's cache after the first request and the decoder dominates (5 beams, up to 24
@@ -13,6 +14,9 @@ would be, not in lock-step), and memes/s counts the memes of the requests that c
 inside the next --seconds.
 
 Target (docs/gateway.md): continuous batching >= 6x the throughput without it at 64 clients.
+
+With --workers, continuous batching at each number of gateway processes (`memefly serve
+--workers N`) instead of on against off.
 """
 
 from __future__ import annotations
@@ -79,14 +83,20 @@ def main() -> int:
     parser.add_argument("--models-dir", type=Path, default=default_models_dir())
     parser.add_argument("--backend", choices=["inprocess", "grpc"], default="inprocess")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--workers", help="gateway processes to compare, comma-separated (e.g. 1,2)")
     args = parser.parse_args()
     image = default_image()
     results = {}
+    workers = [int(n) for n in args.workers.split(",")] if args.workers else None
 
     def run(target=None):
+        if workers:
+            for n in workers:
+                with gateway(args.backend, args.models_dir, target, workers=n) as url:
+                    results[n] = measure(url, image, args.seconds)
+            return
         for continuous in (True, False):
-            with gateway(args.backend, args.models_dir, target, model_version=1,
-                         continuous_batching=str(continuous).lower()) as url:
+            with gateway(args.backend, args.models_dir, target, continuous_batching=str(continuous).lower()) as url:
                 results[continuous] = measure(url, image, args.seconds)
 
     if args.backend == "grpc":
@@ -97,6 +107,11 @@ def main() -> int:
 
     print(f"throughput, memes/s (5 memes per request; 5 beams, max 24 tokens; cached template_probs); "
           f"backend {args.backend}; {os.cpu_count()} cores; {args.seconds:g} s per cell")
+    if workers:
+        print(f"{'clients':>7} | " + " | ".join(f"{n} worker(s): memes/s, p50 ms" for n in workers))
+        for clients in CLIENTS:
+            print(f"{clients:7d} | " + " | ".join(f"{results[n][clients][0]:10.1f} {results[n][clients][1]:8.0f}" for n in workers))
+        return 0
     print(f"{'clients':>7} | {'continuous':>10} {'p50 ms':>8} | {'one at a time':>13} {'p50 ms':>8} | {'speed-up':>8}")
     for clients in CLIENTS:
         on, off = results[True][clients], results[False][clients]

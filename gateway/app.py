@@ -30,6 +30,9 @@ from gateway.settings import Settings
 log = logging.getLogger("gateway")
 
 
+FIRST_CHECK_WAIT_S = 120.0  # a worker's start-up check (loading in-process models included)
+
+
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     metrics = Metrics()
@@ -39,6 +42,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def lifespan(app: FastAPI):
         # Start-up checks run in the background: /healthz answers at once, /readyz says when.
         await service.start()
+        if service.settings.workers > 1:
+            # Workers share one port: one that is not ready yet must not take connections (they
+            # would get 503 while another worker is ready). uvicorn listens after this returns;
+            # if the first check fails, it listens anyway and says why on /readyz.
+            await service.wait_ready(FIRST_CHECK_WAIT_S, first_check_only=True)
         yield
         await service.stop()
         renders.close()

@@ -45,6 +45,11 @@ class Settings:
     health_interval_s: float = 5.0
     retry_after_s: int = 5
 
+    # Gateway processes on one port (`memefly serve --workers`): each has its own event loop,
+    # scheduler and searches, so decoding bookkeeping uses that many cores. Over gRPC, TF
+    # Serving's batcher merges their calls; in-process, each loads its own copy of the models.
+    workers: int = 1
+
     # Batching. Caps match the TF Serving batching configs (max_batch_size 64 / 1024) with
     # headroom, so one gateway call is never split by the server.
     continuous_batching: bool = True
@@ -93,7 +98,7 @@ class Settings:
         if self.backend not in ("grpc", "inprocess"):
             raise ValueError(f"MEMEFLY_BACKEND must be 'grpc' or 'inprocess', not {self.backend!r}")
         for name in ("decoder_max_rows", "encoder_max_batch", "template_cache_size", "max_batch_images",
-                     "render_max_side", "max_connections"):
+                     "render_max_side", "max_connections", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MEMEFLY_{name.upper()} must be at least 1")
         if self.render_max_side > MAX_RENDER_SIDE:

@@ -195,7 +195,6 @@ def _cmd_serve(args) -> int:
     _quiet_tensorflow()
     import logging
 
-    from gateway.app import create_app
     from gateway.settings import Settings
 
     try:
@@ -206,6 +205,7 @@ def _cmd_serve(args) -> int:
             encoder_target=args.encoder_target,
             decoder_target=args.decoder_target,
             continuous_batching=False if args.no_continuous_batching else None,
+            workers=args.workers,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -219,13 +219,9 @@ def _cmd_serve(args) -> int:
         except BuildError as e:  # it says which setting to point where
             print(f"error: {e}", file=sys.stderr)
             return 2
-    from gateway.draining import DrainingServer
-    from gateway.server import uvicorn_config
+    from gateway.workers import serve
 
-    app = create_app(settings)
-    config = uvicorn_config(app, settings, host=args.host, port=args.port, log_level=args.log_level)
-    DrainingServer(config, app.state.drain, settings.shutdown_grace_s).run()
-    return 0
+    return serve(settings, args.host, args.port, args.log_level)
 
 
 def _with_built_models(settings):
@@ -512,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--encoder-target", help="grpc backend: host:port of the encoder's TF Serving")
     sv.add_argument("--decoder-target", help="grpc backend: host:port of the decoder's TF Serving")
     sv.add_argument("--no-continuous-batching", action="store_true", help="one request's beams per decoder call")
+    sv.add_argument("--workers", type=int, help="gateway processes on the port (default: $MEMEFLY_WORKERS or 1)")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sv.set_defaults(func=_cmd_serve)
 

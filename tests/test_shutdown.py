@@ -22,12 +22,12 @@ from net import free_port
 IN_FLIGHT = 6
 
 
-def start_serve(loopback, grace_s: float, log_path) -> tuple[subprocess.Popen, str]:
+def start_serve(loopback, grace_s: float, log_path, *flags: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, MEMEFLY_SHUTDOWN_GRACE_S=str(grace_s), MEMEFLY_CALL_TIMEOUT_S="30",
                MEMEFLY_REQUEST_TIMEOUT_S="60", MEMEFLY_HEALTH_INTERVAL_S="30")
     process = subprocess.Popen([sys.executable, "-m", "memefly.cli", "serve", "--port", str(port), "--backend", "grpc",
-                                "--encoder-target", loopback.target, "--decoder-target", loopback.target],
+                                "--encoder-target", loopback.target, "--decoder-target", loopback.target, *flags],
                                env=env, stderr=log_path.open("w"))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -93,3 +93,69 @@ def test_sigterm_drains_in_flight_requests(loopback, tmp_path, grace_s, encoder_
     log = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in log, log[-3000:]
     assert process.returncode in (0, -signal.SIGTERM)
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":  # a live child (not a zombie)
+            found.add(int(entry))
+    return found
+
+
+def workers_of(process: subprocess.Popen, count: int, timeout_s: float = 60) -> set[int]:
+    deadline = time.monotonic() + timeout_s
+    while len(found := children(process.pid) - {pid for pid in children(process.pid) if _is_helper(pid)}) != count:
+        assert time.monotonic() < deadline, f"workers {found}, wanted {count}"
+        time.sleep(0.2)
+    return found
+
+
+def _is_helper(pid: int) -> bool:
+    """multiprocessing's resource tracker, also a child of the parent."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"resource_tracker" in cmdline.read()
+    except OSError:
+        return True
+
+
+def test_workers_share_the_port_are_replaced_when_they_die_and_drain_on_sigterm(loopback, tmp_path):
+    process, url = start_serve(loopback, 20.0, tmp_path / "serve.log", "--workers", "2")
+    try:
+        first = workers_of(process, 2)
+        answers, threads = send_in_flight(url)
+        for thread in threads:
+            thread.join(60)
+        assert [a.status_code for a in answers] == [200] * IN_FLIGHT
+        time.sleep(5.5)  # past the failed-start window: a worker that dies now is started again
+        killed = min(first)
+        os.kill(killed, signal.SIGKILL)
+        replaced = workers_of(process, 2, timeout_s=30)
+        assert killed not in replaced and len(replaced & first) == 1
+        deadline = time.monotonic() + 60
+        while httpx.get(url + "/readyz").status_code != 200:  # the other worker answers meanwhile
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        loopback.set_delay(3.0, model=c.ENCODER_MODEL)
+        answers, threads = send_in_flight(url)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)  # to the parent: every worker drains its own requests
+        for thread in threads:
+            thread.join(60)
+        process.wait(60)
+    finally:
+        loopback.set_delay(0.0)
+        if process.poll() is None:
+            process.kill()
+    assert [a.status_code if isinstance(a, httpx.Response) else repr(a) for a in answers] == [200] * IN_FLIGHT
+    assert process.returncode == 0
+    assert not children(process.pid)
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert "starting another" in log
