@@ -54,8 +54,10 @@ RECORDED_ROWS = 1024
 
 
 def _commit(code: Path) -> str:
+    """The checkout's commit, with "+" when its tracked files have changes not committed."""
     result = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return result.stdout.strip() or str(code)
+    changed = subprocess.run(["git", "-C", str(code), "diff", "--quiet", "HEAD"]).returncode == 1
+    return (result.stdout.strip() or str(code)) + ("+" if changed else "")
 
 
 async def _record_step(service, template: str, inputs: dict | None = None):

@@ -15,6 +15,7 @@ from memefly.contract import END_ID, PAD_ID, SEP_ID, START_ID, UNK_ID
 from memefly.ngrams import repeated_ngram_bans
 
 ALWAYS_BLOCKED = (PAD_ID, START_ID, UNK_ID)  # never generated, whatever the request
+_NO_TOKEN = np.iinfo(np.int64).min  # pads histories: equal to no candidate id
 
 
 class Constraints:
@@ -48,9 +49,10 @@ class Constraints:
                     mask[i] |= top_ids[i] == token  # a few bans at most: cheaper than np.isin
         is_sep = top_ids == SEP_ID
         closing = is_sep | is_end
-        for i, history in enumerate(histories):
-            if not closing[i].any():
+        for i, any_closing in enumerate(closing.any(axis=1).tolist()):
+            if not any_closing:
                 continue
+            history = histories[i]
             boxes, empty, repeated = self._boxes(history)
             if empty or repeated:  # the open box may not close: no empty box, no box twice
                 mask[i] |= closing[i] if history else is_sep[i]
@@ -63,14 +65,20 @@ class Constraints:
         return mask
 
     def repeated(self, histories: Sequence[Sequence[int]], top_ids: np.ndarray) -> np.ndarray:
-        """Bool [rows, K]: candidate k is a word row i already used (for repetition_penalty)."""
-        mask = np.zeros(top_ids.shape, dtype=bool)
+        """Bool [rows, K]: candidate k is a word row i already used (for repetition_penalty).
+        One comparison of every candidate with every earlier word, for all rows at once."""
+        longest = max(map(len, histories), default=0)
+        if not longest:
+            return np.zeros(top_ids.shape, dtype=bool)
+        used = np.full((len(histories), longest), _NO_TOKEN, dtype=np.int64)
         for i, history in enumerate(histories):
-            used = {t for t in history if self.word_ids is None or (0 <= t < self.word_ids.size and self.word_ids[t])}
-            used.discard(SEP_ID)
-            if used:
-                mask[i] = np.isin(top_ids[i], list(used))
-        return mask
+            used[i, : len(history)] = history
+        counts = used != SEP_ID
+        if self.word_ids is not None:
+            in_vocab = (used >= 0) & (used < self.word_ids.size)
+            counts &= in_vocab & self.word_ids[np.where(in_vocab, used, 0)]
+        used[~counts] = _NO_TOKEN
+        return (top_ids[:, :, None] == used[:, None, :]).any(axis=2)
 
     def _boxes(self, history: Sequence[int]) -> tuple[int, bool, bool]:
         """(boxes so far, the open one included; is the open box empty; does it repeat a closed box)."""

@@ -216,50 +216,68 @@ class SampleSearch(Search):
     def inputs(self):
         return self._step_inputs([s.ids for s in self.samples])
 
-    def _distribution(self, log_probs: np.ndarray, allowed: np.ndarray) -> np.ndarray | None:
-        """Sampling probabilities over one row's K candidates: temperature, then top-k, then top-p."""
+    def _distributions(self, log_probs: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sampling probabilities [rows, K] over each row's candidates (temperature, then top-k,
+        then top-p), and which rows have any (a row with nothing allowed has none)."""
         logits = np.where(allowed, log_probs / self.options.temperature, -np.inf)
-        order = np.argsort(-logits, kind="stable")
+        order = np.argsort(-logits, axis=1, kind="stable")
         if self.options.top_k:
-            logits[order[self.options.top_k :]] = -np.inf
-        if not np.isfinite(logits).any():
-            return None
-        probs = np.exp(logits - logits[np.isfinite(logits)].max())
-        probs /= probs.sum()
-        if self.options.top_p < 1.0:
-            sorted_probs = probs[order]
-            # Keep the smallest set whose mass reaches top_p (the first token always stays).
-            keep = np.cumsum(sorted_probs) - sorted_probs < self.options.top_p
-            probs[order[~keep]] = 0.0
-            probs /= probs.sum()
-        return probs
+            np.put_along_axis(logits, order[:, self.options.top_k :], -np.inf, axis=1)
+        finite = np.isfinite(logits)
+        valid = finite.any(axis=1)
+        highest = np.where(finite, logits, -np.inf).max(axis=1, initial=-np.inf)
+        with np.errstate(invalid="ignore"):  # rows with nothing allowed: NaN, never drawn from
+            probs = np.exp(logits - np.where(valid, highest, 0.0)[:, None])
+            probs /= probs.sum(axis=1, keepdims=True)
+            if self.options.top_p < 1.0:
+                sorted_probs = np.take_along_axis(probs, order, axis=1)
+                # Keep the smallest set whose mass reaches top_p (the first token always stays).
+                keep = np.cumsum(sorted_probs, axis=1) - sorted_probs < self.options.top_p
+                np.put_along_axis(probs, order, np.where(keep, sorted_probs, 0.0), axis=1)
+                probs /= probs.sum(axis=1, keepdims=True)
+        return probs, valid
+
+    def _draw(self, probs: np.ndarray) -> np.ndarray:
+        """One candidate per row, as `rng.choice(K, p=row)` row after row would draw them: the
+        same uniform numbers, in the same order, against each row's normalised cumulative sum."""
+        cdf = probs.cumsum(axis=1)
+        cdf /= cdf[:, -1:]
+        uniform = self.rng.random(len(probs))
+        return (cdf <= uniform[:, None]).sum(axis=1)
 
     def advance(self, top_ids, top_log_probs, state) -> None:
         histories = [s.ids for s in self.samples]
         forbidden = self.constraints.forbidden(histories, top_ids)
-        drawn_from = self._penalized(histories, top_ids, top_log_probs.astype(np.float64))
-        kept_samples, kept_states = [], []
+        log_probs = top_log_probs.astype(np.float64)
+        probs, valid = self._distributions(self._penalized(histories, top_ids, log_probs), ~forbidden)
+        drawn = np.zeros(len(histories), dtype=np.int64)
+        drawn[valid] = self._draw(probs[valid])
+        rows = np.arange(len(histories))
+        tokens = top_ids[rows, drawn].tolist()
+        token_log_probs = log_probs[rows, drawn].tolist()
+        kept_samples, kept_rows = [], []
         for i, sample in enumerate(self.samples):
-            log_probs = top_log_probs[i].astype(np.float64)
-            probs = self._distribution(drawn_from[i], ~forbidden[i])
-            if probs is None:
+            if not valid[i]:
                 # Nothing allowed (at max_length: <end> not among the top K): keep it as cut.
                 if sample.ids:
                     self._finish(sample.ids, sample.log_prob, finished=False)
                 continue
-            k = int(self.rng.choice(probs.size, p=probs))
-            token, log_prob = int(top_ids[i, k]), sample.log_prob + float(log_probs[k])
+            token, log_prob = int(tokens[i]), sample.log_prob + token_log_probs[i]
             if token == END_ID:
                 if self._finish(sample.ids, log_prob, finished=True) or self.restarts_left <= 0:
                     continue
                 self.restarts_left -= 1  # refused: draw this one again from <start>
                 kept_samples.append(_Sample())
-                kept_states.append(self.initial_state)
+                kept_rows.append(-1)
                 continue
             kept_samples.append(_Sample(sample.ids + (token,), log_prob))
-            kept_states.append(np.asarray(state[i]))
+            kept_rows.append(i)
         self.samples = kept_samples
-        self.state = np.stack(kept_states) if kept_states else self.state[:0]
+        if kept_rows:
+            rows = np.asarray(kept_rows)
+            self.state = np.where((rows < 0)[:, None], self.initial_state[None], np.asarray(state)[np.maximum(rows, 0)])
+        else:
+            self.state = self.state[:0]
         self.done = not self.samples
 
     def _finish(self, ids: tuple[int, ...], log_prob: float, finished: bool) -> bool:
