@@ -28,20 +28,8 @@ def weights_id(weights: str, seed: int) -> str:
     return f"file-{digest}"
 
 
-# The template head reads more than the pooled features: a 3x3 grid of mixed7 (17x17x768)
-# keeps where things are in the picture, which global pooling throws away. With the
-# first start's views and seeded random weights it lifts recognition of captioned memes
-# from 0.79 to 0.92 and of tilted scans from 0.91 to 0.98 (docs/export.md).
-HEAD_LAYERS = ("mixed7", "mixed10")
-HEAD_GRID = 3
-HEAD_FEATURE_DIM = c.FEATURE_DIM + 768 * HEAD_GRID * HEAD_GRID
-# Names what the head reads, for the feature cache: change it with HEAD_LAYERS or HEAD_GRID.
-HEAD_FEATURES_ID = "mixed10avg-mixed7grid3"
-
-
 def build_backbone(weights: str = "imagenet", seed: int = 0):
-    """InceptionV3 without its classifier, up to the outputs of mixed7 and mixed10 (see
-    encode_features).
+    """InceptionV3 without its classifier, average-pooled to 2048 features.
 
     weights: "imagenet" (Keras' download), a path to a no-top weights file, or "random"
     (seeded initialisation: what tests and offline machines use).
@@ -58,8 +46,8 @@ def build_backbone(weights: str = "imagenet", seed: int = 0):
             raise FileNotFoundError(f"InceptionV3 weights file not found: {weights}")
         source = weights
     try:
-        inception = keras.applications.InceptionV3(
-            include_top=False, weights=source, input_shape=(c.IMAGE_SIZE, c.IMAGE_SIZE, 3)
+        return keras.applications.InceptionV3(
+            include_top=False, weights=source, pooling="avg", input_shape=(c.IMAGE_SIZE, c.IMAGE_SIZE, 3)
         )
     except Exception as e:  # the download fails offline: say what to do instead
         if weights == "imagenet":
@@ -68,7 +56,6 @@ def build_backbone(weights: str = "imagenet", seed: int = 0):
                 "weights file path, or `random` with a seed, as --weights."
             ) from e
         raise
-    return keras.Model(inception.input, [inception.get_layer(name).output for name in HEAD_LAYERS])
 
 
 def decode_and_resize(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -97,14 +84,9 @@ def decode_batch(image_bytes: tf.Tensor) -> tf.Tensor:
     )
 
 
-def encode_features(backbone, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """float32 [N, 299, 299, 3] in 0..255 -> (features [N, 2048]: mixed10 average-pooled, the
-    contract's FEATURES; head features [N, HEAD_FEATURE_DIM]: those and mixed7's grid), with
-    InceptionV3's scaling to -1..1."""
-    mixed7, mixed10 = backbone(images / 127.5 - 1.0, training=False)
-    features = tf.reduce_mean(mixed10, axis=[1, 2])
-    grid = tf.image.resize(mixed7, [HEAD_GRID, HEAD_GRID], method="area")
-    return features, tf.concat([features, tf.reshape(grid, [tf.shape(grid)[0], -1])], axis=1)
+def backbone_features(backbone, images: tf.Tensor) -> tf.Tensor:
+    """float32 [N, 299, 299, 3] in 0..255 -> [N, 2048], with InceptionV3's scaling to -1..1."""
+    return backbone(images / 127.5 - 1.0, training=False)
 
 
 class EncoderServing(tf.Module):
@@ -123,8 +105,8 @@ class EncoderServing(tf.Module):
 
     def _outputs(self, images: tf.Tensor) -> dict:
         """float32 [N, 299, 299, 3] in 0..255 -> the contract's outputs."""
-        features, head_features = encode_features(self._backbone.value, images)
-        logits = ((head_features - self.head_mean) / self.head_scale) @ self.head_weights + self.head_bias
+        features = backbone_features(self._backbone.value, images)
+        logits = ((features - self.head_mean) / self.head_scale) @ self.head_weights + self.head_bias
         return {c.FEATURES: features, c.TEMPLATE_PROBS: tf.nn.softmax(logits / self.head_temperature)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=c.IMAGE_BYTES)])
@@ -166,18 +148,18 @@ def metadata_table(metadata: dict[str, str]) -> tf.lookup.StaticHashTable:
 
 
 class FeatureExtractor:
-    """The template head's features of encoded images, cached on disk by image hash and weights."""
+    """Backbone features of encoded images, cached on disk by image hash and weights."""
 
     def __init__(self, backbone, weights_name: str, cache_dir: str | Path | None = None, batch_size: int = 16):
         self.backbone, self.batch_size = backbone, batch_size
         root = Path(cache_dir) if cache_dir else paths.cache_dir()
-        self.cache = root / "features" / weights_name / HEAD_FEATURES_ID
+        self.cache = root / "features" / weights_name
         self.cache.mkdir(parents=True, exist_ok=True)
 
         # The serving graph's own path from bytes to features, so the head is fitted on
         # exactly what the server computes.
         self._features = tf.function(
-            lambda image_bytes: encode_features(self.backbone, decode_batch(image_bytes))[1],
+            lambda image_bytes: backbone_features(self.backbone, decode_batch(image_bytes)),
             input_signature=[tf.TensorSpec([None], tf.string)],
         )
 
@@ -204,4 +186,4 @@ class FeatureExtractor:
                     np.save(self.cache / f"{key}.npy", f)
                     out[key] = f
                 bar.update(len(batch))
-        return np.stack([out[k] for k in keys]) if keys else np.zeros((0, HEAD_FEATURE_DIM), np.float32)
+        return np.stack([out[k] for k in keys]) if keys else np.zeros((0, c.FEATURE_DIM), np.float32)

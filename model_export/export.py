@@ -177,13 +177,9 @@ def _metadata_case(metadata: dict) -> dict:
 
 def _encoder_cases(backbone, head, images: list, metadata: dict) -> tuple[dict, list]:
     """Inputs and expected outputs, computed with the Keras backbone and the numpy head."""
-    import tensorflow as tf
-
-    from model_export.encoder import encode_features
-
     pixels = np.stack([np.asarray(img.convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE))) for img in images]).astype(np.uint8)
-    features, head_features = (t.numpy() for t in encode_features(backbone, tf.constant(pixels, tf.float32)))
-    probs = head.probs(head_features.astype(np.float64))
+    features = backbone.predict(pixels.astype(np.float32) / 127.5 - 1.0, verbose=0)
+    probs = head.probs(features.astype(np.float64))
     encoded = np.array([to_png(img.convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE))) for img in images], dtype=bytes)
     cases = {
         f"{c.ENCODER_PIXELS_SIGNATURE}/in/{c.IMAGES}": pixels,

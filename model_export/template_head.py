@@ -1,7 +1,7 @@
 """The template-recognition head: standardise + linear + softmax, fitted at export time.
 
 Fitted by ridge regression to one-hot targets on features of augmented template views
-(closed form: deterministic and fast for ~2k views x 9k features), with the ridge strength
+(closed form: deterministic and fast for ~2k views x 2048 features), with the ridge strength
 and the softmax temperature chosen on separate calibration views (against label-smoothed
 targets, see CALIBRATION_SMOOTHING).
 """
@@ -39,13 +39,20 @@ class TemplateHead:
         return p / p.sum(axis=1, keepdims=True)
 
 
-def _ridge(x: np.ndarray, targets: np.ndarray, strength: float) -> tuple[np.ndarray, np.ndarray]:
+def _ridge(x: np.ndarray, targets: np.ndarray, strength: float, gram: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge weights and bias; GRAM (from _gram) may be passed when solving for several strengths."""
     centred = targets - targets.mean(axis=0)
+    gram = _gram(x) if gram is None else gram
+    regularised = gram + strength * np.eye(len(gram))
     if x.shape[1] <= x.shape[0]:
-        weights = np.linalg.solve(x.T @ x + strength * np.eye(x.shape[1]), x.T @ centred)
+        weights = np.linalg.solve(regularised, x.T @ centred)
     else:  # more features than views: the same solution, from the smaller [views, views] system
-        weights = x.T @ np.linalg.solve(x @ x.T + strength * np.eye(x.shape[0]), centred)
+        weights = x.T @ np.linalg.solve(regularised, centred)
     return weights, targets.mean(axis=0)
+
+
+def _gram(x: np.ndarray) -> np.ndarray:
+    return x.T @ x if x.shape[1] <= x.shape[0] else x @ x.T
 
 
 def _smoothed_nll(head: TemplateHead, features, labels) -> float:
@@ -66,8 +73,9 @@ def fit_template_head(
     x = (fit_features - mean) / scale
     targets = np.eye(num_templates)[fit_labels]
     best = None
+    gram = _gram(x)
     for strength in RIDGE_STRENGTHS:
-        weights, bias = _ridge(x, targets, strength)
+        weights, bias = _ridge(x, targets, strength, gram)
         head = TemplateHead(mean, scale, weights, bias, 1.0)
         accuracy = np.mean(head.logits(calib_features).argmax(axis=1) == calib_labels)
         if best is None or accuracy > best[0]:
