@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from contextlib import asynccontextmanager
 
@@ -43,10 +45,17 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         # Start-up checks run in the background: /healthz answers at once, /readyz says when.
         await service.start()
         if service.settings.workers > 1:
-            # Workers share one port: one that is not ready yet must not take connections (they
-            # would get 503 while another worker is ready). uvicorn listens after this returns;
-            # if the first check fails, it listens anyway and says why on /readyz.
-            await service.wait_ready(FIRST_CHECK_WAIT_S, first_check_only=True)
+            # Workers share one port: one that is still starting must not take connections (they
+            # would get 503 while another worker is ready). uvicorn listens after this returns:
+            # when the first model check has finished (if it failed, /readyz says why), or a
+            # signal came meanwhile.
+            stopping = asyncio.Event()
+            app.state.drain.on_start.append(stopping.set)
+            checked = asyncio.create_task(service.wait_ready(FIRST_CHECK_WAIT_S, first_check_only=True))
+            signalled = asyncio.create_task(stopping.wait())
+            await asyncio.wait([checked, signalled], return_when=asyncio.FIRST_COMPLETED)
+            for task in (checked, signalled):
+                task.cancel()
         yield
         await service.stop()
         renders.close()

@@ -13,11 +13,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import uvicorn
 
 log = logging.getLogger(__name__)
-ALWAYS_ANSWERED = ("/healthz", "/metrics", "/readyz")  # /readyz says 503 by itself while draining
+ALWAYS_ANSWERED = ("/healthz", "/metrics", "/readyz")
+# A second signal within this long of the first is the same stop delivered twice (a terminal's
+# Ctrl-C or systemd reach every process, and `--workers`' parent forwards it too), not a
+# request to skip the drain: people press Ctrl-C again more slowly.
+DUPLICATE_SIGNAL_S = 1.0  # /readyz says 503 by itself while draining
 
 
 class Drain:
@@ -101,21 +106,28 @@ async def _unavailable(send, retry_after_s: int) -> None:
 class DrainingServer(uvicorn.Server):
     """uvicorn, with a drain before its own shutdown (which closes the port and waits a little)."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain, grace_s: float):
+    def __init__(self, config: uvicorn.Config, drain: Drain, grace_s: float, on_started=None):
         super().__init__(config)
         self.drain, self.grace_s = drain, grace_s
+        self.on_started = on_started  # called once listening (gateway/workers.py)
         self._draining_task: asyncio.Task | bool | None = None
+        self._first_signal_at = 0.0
 
     async def startup(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     def handle_exit(self, sig, frame) -> None:
         loop = getattr(self, "_loop", None)
+        if self._draining_task is not None and time.monotonic() - self._first_signal_at < DUPLICATE_SIGNAL_S:
+            return  # the same stop, delivered twice (to the process group and forwarded by a parent)
         if self._draining_task is not None or self.grace_s <= 0 or loop is None:  # a second signal: now
             return super().handle_exit(sig, frame)
         # A signal handler may interrupt anything: the drain starts on the loop, not in here.
         self._draining_task = True
+        self._first_signal_at = time.monotonic()
         loop.call_soon_threadsafe(self._begin_drain, sig, frame)
 
     def _begin_drain(self, sig, frame) -> None:

@@ -1,10 +1,11 @@
 """`memefly serve --workers N`: N gateway processes sharing one listening socket.
 
 The parent binds the socket, starts N workers (spawned: no TensorFlow state is forked), and
-forwards SIGTERM/SIGINT to them, so each drains its own requests (gateway/draining.py); the
-kernel spreads new connections over the workers. A worker that dies unexpectedly is started
-again; one that could not start (uvicorn's startup failed, or it died within
-FAILED_START_S) stops them all: it would fail the same way again.
+passes SIGTERM/SIGINT on to them, so each drains its own requests (gateway/draining.py); the
+kernel spreads new connections over the workers that are listening. Each worker is in its
+own process group, so a terminal's Ctrl-C reaches the parent only, which passes it on once.
+A worker that dies after it started listening is started again; one that dies before (its
+app, a model check or the socket failed) stops them all: it would fail the same way again.
 As uvicorn's own `--workers`, but each worker runs memefly's server (header deadline,
 draining) with the parent's settings, which uvicorn's supervisor cannot pass.
 """
@@ -16,31 +17,45 @@ import multiprocessing
 import os
 import signal
 import socket
-import threading
 import time
+from dataclasses import dataclass
 
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FAILED_START_S = 5.0  # a worker that dies sooner than this after its start could not start
-STARTUP_FAILURE = 3  # uvicorn's exit code for it
+STARTUP_FAILURE = 3  # the exit code of a worker that never listened (uvicorn's)
+RESTART_BACKOFF_S = 1.0  # a slot is started again no sooner than this after its last start
 
 
-def serve_one(settings: Settings, host: str, port: int, log_level: str, sockets: list[socket.socket] | None = None) -> None:
-    """One gateway process: the app, uvicorn with memefly's configuration, draining on SIGTERM."""
+def serve_one(settings: Settings, host: str, port: int, log_level: str, sockets: list[socket.socket] | None = None,
+              listening=None) -> None:
+    """One gateway process: the app, uvicorn with memefly's configuration, draining on SIGTERM.
+    As a worker (SOCKETS given), sets the LISTENING event once it takes connections."""
     from gateway.app import create_app
     from gateway.draining import DrainingServer
     from gateway.server import uvicorn_config
 
-    if sockets is not None:  # a spawned worker: logging is its own
+    if sockets is not None:
+        os.setpgrp()  # signals come from the parent only (it passes each on once)
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     config = uvicorn_config(app, settings, host=host, port=port, log_level=log_level)
-    server = DrainingServer(config, app.state.drain, settings.shutdown_grace_s)
-    server.run(sockets=sockets)
+    server = DrainingServer(config, app.state.drain, settings.shutdown_grace_s,
+                            on_started=listening.set if listening is not None else None)
+    try:
+        server.run(sockets=sockets)
+    except KeyboardInterrupt:  # uvicorn raises the SIGINT it handled again once it has shut down
+        pass
     if not server.started:
         raise SystemExit(STARTUP_FAILURE)
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.Process
+    listening: object  # a multiprocessing Event
+    started_at: float
 
 
 def serve(settings: Settings, host: str, port: int, log_level: str) -> int:
@@ -53,53 +68,64 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> int:
 
     listener = uvicorn.Config(app=None, host=host, port=port).bind_socket()  # as uvicorn binds it (IPv6 too)
     context = multiprocessing.get_context("spawn")
-    stop = threading.Event()
-    received: list[int] = []
+    workers: list[_Worker] = []
+    received: list[int] = []  # the signal handler only appends: the loop below acts on it
 
     def on_signal(sig, frame) -> None:
         received.append(sig)
-        if stop.is_set():  # a second signal while the workers drain: pass it on (they stop at once)
-            _signal_all(workers, sig)
-        stop.set()
+
+    def start() -> _Worker:
+        listening = context.Event()
+        process = context.Process(target=serve_one, args=(settings, host, port, log_level, [listener], listening),
+                                  name="memefly-gateway")
+        process.start()
+        return _Worker(process, listening, time.monotonic())
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-
-    started: dict[int, float] = {}  # pid -> when
-
-    def start() -> multiprocessing.Process:
-        process = context.Process(target=serve_one, args=(settings, host, port, log_level, [listener]),
-                                  name="memefly-gateway", daemon=False)
-        process.start()
-        started[process.pid] = time.monotonic()
-        return process
-
-    workers: list[multiprocessing.Process] = []  # the signal handler reads it
-    workers += [start() for _ in range(settings.workers)]
-    log.info("%d gateway workers on %s:%d (pids %s)", len(workers), host, port, ", ".join(str(w.pid) for w in workers))
     failed = False
-    while not stop.wait(0.5):
-        for index, worker in enumerate(workers):
-            if worker.is_alive():
-                continue
-            if worker.exitcode == STARTUP_FAILURE or time.monotonic() - started[worker.pid] < FAILED_START_S:
-                log.error("gateway worker %d exited with %s while starting: stopping", worker.pid, worker.exitcode)
-                failed = True
-                stop.set()
-                break
-            log.warning("gateway worker %d exited with %s: starting another", worker.pid, worker.exitcode)
-            workers[index] = start()
-    _signal_all(workers, received[0] if received else signal.SIGTERM)
-    for worker in workers:
-        worker.join()
-    listener.close()
+    try:
+        for _ in range(settings.workers):
+            workers.append(start())
+        log.info("%d gateway workers on %s:%d (pids %s)", len(workers), host, port,
+                 ", ".join(str(w.process.pid) for w in workers))
+        while not received and not failed:
+            time.sleep(0.2)
+            for index, worker in enumerate(workers):
+                if worker.process.is_alive():
+                    continue
+                if not worker.listening.is_set():
+                    log.error("gateway worker %d exited with %s before it listened: stopping the others",
+                              worker.process.pid, worker.process.exitcode)
+                    failed = True
+                    break
+                if time.monotonic() - worker.started_at < RESTART_BACKOFF_S:
+                    continue
+                log.warning("gateway worker %d exited with %s: starting another", worker.process.pid,
+                            worker.process.exitcode)
+                workers[index] = start()
+        if not received:  # a worker failed: stop the others
+            _signal_all(workers, signal.SIGTERM)
+        passed_on = 0  # pass each signal on; a second one makes the workers stop at once
+        while any(w.process.is_alive() for w in workers):
+            while passed_on < len(received):
+                _signal_all(workers, received[passed_on])
+                passed_on += 1
+            for worker in workers:
+                worker.process.join(0.2)
+    finally:
+        for worker in workers:  # an error above: no worker is left behind
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.process.join()
+        listener.close()
     return 1 if failed else 0
 
 
-def _signal_all(workers: list[multiprocessing.Process], sig: int) -> None:
+def _signal_all(workers: list[_Worker], sig: int) -> None:
     for worker in workers:
-        if worker.is_alive() and worker.pid is not None:
+        if worker.process.is_alive() and worker.process.pid is not None:
             try:
-                os.kill(worker.pid, sig)
+                os.kill(worker.process.pid, sig)
             except ProcessLookupError:
                 pass

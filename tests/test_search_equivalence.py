@@ -198,3 +198,12 @@ def test_forbidden_candidates_match_the_row_by_row_rules(settings):
         assert np.array_equal(constraints.forbidden(histories, top_ids), reference_forbidden(constraints, histories, top_ids))
     fresh = Constraints(VOCAB, word_ids=words, **settings)  # no cached parents: from the whole history
     assert np.array_equal(fresh.forbidden(histories, top_ids), reference_forbidden(fresh, histories, top_ids))
+
+
+def test_a_nan_log_prob_is_never_drawn_and_a_forbidden_candidate_never():
+    options = DecodingOptions(do_sample=True, num_candidates=64, num_return_sequences=1, max_length=4, seed=0)
+    search, _ = searches(options, blocked=(5,))
+    top_ids = np.tile(np.array([[5, 6, 7, END_ID]], np.int32), (64, 1))  # 5 is blocked
+    log_probs = np.tile(np.array([[-0.1, np.nan, -1.0, -2.0]], np.float32), (64, 1))
+    search.advance(top_ids, log_probs, np.zeros((64, 1), np.float32))
+    assert {s.ids for s in search.samples} == {(7,)}  # neither the blocked 5 nor the NaN 6; <end> needs a word first

@@ -219,7 +219,8 @@ class SampleSearch(Search):
     def _distributions(self, log_probs: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Sampling probabilities [rows, K] over each row's candidates (temperature, then top-k,
         then top-p), and which rows have any (a row with nothing allowed has none)."""
-        logits = np.where(allowed, log_probs / self.options.temperature, -np.inf)
+        # A NaN log-prob (a broken model) is never drawn: it would make the row's sums NaN.
+        logits = np.where(allowed & ~np.isnan(log_probs), log_probs / self.options.temperature, -np.inf)
         order = np.argsort(-logits, axis=1, kind="stable")
         if self.options.top_k:
             np.put_along_axis(logits, order[:, self.options.top_k :], -np.inf, axis=1)
