@@ -108,12 +108,15 @@ def children(pid: int) -> set[int]:
     return found
 
 
-def workers_of(process: subprocess.Popen, count: int, timeout_s: float = 60) -> set[int]:
+def workers_of(process: subprocess.Popen, count: int, timeout_s: float = 60, gone: int | None = None) -> set[int]:
+    """The parent's COUNT worker pids, once there are that many (and GONE is not among them)."""
     deadline = time.monotonic() + timeout_s
-    while len(found := children(process.pid) - {pid for pid in children(process.pid) if _is_helper(pid)}) != count:
-        assert time.monotonic() < deadline, f"workers {found}, wanted {count}"
+    while True:
+        found = {pid for pid in children(process.pid) if not _is_helper(pid)}
+        if len(found) == count and gone not in found:
+            return found
+        assert time.monotonic() < deadline, f"workers {found}, wanted {count} without {gone}"
         time.sleep(0.2)
-    return found
 
 
 def _is_helper(pid: int) -> bool:
@@ -135,8 +138,8 @@ def test_workers_share_the_port_are_replaced_when_they_die_and_drain_on_sigterm(
         assert [a.status_code for a in answers] == [200] * IN_FLIGHT
         killed = min(first)
         os.kill(killed, signal.SIGKILL)
-        replaced = workers_of(process, 2, timeout_s=30)
-        assert killed not in replaced and len(replaced & first) == 1
+        replaced = workers_of(process, 2, timeout_s=30, gone=killed)
+        assert len(replaced & first) == 1
         deadline = time.monotonic() + 60
         while httpx.get(url + "/readyz").status_code != 200:  # the other worker answers meanwhile
             assert time.monotonic() < deadline
