@@ -13,6 +13,10 @@ Two decoders:
   What is left is the gateway: scheduling, the searches' bookkeeping, constraints.
 - **model**: the real in-process decoder step, for the gateway's share of the wall time
   (everything but the step calls).
+- **instant-grpc**: the instant step over the gateway's real gRPC path
+  (benchmarks/_instant_serving.py answers the step at once and passes the other calls on
+  to the loopback model server): building and reading the tensors, serialisation, the
+  channel. Its microseconds per row-step are the whole wall time per row-step.
 Options: beam search with 5 beams and up to 24 tokens (issue 16's measurement), and the
 default strategy (16 sampled candidates).
 
@@ -188,12 +192,71 @@ async def measure(models_dir: Path, seconds: float, clients: list[int]) -> dict:
                         continue  # beside the model: the issue's 64 clients (the model dominates the rest)
                     row = await _load(service, template, options, n, seconds, counter)
                     row.update(decoder=decoder, options=name, clients=n)
-                    results["runs"].append(row)
-                    print(f"  {results['commit']} {decoder:7s} {name:7s} {n:4d} clients: {row['memes_per_s']:8.0f} memes/s "
-                          f"{row['row_steps_per_s']:9.0f} row-steps/s {row['rows_per_call']:6.0f} rows/call "
-                          f"{row['us_per_row_step']:6.2f} us/row-step, gateway share {row['gateway_share']:.0%}",
-                          file=sys.stderr, flush=True)
+                    _report(results, row)
+    await _measure_grpc(models_dir, seconds, clients, recorded, results)
     return results
+
+
+def _report(results: dict, row: dict) -> None:
+    results["runs"].append(row)
+    print(f"  {results['commit']} {row['decoder']:12s} {row['options']:7s} {row['clients']:4d} clients: "
+          f"{row['memes_per_s']:8.0f} memes/s {row['row_steps_per_s']:9.0f} row-steps/s {row['rows_per_call']:6.0f} "
+          f"rows/call {row['us_per_row_step']:6.2f} us/row-step, gateway share {_share(row)}",
+          file=sys.stderr, flush=True)
+
+
+async def _measure_grpc(models_dir: Path, seconds: float, clients: list[int], recorded, results: dict) -> None:
+    """The same instant step over the gateway's real gRPC path: benchmarks/_instant_serving.py
+    answers the step at once and passes every other call on to the loopback model server."""
+    import tempfile
+
+    import numpy as np
+
+    from _servers import loopback_serving
+    from gateway.client import MemeflyClient
+    from memefly import contract as c
+    from memefly.decoding.options import DecodingOptions
+
+    with tempfile.TemporaryDirectory() as work, loopback_serving(models_dir, code=CODE) as upstream:
+        step_file = Path(work) / "step.npz"
+        np.savez(step_file, **dict(zip((c.TOP_IDS, c.TOP_LOG_PROBS, c.STATE), recorded)))
+        proxy = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_instant_serving.py")), "--upstream",
+                                  upstream, "--recorded", str(step_file)], stdout=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            target = proxy.stdout.readline().split()[-1]
+            async with MemeflyClient(target, target, max_in_flight=max(clients)) as client:
+                service = client.service
+                template = service.templates[0].name
+                step = service.scheduler.step
+                counter = {"rows": 0, "calls": 0, "step_s": 0.0}
+
+                async def counted(tokens, state, context):
+                    started = time.perf_counter()
+                    try:
+                        return await step(tokens, state, context)
+                    finally:
+                        counter["step_s"] += time.perf_counter() - started
+                        counter["rows"] += len(tokens)
+                        counter["calls"] += 1
+
+                service.scheduler.step = counted
+                for name, values in OPTION_SETS.items():
+                    for n in clients:
+                        row = await _load(service, template, DecodingOptions(**values), n, seconds, counter)
+                        # Here a step call's time is the wire and the proxy's, not the gateway's loop:
+                        # the gateway's own cost per row-step is its whole wall time.
+                        row["us_per_row_step"] = 1e6 / max(1.0, row["row_steps_per_s"])
+                        row["gateway_share"] = None  # two calls overlap over gRPC: no share to tell
+                        row.update(decoder="instant-grpc", options=name, clients=n)
+                        _report(results, row)
+        finally:
+            proxy.terminate()
+            proxy.wait(30)
+
+
+def _share(row: dict) -> str:
+    return "-" if row["gateway_share"] is None else f"{row['gateway_share']:.0%}"
 
 
 def _table(all_results: list[dict]) -> str:
@@ -208,7 +271,7 @@ def _table(all_results: list[dict]) -> str:
             row = next((r for r in result["runs"] if (r["decoder"], r["options"], r["clients"]) == key), None)
             cells.append("-" if row is None else
                          f"{row['memes_per_s']:.0f}, {row['rows_per_call']:.0f}, {row['us_per_row_step']:.2f} "
-                         f"({row['cpu_us_per_row_step']:.2f}), {row['gateway_share']:.0%}")
+                         f"({row['cpu_us_per_row_step']:.2f}), {_share(row)}")
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
     lines.append("| gRPC wire, one 1,024-row step (gateway side) | | | " + " | ".join(
         "encode {encode:.0f} us + decode {decode:.0f} us ({request_bytes:,} + {response_bytes:,} bytes)".format(**r["wire"])
