@@ -64,47 +64,66 @@ def _commit(code: Path) -> str:
     return (result.stdout.strip() or str(code)) + ("+" if changed else "")
 
 
-async def _record_step(service, template: str, inputs: dict | None = None):
+async def _record_step(service, template: str) -> tuple[dict, dict]:
     """One real 1,024-row step of the template's rows, each fed another (seeded) word, so that
-    the rows' candidates differ as in a real search."""
+    the rows' candidates differ as in a real search: (inputs, outputs), by the contract's names."""
     import numpy as np
 
+    from memefly import contract as c
     from memefly.decoding.captioner import template_input_key
 
     template_id = service.template_id(template)
     conditioning = await service._conditioning(template_input_key(template_id), probs=service._one_hot(template_id))
-    from memefly import contract as c
-
     tokens = np.random.default_rng(0).integers(5, len(service.vocabulary), RECORDED_ROWS).astype(np.int32)
     state = np.repeat(np.asarray(conditioning.state, np.float32).reshape(1, -1), RECORDED_ROWS, axis=0)
     context = np.repeat(np.asarray(conditioning.context, np.float32).reshape(1, -1), RECORDED_ROWS, axis=0)
-    if inputs is not None:
-        inputs.update({c.TOKEN: tokens, c.STATE: state, c.CONTEXT: context})
-    return await service.models.step(tokens, state, context)
+    outputs = await service.models.step(tokens, state, context)
+    return ({c.TOKEN: tokens, c.STATE: state, c.CONTEXT: context},
+            dict(zip((c.TOP_IDS, c.TOP_LOG_PROBS, c.STATE), outputs)))
 
 
-def _instant(recorded):
+def _instant(outputs: dict):
+    """A decoder step that answers at once with the recorded OUTPUTS, tiled to the call's rows."""
     import numpy as np
 
-    top_ids, log_probs, state = recorded
+    from memefly import contract as c
+
+    top_ids, log_probs, state = outputs[c.TOP_IDS], outputs[c.TOP_LOG_PROBS], outputs[c.STATE]
 
     async def step(tokens, _state, _context):
-        n = len(tokens)
-        take = np.arange(n) % RECORDED_ROWS
+        take = np.arange(len(tokens)) % RECORDED_ROWS
         return top_ids[take], log_probs[take], state[take]
 
     return step
 
 
-def wire_us(recorded, inputs, repeats: int = 50) -> dict:
+class CountedStep:
+    """A decoder step that counts its calls, rows and seconds (what _load reports)."""
+
+    def __init__(self, step):
+        self.step = step
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows, self.calls, self.seconds = 0, 0, 0.0
+
+    async def __call__(self, tokens, state, context):
+        started = time.perf_counter()
+        try:
+            return await self.step(tokens, state, context)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.rows += len(tokens)
+            self.calls += 1
+
+
+def wire_us(inputs: dict, outputs: dict, repeats: int = 50) -> dict:
     """Gateway-side microseconds to encode one step's request and decode its response."""
     import numpy as np
     from tensorflow_serving.apis import predict_pb2
 
     from gateway.tensors import from_proto, to_proto
-    from memefly import contract as c
 
-    outputs = dict(zip((c.TOP_IDS, c.TOP_LOG_PROBS, c.STATE), recorded))
     reply = predict_pb2.PredictResponse()
     for name, value in outputs.items():
         reply.outputs[name].CopyFrom(to_proto(value))
@@ -133,10 +152,11 @@ def wire_us(recorded, inputs, repeats: int = 50) -> dict:
     return timings
 
 
-async def _load(service, template: str, options, clients: int, seconds: float, counter: dict) -> dict:
-    """CLIENTS loops asking for memes of TEMPLATE for SECONDS (after one warm-up round)."""
+async def _load(service, template: str, options, clients: int, seconds: float, step: CountedStep) -> dict:
+    """CLIENTS loops asking for memes of TEMPLATE for SECONDS (after one warm-up round); STEP is
+    the service's decoder step."""
     await asyncio.gather(*(service.memes(None, template, options) for _ in range(clients)))
-    counter.update(rows=0, calls=0, step_s=0.0)
+    step.reset()
     memes = 0
     started = time.perf_counter()
     end = started + seconds
@@ -151,10 +171,10 @@ async def _load(service, template: str, options, clients: int, seconds: float, c
     await asyncio.gather(*(client() for _ in range(clients)))
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu
-    rows, calls = counter["rows"], max(1, counter["calls"])
-    return {"memes_per_s": memes / wall, "row_steps_per_s": rows / wall, "rows_per_call": rows / calls,
-            "us_per_row_step": 1e6 * (wall - counter["step_s"]) / max(1, rows),
-            "cpu_us_per_row_step": 1e6 * cpu / max(1, rows), "gateway_share": 1 - counter["step_s"] / wall}
+    rows = max(1, step.rows)
+    return {"memes_per_s": memes / wall, "row_steps_per_s": step.rows / wall, "rows_per_call": step.rows / max(1, step.calls),
+            "us_per_row_step": 1e6 * (wall - step.seconds) / rows,
+            "cpu_us_per_row_step": 1e6 * cpu / rows, "gateway_share": 1 - step.seconds / wall}
 
 
 async def measure(models_dir: Path, seconds: float, clients: list[int]) -> dict:
@@ -166,34 +186,21 @@ async def measure(models_dir: Path, seconds: float, clients: list[int]) -> dict:
         service = client.service
         template = service.templates[0].name
         real_step = service.scheduler.step
-        counter = {"rows": 0, "calls": 0, "step_s": 0.0}
-        inputs: dict = {}
-        recorded = await _record_step(service, template, inputs)
-        results["wire"] = wire_us(recorded, inputs)
+        inputs, outputs = await _record_step(service, template)
+        results["wire"] = wire_us(inputs, outputs)
         print(f"  {results['commit']} wire, 1,024-row step: " + ", ".join(f"{k} {v:.0f}" for k, v in results["wire"].items()),
               file=sys.stderr, flush=True)
-        decoders = {"instant": _instant(recorded), "model": real_step}
-        for decoder, step in decoders.items():
-
-            async def counted(tokens, state, context, step=step):
-                started = time.perf_counter()
-                try:
-                    return await step(tokens, state, context)
-                finally:
-                    counter["step_s"] += time.perf_counter() - started
-                    counter["rows"] += len(tokens)
-                    counter["calls"] += 1
-
-            service.scheduler.step = counted
+        for decoder, step in {"instant": _instant(outputs), "model": real_step}.items():
+            counted = service.scheduler.step = CountedStep(step)
             for name, values in OPTION_SETS.items():
                 options = DecodingOptions(**values)
                 for n in clients:
                     if decoder == "model" and n != 64:
                         continue  # beside the model: the issue's 64 clients (the model dominates the rest)
-                    row = await _load(service, template, options, n, seconds, counter)
+                    row = await _load(service, template, options, n, seconds, counted)
                     row.update(decoder=decoder, options=name, clients=n)
                     _report(results, row)
-    await _measure_grpc(models_dir, seconds, clients, recorded, results)
+    await _measure_grpc(models_dir, seconds, clients, outputs, results)
     return results
 
 
@@ -205,21 +212,20 @@ def _report(results: dict, row: dict) -> None:
           file=sys.stderr, flush=True)
 
 
-async def _measure_grpc(models_dir: Path, seconds: float, clients: list[int], recorded, results: dict) -> None:
+async def _measure_grpc(models_dir: Path, seconds: float, clients: list[int], outputs: dict, results: dict) -> None:
     """The same instant step over the gateway's real gRPC path: benchmarks/_instant_serving.py
-    answers the step at once and passes every other call on to the loopback model server."""
+    answers the step at once with OUTPUTS and passes every other call on to the loopback model server."""
     import tempfile
 
     import numpy as np
 
     from _servers import loopback_serving
     from gateway.client import MemeflyClient
-    from memefly import contract as c
     from memefly.decoding.options import DecodingOptions
 
     with tempfile.TemporaryDirectory() as work, loopback_serving(models_dir, code=CODE) as upstream:
         step_file = Path(work) / "step.npz"
-        np.savez(step_file, **dict(zip((c.TOP_IDS, c.TOP_LOG_PROBS, c.STATE), recorded)))
+        np.savez(step_file, **outputs)
         proxy = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_instant_serving.py")), "--upstream",
                                   upstream, "--recorded", str(step_file)], stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -228,22 +234,10 @@ async def _measure_grpc(models_dir: Path, seconds: float, clients: list[int], re
             async with MemeflyClient(target, target, max_in_flight=max(clients)) as client:
                 service = client.service
                 template = service.templates[0].name
-                step = service.scheduler.step
-                counter = {"rows": 0, "calls": 0, "step_s": 0.0}
-
-                async def counted(tokens, state, context):
-                    started = time.perf_counter()
-                    try:
-                        return await step(tokens, state, context)
-                    finally:
-                        counter["step_s"] += time.perf_counter() - started
-                        counter["rows"] += len(tokens)
-                        counter["calls"] += 1
-
-                service.scheduler.step = counted
+                counted = service.scheduler.step = CountedStep(service.scheduler.step)
                 for name, values in OPTION_SETS.items():
                     for n in clients:
-                        row = await _load(service, template, DecodingOptions(**values), n, seconds, counter)
+                        row = await _load(service, template, DecodingOptions(**values), n, seconds, counted)
                         # Here a step call's time is the wire and the proxy's, not the gateway's loop:
                         # the gateway's own cost per row-step is its whole wall time.
                         row["us_per_row_step"] = 1e6 / max(1.0, row["row_steps_per_s"])

@@ -18,11 +18,11 @@ import time
 import uvicorn
 
 log = logging.getLogger(__name__)
-ALWAYS_ANSWERED = ("/healthz", "/metrics", "/readyz")
+ALWAYS_ANSWERED = ("/healthz", "/metrics", "/readyz")  # /readyz says 503 by itself while draining
 # A second signal within this long of the first is the same stop delivered twice (a terminal's
 # Ctrl-C or systemd reach every process, and `--workers`' parent forwards it too), not a
 # request to skip the drain: people press Ctrl-C again more slowly.
-DUPLICATE_SIGNAL_S = 1.0  # /readyz says 503 by itself while draining
+DUPLICATE_SIGNAL_S = 1.0
 
 
 class Drain:

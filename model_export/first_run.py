@@ -36,7 +36,7 @@ RECORD = "default_build.json"  # in assets.extra/ of both models' version folder
 # views per template still give each kind ~20 for the log.
 FIT_VIEWS, CALIBRATION_VIEWS, TEST_VIEWS = 16, 3, 2
 KEEP_BUILDS = 2  # the new build and the one before it (a running gateway may still serve it)
-# Bumped when how the encoder is built changes (augmentations, the known-template threshold):
+# Bumped when how the encoder is built changes (augmentations, views, the known-template threshold):
 # a build made before is built again at the next start, as a changed default model is.
 ENCODER_RECIPE = 4
 

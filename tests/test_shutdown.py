@@ -42,6 +42,15 @@ def start_serve(loopback, grace_s: float, log_path, *flags: str) -> tuple[subpro
         time.sleep(0.2)
 
 
+def assert_draining(url: str) -> None:
+    """Draining: not ready and no new work (503 with Retry-After), yet alive."""
+    ready = httpx.get(url + "/readyz")
+    assert ready.status_code == 503 and ready.json()["reason"] == "shutting down"
+    late = httpx.post(url + "/memes", json={"template": "Grumpy-Cat"})
+    assert late.status_code == 503 and late.headers["retry-after"]
+    assert httpx.get(url + "/healthz").status_code == 200  # alive while draining
+
+
 def distinct_png(i: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (i * 37 % 256, 90, 200)).save(buffer, format="PNG")
@@ -72,11 +81,7 @@ def test_sigterm_drains_in_flight_requests(loopback, tmp_path, grace_s, encoder_
         time.sleep(1.0)  # all of them are in flight
         process.send_signal(signal.SIGTERM)
         time.sleep(0.3)
-        ready = httpx.get(url + "/readyz")
-        assert ready.status_code == 503 and ready.json()["reason"] == "shutting down"
-        late = httpx.post(url + "/memes", json={"template": "Grumpy-Cat"})
-        assert late.status_code == 503 and late.headers["retry-after"]
-        assert httpx.get(url + "/healthz").status_code == 200  # alive while draining
+        assert_draining(url)
         for thread in threads:
             thread.join(60)
         process.wait(60)
@@ -154,10 +159,7 @@ def test_workers_share_the_port_are_replaced_when_they_die_and_drain_on_sigterm(
         for pid in (process.pid, *workers_of(process, 2)):
             os.kill(pid, signal.SIGTERM)
         time.sleep(0.5)
-        ready = httpx.get(url + "/readyz")
-        assert ready.status_code == 503 and ready.json()["reason"] == "shutting down"
-        late = httpx.post(url + "/memes", json={"template": "Grumpy-Cat"})
-        assert late.status_code == 503 and late.headers["retry-after"]
+        assert_draining(url)
         for thread in threads:
             thread.join(60)
         process.wait(60)
