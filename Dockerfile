@@ -33,12 +33,12 @@ RUN pip install --no-deps .
 
 FROM python:3.11-slim AS export
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    KERAS_HOME=/cache/keras
+    KERAS_HOME=/cache/keras MEMEFLY_CACHE_DIR=/cache/memefly
 # uid 1000 so that the export service can write into a ./models folder owned by the usual
-# first user of the host. /cache/keras holds downloaded InceptionV3 weights (a named
-# volume in compose); world-writable so `--user` overrides work too.
+# first user of the host. /cache holds downloaded InceptionV3 weights and the features of
+# template views (a named volume in compose); world-writable so `--user` overrides work too.
 RUN useradd --create-home --uid 1000 memefly \
-    && mkdir -p /cache/keras && chmod 1777 /cache/keras
+    && mkdir -p /cache/keras /cache/memefly && chmod 1777 /cache /cache/keras /cache/memefly
 COPY --from=export-build /opt/venv /opt/venv
 USER memefly
 WORKDIR /home/memefly

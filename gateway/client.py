@@ -91,7 +91,7 @@ class MemeflyClient:
         state = await self.service.wait_ready(self.ready_timeout_s, first_check_only=True)
         if not state.ready:
             await self.service.stop()
-            raise ModelUnavailable(state.reason)
+            raise state.error or ModelUnavailable(state.reason)
         return self
 
     async def __aexit__(self, *exc) -> None:

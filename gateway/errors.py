@@ -66,3 +66,8 @@ class DeadlineExceeded(GatewayError):
 
 class NotFound(GatewayError):
     status = 404
+
+
+class WrongTarget(ModelError):
+    """A model server answers but does not serve the model its setting points it at: a
+    deployment mistake that waiting will not mend (the log names the setting)."""

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 class Readiness:
     ready: bool = False
     reason: str = "starting: models not checked yet"
+    error: GatewayError | None = None  # what made it not ready, with its log text (for in-process callers)
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,10 @@ class MemeService:
             pass
         return self.readiness
 
-    def _set_ready(self, ready: bool, reason: str = "", *, logged: str | None = None) -> None:
+    def _set_ready(self, ready: bool, reason: str = "", *, error: GatewayError | None = None) -> None:
         if ready != self.readiness.ready or reason != self.readiness.reason:
-            (log.info if ready else log.warning)("ready=%s %s", ready, logged or reason)
-        self.readiness = Readiness(ready, reason)
+            (log.info if ready else log.warning)("ready=%s %s", ready, error.logged if error else reason)
+        self.readiness = Readiness(ready, reason, error)
         self.metrics.ready.set(1 if ready else 0)
         if ready:
             self._connected.set()
@@ -166,7 +167,7 @@ class MemeService:
             except asyncio.CancelledError:
                 raise
             except GatewayError as error:
-                self._set_ready(False, error.detail, logged=error.logged)
+                self._set_ready(False, error.detail, error=error)
                 if not was_ready and isinstance(error, ModelUnavailable):
                     await self._reset_connections()  # still down: the next check starts afresh
             except Exception as error:  # keep monitoring whatever happens; say what it was

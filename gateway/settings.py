@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from memefly import contract as c
 from memefly.decoding.limits import MAX_BEAMS, MAX_CANDIDATES
 from memefly.paths import models_dir as default_models_dir
 from memefly.paths import templates_dir as default_templates_dir
@@ -22,8 +23,13 @@ class Settings:
     # The pinned pair: both models at this version. None: the newest version of the decoder
     # (in-process: the newest version both model directories have).
     model_version: int | None = None
+    # grpc: where each model's TF Serving listens (compose publishes them on these ports), and
+    # the names they serve the models under (KServe names a model after its InferenceService,
+    # which allows no underscores). At start, each target must serve its model.
     encoder_target: str = "localhost:8500"
-    decoder_target: str = "localhost:8500"
+    decoder_target: str = "localhost:8510"
+    encoder_model: str = c.ENCODER_MODEL
+    decoder_model: str = c.DECODER_MODEL
 
     # gRPC: a deadline on every call; retries (with backoff) on UNAVAILABLE only.
     call_timeout_s: float = 10.0
@@ -114,6 +120,9 @@ class Settings:
                 raise ValueError(f"MEMEFLY_{name.upper()} must be more than 0")
         if self.render_workers < 0:
             raise ValueError("MEMEFLY_RENDER_WORKERS must be at least 0 (0: one per core, at most 4)")
+        for name in ("encoder_target", "decoder_target", "encoder_model", "decoder_model"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"MEMEFLY_{name.upper()} must not be empty")
         if self.shutdown_grace_s < 0:
             raise ValueError("MEMEFLY_SHUTDOWN_GRACE_S must be at least 0")
 

@@ -60,7 +60,11 @@ class _Worker:
 
 def serve(settings: Settings, host: str, port: int, log_level: str) -> int:
     """Run settings.workers gateway processes on HOST:PORT until a signal; 0, or 1 when a worker
-    could not start."""
+    could not start. Raises WrongTarget when a model server serves another model than its setting says."""
+    if settings.backend == "grpc":
+        from gateway.backends.grpc_backend import check_targets_now
+
+        check_targets_now(settings)
     if settings.workers == 1:
         serve_one(settings, host, port, log_level)
         return 0

@@ -24,7 +24,8 @@ EXAMPLES = {
     "export": """examples:
   memefly export --run runs/small --version 1                     # ImageNet weights (downloads)
   memefly export --run runs/small --version 1 --weights random --seed 0   # offline
-  memefly export --run runs/small --version 2 --weights ~/inception_v3_notop.h5 --models-dir /srv/models""",
+  memefly export --run runs/small --version 2 --weights ~/inception_v3_notop.h5 --models-dir /srv/models
+  memefly export --default-model --download-templates --templates-dir data/templates --version 1   # a fresh clone""",
     "data download": """examples:
   memefly data download                         # the template images, into $MEMEFLY_TEMPLATES_DIR
   memefly data download --to ~/memefly/templates
@@ -170,8 +171,19 @@ def _cmd_export(args) -> int:
     _quiet_tensorflow()
     from model_export.export import ExportConfig, ExportError, export
 
+    run = paths.shipped_model() if args.default_model else Path(args.run)
+    if args.download_templates:
+        from model_export.download import DownloadError, download_templates
+        from model_export.run_dir import TEMPLATES
+
+        try:
+            names = [t["name"] for t in json.loads((run / TEMPLATES).read_text())]
+            download_templates(Path(args.templates_dir), paths.templates_url(), names, progress=True)
+        except (DownloadError, OSError, ValueError) as e:  # unreachable, bad checksum, no run, unwritable
+            print(f"error: template images for {run}: {e}", file=sys.stderr)
+            return 2
     config = ExportConfig(
-        run=args.run,
+        run=run,
         models_dir=args.models_dir,
         version=args.version,
         weights=args.weights,
@@ -219,9 +231,14 @@ def _cmd_serve(args) -> int:
         except BuildError as e:  # it says which setting to point where
             print(f"error: {e}", file=sys.stderr)
             return 2
+    from gateway.errors import WrongTarget
     from gateway.workers import serve
 
-    return serve(settings, args.host, args.port, args.log_level)
+    try:
+        return serve(settings, args.host, args.port, args.log_level)
+    except WrongTarget as e:  # a swapped or misnamed target: waiting would not mend it
+        print(f"error: {e.logged}", file=sys.stderr)
+        return 2
 
 
 def _with_built_models(settings):
@@ -272,7 +289,7 @@ def _cmd_generate(args) -> int:
     try:
         generated = iter(asyncio.run(run()))
     except GatewayError as e:
-        print(f"error: {e.detail}", file=sys.stderr)
+        print(f"error: {e.logged}", file=sys.stderr)
         return 2
     return _print_results([next(generated) if isinstance(slot, Item) else slot for slot in slots], args.json)
 
@@ -343,7 +360,7 @@ def _cmd_batch(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except GatewayError as e:  # the models never became ready (items' own errors are results)
-        print(f"error: {e.detail}", file=sys.stderr)
+        print(f"error: {e.logged}", file=sys.stderr)
         return 2
     for path, why in summary.failed[:10]:
         print(f"failed: {path}: {why}", file=sys.stderr)
@@ -478,7 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser(
         "export", help="write the TF Serving SavedModels", epilog=EXAMPLES["export"], formatter_class=formatter
     )
-    ex.add_argument("--run", default=str(paths.runs_dir() / "default"), help="training run (default: %(default)s)")
+    which = ex.add_mutually_exclusive_group()
+    which.add_argument("--run", default=str(paths.runs_dir() / "default"), help="training run (default: %(default)s)")
+    which.add_argument("--default-model", action="store_true",
+                       help="the default model shipped with memefly (what `memefly serve` builds from) instead of a run")
     ex.add_argument("--models-dir", default=str(paths.models_dir()), help="model root (default: %(default)s)")
     ex.add_argument("--version", type=int, required=True, help="version number of both models")
     ex.add_argument(
@@ -490,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(paths.templates_dir()),
         help="template images, <Name>.jpg|png (default: $MEMEFLY_TEMPLATES_DIR or %(default)s)",
     )
+    ex.add_argument("--download-templates", action="store_true",
+                    help="first fetch the template images that --templates-dir lacks (checked against their checksums; "
+                         "from $MEMEFLY_TEMPLATES_URL or the public ImgFlip575K repository)")
     ex.add_argument("--fit-views", type=int, default=20, help="views per template to fit the template head")
     ex.add_argument("--non-template-views", type=int, default=120,
                     help="generated images that are no template, to choose the known-template threshold on "

@@ -61,11 +61,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEMEFLY_CACHE_DIR", Path.home() / ".cache" / "memefly")).expanduser()
 
 
+def shipped_model() -> Path:
+    """The default trained decoder shipped in the package (`memefly export --default-model`)."""
+    return PROJECT_ROOT / "model_export" / "trained" / "default"
+
+
 def decoder_run() -> Path:
     """The trained decoder that `memefly serve` builds its models from when none are exported:
     $MEMEFLY_DECODER_RUN, else the default model shipped in the package."""
     env = os.environ.get("MEMEFLY_DECODER_RUN")
-    return Path(env).expanduser() if env else PROJECT_ROOT / "model_export" / "trained" / "default"
+    return Path(env).expanduser() if env else shipped_model()
 
 
 def encoder_weights() -> str:

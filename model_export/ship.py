@@ -21,7 +21,7 @@ from pathlib import Path
 from memefly import paths
 from model_export import run_dir as rd
 
-DEFAULT_DIR = paths.PROJECT_ROOT / "model_export" / "trained" / "default"
+DEFAULT_DIR = paths.shipped_model()
 BASELINE_METRICS = "baseline_metrics.json"  # benchmarks/kn_baseline.py writes it
 
 

@@ -28,7 +28,7 @@ SIGTERM or SIGINT):
 Known differences from TF Serving: all versions on disk are loaded (as with the `all {}`
 version policy; TF Serving's default loads the latest only); no version labels are
 configured, no batching, no warm-up replay; Classify, Regress and MultiInference are
-UNIMPLEMENTED; a fed shape that does not fit the placeholder is refused before the graph
+UNIMPLEMENTED, as is ModelService's HandleReloadConfigRequest (GetModelStatus answers); a fed shape that does not fit the placeholder is refused before the graph
 runs (TF Serving would fail inside the graph, also with INVALID_ARGUMENT).
 """
 
@@ -50,7 +50,13 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.core.framework import types_pb2  # noqa: E402
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+from tensorflow_serving.apis import (  # noqa: E402
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 DEFAULT_SIGNATURE = "serving_default"
 SIGNATURE_DEF_FIELD = "signature_def"  # the only metadata field TF Serving knows
@@ -280,6 +286,7 @@ class LoopbackServer:
             executor = futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="loopback-serving")
             server = grpc.server(executor, options=GRPC_OPTIONS)
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_Servicer(self), server)
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelServicer(self), server)
             try:
                 port = server.add_insecure_port(f"{self.target.rsplit(':', 1)[0]}:{self.port}")
             except RuntimeError as e:  # grpc raises when the port is taken
@@ -449,30 +456,65 @@ class LoopbackServer:
         return response
 
 
+    def get_model_status(self, request: get_model_status_pb2.GetModelStatusRequest):
+        """get_model_status_impl.cc: every loaded version, AVAILABLE (this server loads before it listens)."""
+        if not request.HasField("model_spec"):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+        spec = request.model_spec
+        versions = sorted(self.models.get(spec.name, {}))
+        if spec.HasField("version"):
+            if spec.version.value not in versions:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Could not find version {spec.version.value} of model {spec.name}")
+            versions = [spec.version.value]
+        elif not versions:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version in versions:
+            status = response.model_version_status.add()
+            status.version = version
+            status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        return response
+
+
+def _answer(server: LoopbackServer, rpc: str, request, context, handler):
+    try:
+        server._apply_faults(rpc, request.model_spec.name, context)
+        return handler(request)
+    except ServingError as e:
+        context.abort(e.code, e.details)
+
+
 class _Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """The gRPC face of a LoopbackServer: faults first, then the TF Serving behaviour."""
 
     def __init__(self, server: LoopbackServer):
         self._server = server
 
-    def _answer(self, rpc: str, request, context, handler):
-        try:
-            self._server._apply_faults(rpc, request.model_spec.name, context)
-            return handler(request)
-        except ServingError as e:
-            context.abort(e.code, e.details)
-
     def Predict(self, request, context):
         self._server._record(request)
-        return self._answer("Predict", request, context, self._server.predict)
+        return _answer(self._server, "Predict", request, context, self._server.predict)
 
     def GetModelMetadata(self, request, context):
-        return self._answer("GetModelMetadata", request, context, self._server.get_model_metadata)
+        return _answer(self._server, "GetModelMetadata", request, context, self._server.get_model_metadata)
 
     def _unimplemented(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "the loopback server implements Predict and GetModelMetadata only")
 
     Classify = Regress = MultiInference = _unimplemented
+
+
+class _ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """ModelService: model status (what a client asks before it sends traffic); no config reloads."""
+
+    def __init__(self, server: LoopbackServer):
+        self._server = server
+
+    def GetModelStatus(self, request, context):
+        return _answer(self._server, "GetModelStatus", request, context, self._server.get_model_status)
+
+    def HandleReloadConfigRequest(self, request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the loopback server's models are fixed when it starts")
 
 
 def start_loopback_server(models_dir: str | Path | Models, host: str = "127.0.0.1", port: int = 0, **options) -> LoopbackServer:

@@ -7,7 +7,10 @@ names on its command line must exist in the repository.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path, PurePosixPath
 
@@ -17,31 +20,13 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from memefly import contract
+from memefly.cli import build_parser
+from tf_serving_flags import TF_SERVING_FLAGS, parse_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = {"encoder": contract.ENCODER_MODEL, "decoder": contract.DECODER_MODEL}
 VARIANTS = ("gpu", "cpu")
 
-# Every flag tensorflow_model_server defines (tensorflow_serving/model_servers/main.cc in
-# the tensorflow/serving repository); an unknown flag makes the server print usage and exit.
-TF_SERVING_FLAGS = {
-    "port", "grpc_socket_path", "rest_api_port", "rest_api_num_threads",
-    "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_batching",
-    "allow_version_labels_for_unavailable_models", "batching_parameters_file",
-    "enable_per_model_batching_parameters", "model_config_file",
-    "model_config_file_poll_wait_seconds", "model_name", "model_base_path",
-    "num_load_threads", "num_unload_threads", "max_num_load_retries",
-    "load_retry_interval_micros", "file_system_poll_wait_seconds", "flush_filesystem_caches",
-    "tensorflow_session_parallelism", "tensorflow_session_config_file",
-    "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
-    "use_alts_credentials", "ssl_config_file", "platform_config_file",
-    "per_process_gpu_memory_fraction", "saved_model_tags", "grpc_channel_arguments",
-    "grpc_max_threads", "enable_model_warmup", "num_request_iterations_for_warmup", "version",
-    "monitoring_config_file", "remove_unused_fields_from_bundle_metagraph",
-    "prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool",
-    "enable_signature_method_name_check", "xla_cpu_compilation_enabled", "enable_profiler",
-    "thread_pool_factory_config_file",
-}  # fmt: skip
 
 
 # --- reading Compose files -------------------------------------------------------------
@@ -94,12 +79,7 @@ def mounts(service: dict) -> list[tuple[str, str, bool]]:
 
 
 def flags(service: dict) -> dict[str, str]:
-    parsed = {}
-    for arg in service["command"]:
-        assert arg.startswith("--"), arg
-        name, _, value = arg[2:].partition("=")
-        parsed[name] = value
-    return parsed
+    return parse_flags(service["command"])
 
 
 def host_path(service: dict, container_path: str) -> Path:
@@ -122,6 +102,7 @@ def image_version(image: str) -> tuple[int, ...]:
 
 def test_services():
     assert set(load("docker-compose.yml")["services"]) == {"encoder", "decoder", "gateway", "export"}
+    assert set(load("docker-compose.replicas.yml")["services"]) == {"gateway", "proxy"}
     # The override only swaps images, commands and the GPU reservation (so `merge` above is
     # all the merging these files need).
     for name, service in load("docker-compose.cpu.yml")["services"].items():
@@ -129,14 +110,20 @@ def test_services():
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_images_are_pinned_and_match_the_exporting_tensorflow(server):
+def test_images_are_pinned_to_a_serving_release_that_loads_our_models(server):
+    """TF Serving's images lag TensorFlow's releases: an older server is pinned only with the
+    check that it loads and runs what our TensorFlow exports (docs/deploy.md, "Image tag")."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     (pin,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("tensorflow==")]
     tensorflow = tuple(int(x) for x in pin.split("==")[1].split("."))
     gpu, cpu = (compose(v)["services"][server]["image"] for v in VARIANTS)
     assert gpu.endswith("-gpu") and not cpu.endswith("-gpu")
     assert image_version(gpu) == image_version(cpu)
-    assert image_version(gpu) >= max(tensorflow, (2, 21, 0))
+    if image_version(gpu)[:2] < tensorflow[:2]:
+        deploy = (ROOT / "docs" / "deploy.md").read_text()
+        served = ".".join(map(str, image_version(gpu)))
+        assert f"tensorflow/serving:{served}-gpu" in deploy and "docker/serving_compat.py" in deploy
+        assert f"TensorFlow {served[:4]}" in deploy  # the result of the check, written down
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -190,9 +177,9 @@ def test_models_are_read_only_except_for_export():
             assert model_mounts == [("/models", False)]
         else:
             assert model_mounts == []
-    for source, _, read_only in mounts(services["export"]):
-        if source != "./models" and source.startswith("."):
-            assert read_only, f"export only writes models, not {source}"
+    # The export writes the models and the template images it downloads, nothing else.
+    written = {source for source, _, read_only in mounts(services["export"]) if source.startswith(".") and not read_only}
+    assert written == {"./models", "./data/templates"}
 
 
 def test_ports():
@@ -246,13 +233,72 @@ def test_export_profile():
     assert export["image"] != services["gateway"]["image"]
     command = export["command"]
     assert command[:2] == ["memefly", "export"]
-    options = dict(zip(command[2::2], command[3::2]))
-    assert options["--models-dir"] == "/models"
-    assert options["--version"] == "${MEMEFLY_MODEL_VERSION:-1}"
-    assert options["--weights"] == "imagenet"
-    targets = {target for _, target, _ in mounts(export)}
-    for option in ("--run", "--templates-dir", "--models-dir"):
-        assert any(PurePosixPath(options[option]).is_relative_to(t) for t in targets), option
+    args = build_parser().parse_args([interpolate(a) for a in command[1:]])
+    # From a fresh clone: the model shipped in the image, nothing from ./runs or ../shared.
+    assert args.default_model and args.download_templates and args.weights == "imagenet"
+    assert args.version == 1
+    assert all(not source.startswith("..") and "runs" not in source for source, _, _ in mounts(export))
+    # It writes where the servers read and where the gateway finds the templates.
+    assert host_path(export, args.models_dir) == ROOT / "models"
+    gateway = services["gateway"]
+    assert host_path(export, args.templates_dir) == host_path(gateway, gateway["environment"]["MEMEFLY_TEMPLATES_DIR"])
+
+
+def test_the_export_command_builds_what_compose_serves(tmp_path, monkeypatch):
+    """The export service's command, run with its mounts mapped into a fresh-clone layout:
+    it downloads the template images into data/templates and exports the shipped model into
+    models/, where the servers' model configs and the gateway look (the export itself, the
+    slow part, is recorded instead of run: tests/test_export.py covers it)."""
+    import http.server
+    import threading
+    from functools import partial
+
+    from memefly import paths
+    from memefly.cli import main
+    from model_export import export as export_module
+
+    images = paths.dataset_dir() / "dataset" / "templates" / "img"
+    if not images.is_dir():
+        pytest.skip(f"ImgFlip575K copy not found at {paths.dataset_dir()} (set MEMEFLY_DATASET_DIR)")
+    clone = tmp_path / "clone"
+    (clone / "models").mkdir(parents=True)
+    (clone / "data" / "templates").mkdir(parents=True)  # as docs/deploy.md says to make them
+    services = compose("gpu")["services"]
+    export = services["export"]
+
+    def on_host(value: str) -> str:
+        path = PurePosixPath(value)
+        for source, target, _ in mounts(export):
+            if source.startswith(".") and path.is_relative_to(target):
+                return str(clone / source / path.relative_to(target))
+        return value
+
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(images))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MEMEFLY_TEMPLATES_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    recorded = []
+    monkeypatch.setattr(export_module, "export", lambda config: recorded.append(config) or {"log": "-"})
+    try:
+        assert main([on_host(interpolate(a)) for a in export["command"][1:]]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    (config,) = recorded
+    assert config.run == paths.shipped_model()
+    names = [t["name"] for t in json.loads((config.run / "templates.json").read_text())]
+    downloaded = clone / "data" / "templates"
+    assert {p.stem for p in downloaded.iterdir()} == set(names)
+    assert Path(config.templates_dir) == downloaded
+    # Both servers load <base_path>/<version>, which is <models_dir>/<model>/<version>.
+    for server_name, model in SERVERS.items():
+        service = services[server_name]
+        model_config = model_server_config_pb2.ModelServerConfig()
+        text_format.Parse(host_path(service, flags(service)["model_config_file"]).read_text(), model_config)
+        (entry,) = model_config.model_config_list.config
+        assert host_path(service, entry.base_path) == ROOT / "models" / model
+        assert Path(config.models_dir) / model == clone / "models" / model
 
 
 def test_one_model_version_default_everywhere():
@@ -291,3 +337,76 @@ def test_service_readme_shows_the_command(server):
     readme = (ROOT / f"{server}_service" / "README.md").read_text()
     for arg in compose("gpu")["services"][server]["command"]:
         assert arg in readme, f"{arg} missing from {server}_service/README.md"
+
+
+def test_the_gateways_default_targets_are_the_ports_compose_publishes():
+    """`memefly serve --backend grpc` on the host, with no targets set, reaches each model where
+    compose publishes it (the decoder's default once pointed at the encoder)."""
+    from gateway.settings import Settings
+
+    settings = Settings()
+    services = compose("gpu")["services"]
+    for server in SERVERS:
+        published = {int(inside): int(outside) for _, outside, inside in (p.split(":") for p in services[server]["ports"])}
+        host, port = getattr(settings, f"{server}_target").rsplit(":", 1)
+        assert host in {"localhost", "127.0.0.1"} and int(port) == published[contract.GRPC_PORT], server
+
+
+# --- several gateways behind one port (docker-compose.replicas.yml) ---------------------------
+
+
+def replicas(variant: str = "gpu") -> dict:
+    return merge(compose(variant), load("docker-compose.replicas.yml"))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_replicas_share_one_port_behind_nginx(variant):
+    from gateway.settings import Settings
+
+    services = replicas(variant)["services"]
+    assert set(services) == {"encoder", "decoder", "gateway", "export", "proxy"}
+    gateway, proxy = services["gateway"], services["proxy"]
+    assert "ports" not in gateway  # replicas cannot share a host port
+    assert interpolate(str(gateway["deploy"]["replicas"])) == "2"
+    assert proxy["ports"] == ["8000:8000"]
+    # The official image, pinned, new enough to re-resolve upstream names (`resolve`, 1.27.3).
+    match = re.fullmatch(r"nginx:(\d+)\.(\d+)\.(\d+)-alpine", proxy["image"])
+    assert match and tuple(int(g) for g in match.groups()) >= (1, 27, 3)
+    assert proxy["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    assert "healthcheck" in gateway  # what service_healthy waits for
+    conf = host_path(proxy, "/etc/nginx/nginx.conf").read_text()
+    gateway_port = re.search(r'"--port", "(\d+)"', (ROOT / "Dockerfile").read_text()).group(1)
+    assert re.search(rf"^\s*server gateway:{gateway_port} resolve;", conf, re.MULTILINE)
+    assert "resolver 127.0.0.11" in conf  # Docker's embedded DNS: every replica's address
+    assert re.search(r"^\s*listen 8000;", conf, re.MULTILINE)
+    # Limits that never cut what a gateway would accept, nor answer before it does.
+    settings = Settings()
+    largest_body = (settings.max_upload_bytes * 4 // 3 + 256 * 1024) * settings.max_batch_images
+    assert int(re.search(r"client_max_body_size (\d+)m;", conf).group(1)) * 2**20 >= largest_body
+    assert int(re.search(r"proxy_read_timeout (\d+)s;", conf).group(1)) > settings.request_timeout_s
+    assert int(re.search(r"client_body_timeout (\d+)s;", conf).group(1)) == settings.body_timeout_s
+
+
+def _has_docker_compose() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _has_docker_compose(), reason="no Docker Compose here")
+@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.cpu.yml"],
+                                   ["docker-compose.yml", "docker-compose.replicas.yml"]])
+def test_docker_compose_config_accepts_the_files(files):
+    """The official parser, where Docker Compose is installed (config needs no engine): the files are valid Compose and merge as
+    `merge` above merges them."""
+    args = [a for f in files for a in ("-f", str(ROOT / f))]
+    out = subprocess.run(["docker", "compose", *args, "--profile", "export", "config", "--format", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    services = json.loads(out)["services"]
+    ours = compose("cpu" if "docker-compose.cpu.yml" in files else "gpu")
+    if "docker-compose.replicas.yml" in files:
+        ours = merge(ours, load("docker-compose.replicas.yml"))
+    assert set(services) == set(ours["services"])
+    for name in SERVERS:
+        assert services[name]["image"] == ours["services"][name]["image"]
+        assert services[name]["command"] == ours["services"][name]["command"]

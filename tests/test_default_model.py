@@ -13,7 +13,7 @@ from memefly import paths
 from memefly.captions import tokens_to_boxes
 from model_export import run_dir as rd
 
-DEFAULT = paths.PROJECT_ROOT / "model_export" / "trained" / "default"
+DEFAULT = paths.shipped_model()
 SHIPPED = {rd.CONFIG, rd.VOCABULARY, rd.TEMPLATES, rd.FINAL_WEIGHTS, rd.METRICS, rd.TRAIN_STATS, "baseline_metrics.json",
            rd.TRAINING_CAPTIONS}
 

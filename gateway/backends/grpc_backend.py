@@ -12,9 +12,9 @@ import random
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
-from gateway.errors import DeadlineExceeded, GatewayError, ModelError, ModelUnavailable
+from gateway.errors import DeadlineExceeded, GatewayError, ModelError, ModelUnavailable, WrongTarget
 from gateway.settings import Settings
 from gateway.tensors import from_proto, to_proto
 from memefly import contract as c
@@ -23,6 +23,9 @@ from memefly import contract as c
 # was wrong, which is a gateway/model mismatch, never the HTTP client's fault.
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
                 grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED}
+# The settings that place each model: named in every message about a target.
+_ROLES = {c.ENCODER_MODEL: "ENCODER", c.DECODER_MODEL: "DECODER"}
+TARGET_CHECK_TIMEOUT_S = 2.0  # a server that does not answer this soon is left to the readiness checks
 
 
 def channel_options(settings: Settings) -> list[tuple[str, int | str]]:
@@ -52,24 +55,63 @@ class GrpcBackend:
         self.settings = settings
         self.version = settings.model_version
         self._targets = {c.ENCODER_MODEL: settings.encoder_target, c.DECODER_MODEL: settings.decoder_target}
+        # The contract's names are the models' roles; TF Serving may serve them under others.
+        self._served_names = {c.ENCODER_MODEL: settings.encoder_model, c.DECODER_MODEL: settings.decoder_model}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, prediction_service_pb2_grpc.PredictionServiceStub] = {}
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        if target not in self._channels:
+            # One channel per target (created on the running loop: grpc.aio binds to it).
+            self._channels[target] = grpc.aio.insecure_channel(target, options=channel_options(self.settings))
+        return self._channels[target]
 
     def _stub(self, model: str) -> prediction_service_pb2_grpc.PredictionServiceStub:
         target = self._targets[model]
         if target not in self._stubs:
-            # One channel per target (created on the running loop: grpc.aio binds to it).
-            self._channels[target] = grpc.aio.insecure_channel(target, options=channel_options(self.settings))
-            self._stubs[target] = prediction_service_pb2_grpc.PredictionServiceStub(self._channels[target])
+            self._stubs[target] = prediction_service_pb2_grpc.PredictionServiceStub(self._channel(target))
         return self._stubs[target]
 
     async def start(self) -> None:
-        """Called on every (re)connect: an unpinned gateway follows a rollout to the newest pair."""
+        """Called on every (re)connect: each target must serve its model (WrongTarget, naming the
+        setting, if not); an unpinned gateway follows a rollout to the newest pair."""
+        await self.check_targets()
         if self.settings.model_version is None:
             # No pinned version: pin the decoder's newest, and ask the encoder for the same.
             response = await self._call(c.DECODER_MODEL, c.METADATA_SIGNATURE,
                                         {c.KEYS: np.array([c.MODEL_VERSION.encode()], dtype=object)}, None, pin=False)
             self.version = int(response.model_spec.version.value)
+
+    async def check_targets(self, timeout_s: float = TARGET_CHECK_TIMEOUT_S) -> None:
+        """Raise WrongTarget when a target answers but does not serve its model (the two
+        targets swapped, or a model served under another name). A target that does not
+        answer, or answers without TF Serving's ModelService, is not judged here."""
+        for model, target in self._targets.items():
+            name = self._served_names[model]
+            if await self._serves(target, name, timeout_s) is not False:
+                continue
+            role = _ROLES[model]
+            other = next(m for m in self._served_names if m != model)
+            hint = ""
+            if await self._serves(target, self._served_names[other], timeout_s):
+                hint = (f"; it serves {self._served_names[other]}, the {_ROLES[other].lower()}'s model: "
+                        f"point MEMEFLY_{role}_TARGET at the {role.lower()}'s TF Serving")
+            else:
+                hint = f"; point MEMEFLY_{role}_TARGET at the server of {name}, or set MEMEFLY_{role}_MODEL to its name"
+            raise WrongTarget(f"the {role.lower()}'s model server is misconfigured",
+                              internal=f"MEMEFLY_{role}_TARGET={target} serves no model named {name!r} "
+                                       f"(MEMEFLY_{role}_MODEL){hint}")
+
+    async def _serves(self, target: str, name: str, timeout_s: float) -> bool | None:
+        """Whether TARGET knows model NAME (any version, loaded or loading); None: no answer."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        stub = model_service_pb2_grpc.ModelServiceStub(self._channel(target))
+        try:
+            await stub.GetModelStatus(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            return False if error.code() == grpc.StatusCode.NOT_FOUND else None
+        return True
 
     async def predict(self, model, signature, inputs, outputs=None) -> dict[str, np.ndarray]:
         response = await self._call(model, signature, inputs, outputs, pin=True)
@@ -77,7 +119,7 @@ class GrpcBackend:
 
     async def _call(self, model, signature, inputs, outputs, pin: bool) -> predict_pb2.PredictResponse:
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = model
+        request.model_spec.name = self._served_names[model]
         request.model_spec.signature_name = signature
         if pin and self.version is not None:
             request.model_spec.version.value = self.version
@@ -101,7 +143,7 @@ class GrpcBackend:
     def _gateway_error(self, error: grpc.aio.AioRpcError, model: str, signature: str) -> GatewayError:
         # The client hears which model and what kind of failure; where it runs and the server's
         # own words (addresses, internals) go to the log only.
-        what = f"{model} v{self.version or 'latest'} ({signature})"
+        what = f"{self._served_names[model]} v{self.version or 'latest'} ({signature})"
         internal = f"at {self._targets[model]}: {error.details()}"
         code = error.code()
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -120,3 +162,17 @@ class GrpcBackend:
     async def reset(self) -> None:
         """After a failed check: the next call opens new channels (no state left from the outage)."""
         await self.close()
+
+
+def check_targets_now(settings: Settings) -> None:
+    """At start, before serving: raise WrongTarget if a target serves another model than its
+    setting says (the gateway would otherwise start and never turn ready)."""
+
+    async def check() -> None:
+        backend = GrpcBackend(settings)
+        try:
+            await backend.check_targets()
+        finally:
+            await backend.close()
+
+    asyncio.run(check())
