@@ -162,7 +162,9 @@ def _join(names: Iterable[str]) -> str:
 
 def to_tensor_proto(value, tensor_content: bool = False):
     """An output as TF Serving encodes it: numbers in the typed *_val field (AsProtoField), or
-    as raw bytes in tensor_content (AsProtoTensorContent). Strings always go in string_val."""
+    as raw bytes in tensor_content (AsProtoTensorContent, numbers only here: TF Serving's
+    --enable_serialization_as_tensor_content would pack strings there too, which the gateway
+    does not read, so the deployments leave that flag off). Strings go in string_val."""
     array = np.asarray(value)
     proto = tf.make_tensor_proto(array)
     field = _VALUE_FIELDS.get(proto.dtype)

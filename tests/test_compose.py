@@ -249,17 +249,27 @@ def test_the_export_command_builds_what_compose_serves(tmp_path, monkeypatch):
     it downloads the template images into data/templates and exports the shipped model into
     models/, where the servers' model configs and the gateway look (the export itself, the
     slow part, is recorded instead of run: tests/test_export.py covers it)."""
+    import hashlib
     import http.server
     import threading
     from functools import partial
 
     from memefly import paths
     from memefly.cli import main
+    from model_export import download
     from model_export import export as export_module
 
-    images = paths.dataset_dir() / "dataset" / "templates" / "img"
-    if not images.is_dir():
-        pytest.skip(f"ImgFlip575K copy not found at {paths.dataset_dir()} (set MEMEFLY_DATASET_DIR)")
+    # Stand-ins for the template images (any bytes: the download checks them against a record).
+    names = [t["name"] for t in json.loads((paths.shipped_model() / "templates.json").read_text())]
+    images = tmp_path / "upstream"
+    images.mkdir()
+    records = []
+    for name in names:
+        data = hashlib.sha256(name.encode()).digest() * 8
+        (images / f"{name}.jpg").write_bytes(data)
+        records.append({"file": f"{name}.jpg", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": records}))
+    monkeypatch.setattr(download, "MANIFEST", tmp_path / "manifest.json")
     clone = tmp_path / "clone"
     (clone / "models").mkdir(parents=True)
     (clone / "data" / "templates").mkdir(parents=True)  # as docs/deploy.md says to make them
@@ -287,9 +297,9 @@ def test_the_export_command_builds_what_compose_serves(tmp_path, monkeypatch):
         server.server_close()
     (config,) = recorded
     assert config.run == paths.shipped_model()
-    names = [t["name"] for t in json.loads((config.run / "templates.json").read_text())]
     downloaded = clone / "data" / "templates"
-    assert {p.stem for p in downloaded.iterdir()} == set(names)
+    assert {p.name for p in downloaded.iterdir()} == {f"{name}.jpg" for name in names}
+    assert all((downloaded / f"{n}.jpg").read_bytes() == (images / f"{n}.jpg").read_bytes() for n in names)
     assert Path(config.templates_dir) == downloaded
     # Both servers load <base_path>/<version>, which is <models_dir>/<model>/<version>.
     for server_name, model in SERVERS.items():
@@ -376,7 +386,9 @@ def test_replicas_share_one_port_behind_nginx(variant):
     assert "healthcheck" in gateway  # what service_healthy waits for
     conf = host_path(proxy, "/etc/nginx/nginx.conf").read_text()
     gateway_port = re.search(r'"--port", "(\d+)"', (ROOT / "Dockerfile").read_text()).group(1)
-    assert re.search(rf"^\s*server gateway:{gateway_port} resolve;", conf, re.MULTILINE)
+    # Re-resolved, and never out of rotation for a 503 (a replica shedding load or draining).
+    assert re.search(rf"^\s*server gateway:{gateway_port} resolve max_fails=0;", conf, re.MULTILINE)
+    assert "http_503" in conf
     assert "resolver 127.0.0.11" in conf  # Docker's embedded DNS: every replica's address
     assert re.search(r"^\s*listen 8000;", conf, re.MULTILINE)
     # Limits that never cut what a gateway would accept, nor answer before it does.

@@ -89,9 +89,14 @@ def test_model_names_are_settings(served_models_dir, kserve_named):
     assert {call.model for call in kserve_named.calls} == {"memefly-encoder", "memefly-decoder"}
 
 
-def test_a_target_that_does_not_answer_is_left_to_readiness(served_models_dir):
-    settings = gateway_settings(served_models_dir, "grpc", f"127.0.0.1:{free_port()}")
+def test_a_target_that_does_not_answer_is_left_to_readiness_with_the_setting_logged(served_models_dir, split_servers,
+                                                                                    caplog):
+    encoder, _ = split_servers
+    silent = f"127.0.0.1:{free_port()}"
+    settings = gateway_settings(served_models_dir, "grpc", encoder_target=encoder.target, decoder_target=silent)
     check_targets_now(settings)  # no verdict: the server may still be starting
+    (record,) = [r for r in caplog.records if "does not answer" in r.getMessage()]
+    assert f"MEMEFLY_DECODER_TARGET={silent}" in record.getMessage()
 
 
 def test_a_target_swapped_later_makes_the_gateway_not_ready(served_models_dir, split_servers):

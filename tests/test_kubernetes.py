@@ -2,13 +2,15 @@
 (kubernetes-validate), the KServe objects by structure, and every name, port, mount, flag and
 path against what the export writes, what TF Serving accepts and what the gateway expects.
 
-The kustomizations are built by `build` below, which does what these files use of kustomize
-(resources, ConfigMap generators, strategic-merge patches, image tags) without the name hashes
-of generated ConfigMaps; `kubectl kustomize` builds them too where kubectl is installed.
+The kustomizations are built with `kubectl kustomize` where kubectl is installed, else by
+`build_here` below, which does what these files use of kustomize (resources, ConfigMap
+generators with files, env files and merges, strategic-merge patches, image tags) without
+the name hashes of generated ConfigMaps.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -64,20 +66,32 @@ def _containers(obj: dict) -> list[dict]:
     return pod.get("containers", []) + pod.get("initContainers", [])
 
 
-def build(directory: Path) -> list[dict]:
+def _env_file(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
+    return {key: value for key, value in pairs}
+
+
+def build_here(directory: Path) -> list[dict]:
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     assert set(kustomization) <= {"apiVersion", "kind", "resources", "configMapGenerator", "patches", "images",
                                   "configurations"}, f"{directory}: a kustomize feature this test does not build"
     objects: list[dict] = []
     for resource in kustomization.get("resources", []):
         path = directory / resource
-        objects += build(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
+        objects += build_here(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
     for generator in kustomization.get("configMapGenerator", []):
         data = {}
-        for entry in generator["files"]:
+        for entry in generator.get("files", []):
             key, _, source = entry.rpartition("=")
             data[key or Path(source).name] = (directory / source).read_text()
-        objects.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data})
+        for env in generator.get("envs", []):
+            data.update(_env_file(directory / env))
+        if generator.get("behavior") == "merge":
+            find(objects, "ConfigMap", generator["name"])["data"].update(data)
+            continue
+        metadata = {"name": generator["name"], **({"labels": generator["options"]["labels"]}
+                                                   if "labels" in generator.get("options", {}) else {})}
+        objects.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
     for patch in kustomization.get("patches", []):
         change = yaml.safe_load((directory / patch["path"]).read_text())
         (index,) = [i for i, o in enumerate(objects)
@@ -91,8 +105,21 @@ def build(directory: Path) -> list[dict]:
     return objects
 
 
+KUBECTL = shutil.which("kubectl")
+
+
+def build(directory: Path) -> list[dict]:
+    if KUBECTL is None:
+        return build_here(directory)
+    out = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, check=True).stdout
+    return [o for o in yaml.safe_load_all(out) if o]
+
+
 def find(objects: list[dict], kind: str, name: str | None = None) -> list[dict] | dict:
-    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    """Objects of a kind, or the one named (a generated ConfigMap's name may carry kustomize's hash)."""
+    found = [o for o in objects if o["kind"] == kind and (
+        name is None or o["metadata"]["name"] == name
+        or (kind == "ConfigMap" and re.fullmatch(rf"{re.escape(name)}-[a-z0-9]{{10}}", o["metadata"]["name"])))]
     if name is None:
         return found
     assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
@@ -126,7 +153,8 @@ def mounted(objects: list[dict], pod: dict, container: dict, path: str) -> tuple
 def read_mounted(objects, pod, container, path: str) -> str:
     source, key = mounted(objects, pod, container, path)
     assert source.startswith("configMap:"), f"{path} should come from a ConfigMap"
-    data = find(objects, "ConfigMap", source.split(":", 1)[1])["data"]
+    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == source.split(":", 1)[1]]
+    data = config_map["data"]
     assert key in data, f"{path}: no key {key} in {source}"
     return data[key]
 
@@ -145,7 +173,7 @@ def health_script(role: str, port: int = c.REST_PORT, name: str | None = None) -
 def test_every_kubernetes_object_matches_the_api_schema(variant, version):
     _, objects = variant
     checked = 0
-    for obj in objects + build(K8S / "export"):
+    for obj in objects + build(K8S / "export") + build(K8S / "storage"):
         if obj["apiVersion"].startswith("serving.kserve.io/"):
             continue  # a CRD: checked by structure below
         kubernetes_validate.validate(obj, version, strict=True)
@@ -159,8 +187,28 @@ def test_names_are_unique_and_labelled(variant):
     assert len(keys) == len(set(keys))
     for obj in objects:
         assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", obj["metadata"]["name"]), obj["metadata"]["name"]
-        if obj["kind"] != "ConfigMap" or obj["metadata"]["name"] == "memefly-gateway":
+        if obj["kind"] != "ConfigMap" or obj["metadata"]["name"].startswith("memefly-gateway"):
             assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "memefly", obj["metadata"]["name"]
+
+
+def test_every_config_map_and_claim_reference_resolves(variant):
+    """By the exact name built (kustomize renames generated ConfigMaps, and must rename the
+    references, the ServingRuntime's included): a wrong reference is a pod that never starts.
+    The claim is created apart (storage/), so that deleting a deployment keeps the models."""
+    _, objects = variant
+    config_maps = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"}
+    references = []
+    for obj in objects:
+        spec = obj.get("spec", {})
+        pod = spec if obj["kind"] == "ServingRuntime" else spec.get("template", {}).get("spec", {})
+        references += [v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v]
+        references += [e["configMapRef"]["name"] for c in pod.get("containers", []) for e in c.get("envFrom", [])]
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v]
+        assert set(claims) <= {"memefly-models"}
+    assert references and set(references) <= config_maps, set(references) - config_maps
+    assert not find(objects, "PersistentVolumeClaim")
+    (claim,) = find(build(K8S / "storage"), "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == "memefly-models" and "ReadWriteMany" in claim["spec"]["accessModes"]
 
 
 def test_the_serving_config_copies_equal_the_compose_ones():
@@ -189,7 +237,8 @@ def test_gateway(variant):
     (container,) = pod["containers"]
     settings = gateway_settings(objects)
     assert settings.backend == "grpc"
-    assert container["envFrom"] == [{"configMapRef": {"name": "memefly-gateway"}}]
+    settings_map = find(objects, "ConfigMap", "memefly-gateway")["metadata"]["name"]
+    assert container["envFrom"] == [{"configMapRef": {"name": settings_map}}]
     assert container["args"] == ["memefly", "serve", "--host", "0.0.0.0", "--port", "8000"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -272,7 +321,13 @@ def test_the_export_job_writes_what_the_servers_and_gateway_read():
     # `memefly export` writes MODELS_DIR/<model>/<version>: where the servers' base paths are.
     assert mounted([], pod, container, args.models_dir) == ("pvc:memefly-models", "models")
     assert mounted([], pod, container, args.templates_dir) == ("pvc:memefly-models", "templates")
-    assert pod["securityContext"]["runAsUser"] == 1000  # the export image's user
+    # It writes as the export image's user, into folders an init container made its own.
+    assert container["securityContext"]["runAsUser"] == 1000
+    (folders,) = pod["initContainers"]
+    assert folders["securityContext"]["runAsUser"] == 0
+    script = folders["command"][-1]
+    for path in (args.models_dir, args.templates_dir):
+        assert f"mkdir -p" in script and path in script and "chown 1000:1000" in script
 
 
 # --- KServe ------------------------------------------------------------------------------------
@@ -305,7 +360,7 @@ def test_kserve_runtime_and_inference_services():
         assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
         # The model folder the export Job writes, in the claim.
         claim, _, folder = model["storageUri"].removeprefix("pvc://").partition("/")
-        find(objects, "PersistentVolumeClaim", claim)
+        find(build(K8S / "storage"), "PersistentVolumeClaim", claim)
         assert folder == f"models/{ROLES[role]}"
         # Each file the runtime names, for this InferenceService's name, is in a mounted ConfigMap.
         files = {flag: value.replace("{{.Name}}", name) for flag, value in args.items() if value.startswith("/config/")}
@@ -315,6 +370,7 @@ def test_kserve_runtime_and_inference_services():
             assert read_mounted(objects, pod, container, path) == (ROOT / f"{role}_service" / PurePosixPath(path).name).read_text()
         assert PurePosixPath(files["batching_parameters_file"]).name == "batching_gpu.txt"
         assert model["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert model["resources"]["requests"]["cpu"] == model["resources"]["limits"]["cpu"] == "4"  # not KServe's 1
         # Served under the InferenceService's name, which the gateway is told; ready when AVAILABLE.
         assert args["model_name"] == "{{.Name}}"
         assert getattr(settings, f"{role}_model") == name
@@ -323,26 +379,14 @@ def test_kserve_runtime_and_inference_services():
                                                                health_script(role, int(args["rest_api_port"]), name)]
 
 
-def test_kserve_config_references_are_renamed_with_the_generated_config_maps():
-    """kustomize hashes generated ConfigMap names; it renames references in a ServingRuntime only
-    when told where they are."""
-    configuration = yaml.safe_load((VARIANTS["kserve"] / "kustomizeconfig.yaml").read_text())
-    (reference,) = configuration["nameReference"]
-    assert reference["kind"] == "ConfigMap"
-    runtime = find(build(VARIANTS["kserve"]), "ServingRuntime", "memefly-tfserving")
-    for spec in reference["fieldSpecs"]:
-        assert spec["kind"] == "ServingRuntime"
-        node = [runtime]
-        for part in spec["path"].split("/"):
-            node = [item for n in node for item in (n if isinstance(n, list) else [n])]
-            node = [n[part] for n in node if part in n]
-        assert sorted(n for n in node) == ["memefly-decoder-config", "memefly-encoder-config"]
-
-
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed here")
-@pytest.mark.parametrize("name", list(VARIANTS) + ["export"])
-def test_kubectl_kustomize_builds_the_same_objects(name):
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed here: the tests above use build_here")
+@pytest.mark.parametrize("name", list(VARIANTS) + ["export", "storage"])
+def test_build_here_builds_what_kubectl_kustomize_builds(name):
+    """So that the checks mean the same on a machine without kubectl (CI)."""
     directory = VARIANTS.get(name, K8S / name)
-    built = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, check=True).stdout
-    theirs = {(o["kind"], re.sub(r"-[a-z0-9]{10}$", "", o["metadata"]["name"])) for o in yaml.safe_load_all(built) if o}
-    assert theirs == {(o["kind"], o["metadata"]["name"]) for o in build(directory)}
+
+    def canonical(objects: list[dict]) -> list[str]:
+        text = [json.dumps(o, sort_keys=True) for o in objects]
+        return sorted(re.sub(r'"(memefly-[a-z-]+)-[a-z0-9]{10}"', r'"\1"', t) for t in text)
+
+    assert canonical(build(directory)) == canonical(build_here(directory))

@@ -8,6 +8,7 @@ is restarting): other failures would fail again, or may already have done work.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 
 import grpc
@@ -25,6 +26,7 @@ _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.Sta
                 grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED}
 # The settings that place each model: named in every message about a target.
 _ROLES = {c.ENCODER_MODEL: "ENCODER", c.DECODER_MODEL: "DECODER"}
+log = logging.getLogger(__name__)
 TARGET_CHECK_TIMEOUT_S = 2.0  # a server that does not answer this soon is left to the readiness checks
 
 
@@ -82,13 +84,18 @@ class GrpcBackend:
                                         {c.KEYS: np.array([c.MODEL_VERSION.encode()], dtype=object)}, None, pin=False)
             self.version = int(response.model_spec.version.value)
 
-    async def check_targets(self, timeout_s: float = TARGET_CHECK_TIMEOUT_S) -> None:
+    async def check_targets(self, timeout_s: float = TARGET_CHECK_TIMEOUT_S) -> list[str]:
         """Raise WrongTarget when a target answers but does not serve its model (the two
         targets swapped, or a model served under another name). A target that does not
-        answer, or answers without TF Serving's ModelService, is not judged here."""
+        answer, or answers without TF Serving's ModelService, is not judged here: returns
+        the settings of those that did not answer."""
+        silent = []
         for model, target in self._targets.items():
             name = self._served_names[model]
-            if await self._serves(target, name, timeout_s) is not False:
+            serves = await self._serves(target, name, timeout_s)
+            if serves is None:
+                silent.append(f"MEMEFLY_{_ROLES[model]}_TARGET={target}")
+            if serves is not False:
                 continue
             role = _ROLES[model]
             other = next(m for m in self._served_names if m != model)
@@ -101,6 +108,7 @@ class GrpcBackend:
             raise WrongTarget(f"the {role.lower()}'s model server is misconfigured",
                               internal=f"MEMEFLY_{role}_TARGET={target} serves no model named {name!r} "
                                        f"(MEMEFLY_{role}_MODEL){hint}")
+        return silent
 
     async def _serves(self, target: str, name: str, timeout_s: float) -> bool | None:
         """Whether TARGET knows model NAME (any version, loaded or loading); None: no answer."""
@@ -168,11 +176,12 @@ def check_targets_now(settings: Settings) -> None:
     """At start, before serving: raise WrongTarget if a target serves another model than its
     setting says (the gateway would otherwise start and never turn ready)."""
 
-    async def check() -> None:
+    async def check() -> list[str]:
         backend = GrpcBackend(settings)
         try:
-            await backend.check_targets()
+            return await backend.check_targets()
         finally:
             await backend.close()
 
-    asyncio.run(check())
+    for setting in asyncio.run(check()):  # maybe still starting: readiness waits for it, and says so
+        log.warning("%s does not answer yet: not ready until it does (is the setting right?)", setting)
