@@ -38,10 +38,15 @@ def _text(values) -> list[str]:
 
 
 class ServedModels:
-    def __init__(self, backend: Backend, *, encoder_max_batch: int = 32, decoder_max_rows: int = 512):
+    def __init__(self, backend: Backend, *, encoder_max_batch: int = 32, decoder_max_rows: int = 512,
+                 wire_state: str = "float32"):
         self.backend = backend
         self.encoder_max_batch = encoder_max_batch
         self.decoder_max_rows = decoder_max_rows
+        # State and context stay in the wire's dtype from `init` on: no conversion per step.
+        self.wire_state = wire_state
+        self._state_dtype = np.dtype(wire_state)
+        self._step_signature = c.STEP_FLOAT16_SIGNATURE if wire_state == "float16" else c.STEP_SIGNATURE
 
     async def encode(self, images: list[bytes]) -> np.ndarray:
         """Image bytes -> template_probs [N, T] (features stay on the server)."""
@@ -60,14 +65,15 @@ class ServedModels:
                                              {c.TEMPLATE_PROBS: np.asarray(template_probs[i : i + self.decoder_max_rows], np.float32)})
             states.append(out[c.STATE])
             contexts.append(out[c.CONTEXT])
-        return np.concatenate(states), np.concatenate(contexts)
+        return (np.concatenate(states).astype(self._state_dtype, copy=False),
+                np.concatenate(contexts).astype(self._state_dtype, copy=False))
 
     async def step(self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray):
         """One decoder step -> (top_ids [N, K], top_log_probs [N, K], state [N, H])."""
-        out = await self.backend.predict(c.DECODER_MODEL, c.STEP_SIGNATURE, {
+        out = await self.backend.predict(c.DECODER_MODEL, self._step_signature, {
             c.TOKEN: np.asarray(tokens, np.int32),
-            c.STATE: np.asarray(state, np.float32),
-            c.CONTEXT: np.asarray(context, np.float32),
+            c.STATE: np.asarray(state, self._state_dtype),
+            c.CONTEXT: np.asarray(context, self._state_dtype),
         })
         return out[c.TOP_IDS], out[c.TOP_LOG_PROBS], out[c.STATE]
 

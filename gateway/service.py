@@ -83,7 +83,7 @@ class MemeService:
         self.settings = settings
         self.backend = backend or make_backend(settings)
         self.models = ServedModels(self.backend, encoder_max_batch=settings.encoder_max_batch,
-                                   decoder_max_rows=settings.decoder_max_rows)
+                                   decoder_max_rows=settings.decoder_max_rows, wire_state=settings.wire_state)
         self.metrics = metrics or Metrics()
         self.cache = LruCache(settings.template_cache_size)
         self.readiness = Readiness()
@@ -192,7 +192,10 @@ class MemeService:
         keys = (c.TEMPLATE_FINGERPRINT, c.MODEL_VERSION, c.NUM_TEMPLATES)
         encoder = await self.models.metadata(c.ENCODER_MODEL, keys + ("encoder_weights", c.KNOWN_THRESHOLD))
         decoder = await self.models.metadata(c.DECODER_MODEL, keys + (c.WEIGHTS_FINGERPRINT, "vocabulary_size", "top_k",
-                                                                            c.TRAINING_CAPTIONS))
+                                                                            c.TRAINING_CAPTIONS, c.WIRE_DTYPES))
+        if self.settings.wire_state not in (decoder.get(c.WIRE_DTYPES) or "float32").split(","):
+            raise ModelError(f"the decoder v{decoder[c.MODEL_VERSION]} has no {self.settings.wire_state} step "
+                             "(exported before it): export it again, or unset MEMEFLY_WIRE_STATE")
         if encoder[c.TEMPLATE_FINGERPRINT] != decoder[c.TEMPLATE_FINGERPRINT]:
             raise ModelError(
                 f"the models do not belong together: template fingerprint {encoder[c.TEMPLATE_FINGERPRINT][:12]} "

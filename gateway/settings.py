@@ -36,6 +36,9 @@ class Settings:
     retries: int = 3
     retry_backoff_s: float = 0.05
     max_message_bytes: int = 64 * 1024 * 1024
+    # How the decoder's GRU state and context travel each step: "float16" halves the bytes both
+    # ways (the decoder's step_float16 signature casts in the graph and computes in float32).
+    wire_state: str = "float32"
 
     # A request that takes longer than this gets 504 and frees its beams.
     request_timeout_s: float = 30.0
@@ -120,6 +123,8 @@ class Settings:
                 raise ValueError(f"MEMEFLY_{name.upper()} must be more than 0")
         if self.render_workers < 0:
             raise ValueError("MEMEFLY_RENDER_WORKERS must be at least 0 (0: one per core, at most 4)")
+        if self.wire_state not in ("float32", "float16"):
+            raise ValueError(f"MEMEFLY_WIRE_STATE must be 'float32' or 'float16', not {self.wire_state!r}")
         for name in ("encoder_target", "decoder_target", "encoder_model", "decoder_model"):
             if not getattr(self, name).strip():
                 raise ValueError(f"MEMEFLY_{name.upper()} must not be empty")

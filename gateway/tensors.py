@@ -1,7 +1,10 @@
 """numpy <-> TensorProto without TensorFlow (the gateway image has only the generated protos).
 
 Numbers travel in `tensor_content` (raw little-endian bytes: no per-element encoding);
-strings in `string_val`. Replies are read from either field, as TF Serving may use both.
+strings in `string_val`. Replies are read from either form: TF Serving writes the typed
+fields by default, and everything, strings included, into `tensor_content` with
+--enable_serialization_as_tensor_content (strings then as TensorFlow's EncodeStringList packs
+them: every length as a varint, then all the bytes).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 _DTYPES = {
+    np.dtype(np.float16): types_pb2.DT_HALF,
     np.dtype(np.float32): types_pb2.DT_FLOAT,
     np.dtype(np.float64): types_pb2.DT_DOUBLE,
     np.dtype(np.int32): types_pb2.DT_INT32,
@@ -19,6 +23,7 @@ _DTYPES = {
 _NUMPY = {v: k for k, v in _DTYPES.items()}
 # Where each dtype's values sit when a tensor is not sent as tensor_content.
 _VALUE_FIELD = {
+    types_pb2.DT_HALF: "half_val",  # the float16 bit patterns, one int32 each
     types_pb2.DT_FLOAT: "float_val",
     types_pb2.DT_DOUBLE: "double_val",
     types_pb2.DT_INT32: "int_val",
@@ -51,16 +56,44 @@ def from_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     size = int(np.prod(shape)) if shape else 1
     if proto.dtype == types_pb2.DT_STRING:
-        values = np.empty(len(proto.string_val), dtype=object)
-        values[:] = list(proto.string_val)
+        strings = _string_list(proto.tensor_content, size) if proto.tensor_content else list(proto.string_val)
+        values = np.empty(len(strings), dtype=object)
+        values[:] = strings
         return _fill(values, shape, size)
     if proto.dtype not in _NUMPY:
         raise TypeError(f"unsupported tensor dtype {types_pb2.DataType.Name(proto.dtype)}")
     dtype = _NUMPY[proto.dtype]
     if proto.tensor_content:
         return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    values = np.asarray(getattr(proto, _VALUE_FIELD[proto.dtype]), dtype=dtype)
+    if proto.dtype == types_pb2.DT_HALF:
+        values = np.asarray(proto.half_val, dtype=np.uint16).view(np.float16)
+    else:
+        values = np.asarray(getattr(proto, _VALUE_FIELD[proto.dtype]), dtype=dtype)
     return _fill(values, shape, size)
+
+
+def _string_list(data: bytes, count: int) -> list[bytes]:
+    """TensorFlow's port::DecodeStringList: COUNT varint32 lengths, then the strings' bytes."""
+    lengths, position = [], 0
+    for _ in range(count):
+        length = shift = 0
+        while True:
+            if position >= len(data):
+                raise ValueError("string tensor_content ends inside its lengths")
+            byte = data[position]
+            position += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        lengths.append(length)
+    if position + sum(lengths) != len(data):
+        raise ValueError("string tensor_content does not hold the strings its lengths say")
+    strings = []
+    for length in lengths:
+        strings.append(data[position : position + length])
+        position += length
+    return strings
 
 
 def _fill(values: np.ndarray, shape: tuple, size: int) -> np.ndarray:

@@ -74,14 +74,12 @@ class DecoderServing(tf.Module):
 
         probs_spec = tf.TensorSpec([None, num_templates], tf.float32, name=c.TEMPLATE_PROBS)
         self.init = tf.function(self._init, input_signature=[probs_spec])
-        self.step = tf.function(
-            self._step,
-            input_signature=[
-                tf.TensorSpec([None], tf.int32, name=c.TOKEN),
-                tf.TensorSpec([None, hidden], tf.float32, name=c.STATE),
-                tf.TensorSpec([None, context], tf.float32, name=c.CONTEXT),
-            ],
-        )
+        def step_specs(dtype):
+            return [tf.TensorSpec([None], tf.int32, name=c.TOKEN), tf.TensorSpec([None, hidden], dtype, name=c.STATE),
+                    tf.TensorSpec([None, context], dtype, name=c.CONTEXT)]
+
+        self.step = tf.function(self._step, input_signature=step_specs(tf.float32))
+        self.step_float16 = tf.function(self._step_float16, input_signature=step_specs(tf.float16))
         ids_spec = tf.TensorSpec([None], tf.int32, name=c.IDS)
         self.vocabulary = tf.function(self._vocabulary, input_signature=[ids_spec])
         self.templates = tf.function(self._templates, input_signature=[ids_spec])
@@ -95,6 +93,7 @@ class DecoderServing(tf.Module):
         return {
             c.INIT_SIGNATURE: self.init,
             c.STEP_SIGNATURE: self.step,
+            c.STEP_FLOAT16_SIGNATURE: self.step_float16,
             c.VOCABULARY_SIGNATURE: self.vocabulary,
             c.TEMPLATES_SIGNATURE: self.templates,
             c.SCORE_SIGNATURE: self.score,
@@ -110,6 +109,11 @@ class DecoderServing(tf.Module):
         log_probs, state = self._model.value.step(token, state, context)
         top_log_probs, top_ids = top_k(log_probs, self.top_k)
         return {c.TOP_IDS: top_ids, c.TOP_LOG_PROBS: top_log_probs, c.STATE: state}
+
+    def _step_float16(self, token, state, context):
+        """The step with half-size state and context on the wire; the GRU still runs in float32."""
+        out = self._step(token, tf.cast(state, tf.float32), tf.cast(context, tf.float32))
+        return {**out, c.STATE: tf.cast(out[c.STATE], tf.float16)}
 
     def _vocabulary(self, ids):
         return {c.TOKENS: tf.gather(self.vocabulary_tokens, ids)}

@@ -236,6 +236,7 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
         f"{c.STEP_SIGNATURE}/out/{c.TOP_IDS}": top_ids.astype(np.int32),
         f"{c.STEP_SIGNATURE}/out/{c.TOP_LOG_PROBS}": np.take_along_axis(log_probs, top_ids, axis=1),
         f"{c.STEP_SIGNATURE}/out/{c.STATE}": new_state,
+        **_float16_step_case(model, token, state, context, top_k),
         f"{c.VOCABULARY_SIGNATURE}/in/{c.IDS}": vocab_ids,
         f"{c.VOCABULARY_SIGNATURE}/out/{c.TOKENS}": utf8(run.vocabulary[i] for i in vocab_ids),
         f"{c.TEMPLATES_SIGNATURE}/in/{c.IDS}": template_ids,
@@ -253,11 +254,12 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
     hidden, ctx = state.shape[1], context.shape[1]
     warmup = [(c.INIT_SIGNATURE, {c.TEMPLATE_PROBS: np.resize(probs, (n, num_templates))}) for n in DECODER_BATCH_SIZES[:3]]
     for beams in DECODER_BATCH_SIZES:  # continuous batching sends every live beam in one step call
-        warmup.append((c.STEP_SIGNATURE, {
-            c.TOKEN: np.full(beams, c.START_ID, np.int32),
-            c.STATE: np.resize(state, (beams, hidden)),
-            c.CONTEXT: np.resize(context, (beams, ctx)),
-        }))
+        for signature, dtype in ((c.STEP_SIGNATURE, np.float32), (c.STEP_FLOAT16_SIGNATURE, np.float16)):
+            warmup.append((signature, {
+                c.TOKEN: np.full(beams, c.START_ID, np.int32),
+                c.STATE: np.resize(state, (beams, hidden)).astype(dtype),
+                c.CONTEXT: np.resize(context, (beams, ctx)).astype(dtype),
+            }))
     smallest = DECODER_BATCH_SIZES[0]
     warmup += [
         (c.VOCABULARY_SIGNATURE, {c.IDS: np.arange(smallest, dtype=np.int32) % vocab}),
@@ -267,6 +269,22 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
         (c.METADATA_SIGNATURE, {c.KEYS: np.resize(metadata_case[f"{c.METADATA_SIGNATURE}/in/{c.KEYS}"], smallest)}),
     ]
     return cases, warmup
+
+
+def _float16_step_case(model, token, state, context, top_k: int) -> dict:
+    """The float16 step: its inputs rounded to float16, the step in float32, the state rounded back."""
+    state16, context16 = state.astype(np.float16), context.astype(np.float16)
+    log_probs, new_state = (x.numpy() for x in model.step(token, state16.astype(np.float32), context16.astype(np.float32)))
+    top_ids = np.argsort(-log_probs, axis=1, kind="stable")[:, :top_k]
+    name = c.STEP_FLOAT16_SIGNATURE
+    return {
+        f"{name}/in/{c.TOKEN}": token,
+        f"{name}/in/{c.STATE}": state16,
+        f"{name}/in/{c.CONTEXT}": context16,
+        f"{name}/out/{c.TOP_IDS}": top_ids.astype(np.int32),
+        f"{name}/out/{c.TOP_LOG_PROBS}": np.take_along_axis(log_probs, top_ids, axis=1),
+        f"{name}/out/{c.STATE}": new_state.astype(np.float16),
+    }
 
 
 def verify(model_dir: Path, cases: dict, work: Path, atol: float = 1e-4) -> dict:
@@ -370,6 +388,7 @@ def export(config: ExportConfig) -> dict:
         "top_k": str(min(config.top_k, len(run.vocabulary))),
         "vocabulary_size": str(len(run.vocabulary)),
         c.TRAINING_CAPTIONS: str(len(run.training_captions)),
+        c.WIRE_DTYPES: "float32,float16",
     }
     encoder = EncoderServing(backbone, head, encoder_meta)
     decoder = DecoderServing(run.model, run.tokenizer, run.templates, decoder_meta, config.top_k, run.training_captions)

@@ -71,6 +71,7 @@ GRPC_OPTIONS = [
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 # Where Tensor::AsProtoField puts each dtype's values (TF Serving's default reply encoding).
 _VALUE_FIELDS = {
+    types_pb2.DT_HALF: "half_val",  # bit patterns (Tensor::AsProtoField puts uint16 bits in int32s)
     types_pb2.DT_FLOAT: "float_val",
     types_pb2.DT_DOUBLE: "double_val",
     types_pb2.DT_INT32: "int_val",
@@ -161,22 +162,37 @@ def _join(names: Iterable[str]) -> str:
 
 
 def to_tensor_proto(value, tensor_content: bool = False):
-    """An output as TF Serving encodes it: numbers in the typed *_val field (AsProtoField), or
-    as raw bytes in tensor_content (AsProtoTensorContent, numbers only here: TF Serving's
-    --enable_serialization_as_tensor_content would pack strings there too, which the gateway
-    does not read, so the deployments leave that flag off). Strings go in string_val."""
+    """An output as TF Serving encodes it: in the typed *_val fields (Tensor::AsProtoField, its
+    default), or all of it as bytes in tensor_content (AsProtoTensorContent, with
+    --enable_serialization_as_tensor_content): numbers raw, strings as EncodeStringList packs them."""
     array = np.asarray(value)
     proto = tf.make_tensor_proto(array)
+    if proto.dtype == types_pb2.DT_STRING:
+        if tensor_content:
+            strings = [s if isinstance(s, bytes) else str(s).encode() for s in array.ravel()]
+            proto.ClearField("string_val")
+            proto.tensor_content = b"".join(_varint(len(s)) for s in strings) + b"".join(strings)
+        return proto
     field = _VALUE_FIELDS.get(proto.dtype)
-    if field is None:  # strings, and dtypes TF Serving's clients never see here
+    if field is None:  # dtypes TF Serving's clients never see here
         return proto
     proto.ClearField("tensor_content")
     proto.ClearField(field)
     if tensor_content:
         proto.tensor_content = np.ascontiguousarray(array).tobytes()
     else:
-        getattr(proto, field).extend(array.ravel().tolist())
+        values = array.view(np.uint16) if proto.dtype == types_pb2.DT_HALF else array
+        getattr(proto, field).extend(values.ravel().tolist())
     return proto
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, number = number & 0x7F, number >> 7
+        out.append(byte | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
 
 
 def _input_feeds(signature, inputs) -> list[tuple[str, object, np.ndarray, int]]:

@@ -20,6 +20,7 @@ from model_export.warmup import read_warmup
 DECODER_SIGNATURES = {
     c.INIT_SIGNATURE: ({c.TEMPLATE_PROBS}, {c.STATE, c.CONTEXT}),
     c.STEP_SIGNATURE: ({c.TOKEN, c.STATE, c.CONTEXT}, {c.TOP_IDS, c.TOP_LOG_PROBS, c.STATE}),
+    c.STEP_FLOAT16_SIGNATURE: ({c.TOKEN, c.STATE, c.CONTEXT}, {c.TOP_IDS, c.TOP_LOG_PROBS, c.STATE}),
     c.VOCABULARY_SIGNATURE: ({c.IDS}, {c.TOKENS}),
     c.TEMPLATES_SIGNATURE: ({c.IDS}, {c.NAMES, c.BOX_COUNTS, c.ALLOWED_BOX_COUNTS}),
     c.TRAINING_CAPTIONS_SIGNATURE: ({c.IDS}, {c.FINGERPRINTS}),
@@ -169,6 +170,28 @@ def test_score_equals_the_sum_of_served_steps(tiny_export, tiny_run):
     assert abs(float(scored["log_prob"][0]) - total) < 1e-4
 
 
+def test_the_float16_step_follows_the_float32_step(tiny_export, tiny_run):
+    """Half the bytes on the wire, the same captions: greedy decoding of every template gives the
+    same words with the state and context carried as float16, and nearly the same log-probs."""
+    run = load_run(tiny_run)
+    sig = tf.saved_model.load(str(model_dir(tiny_export, c.DECODER_MODEL))).signatures
+    init = sig[c.INIT_SIGNATURE](template_probs=tf.constant(np.eye(len(run.templates), dtype=np.float32)))
+    paths = {}
+    for name, dtype in ((c.STEP_SIGNATURE, tf.float32), (c.STEP_FLOAT16_SIGNATURE, tf.float16)):
+        state, context = tf.cast(init["state"], dtype), tf.cast(init["context"], dtype)
+        token, ids, log_probs = tf.fill([len(run.templates)], c.START_ID), [], []
+        for _ in range(12):
+            out = sig[name](token=token, state=state, context=context)
+            assert out["state"].dtype == dtype
+            token, state = out["top_ids"][:, 0], out["state"]
+            ids.append(token.numpy())
+            log_probs.append(out["top_log_probs"][:, 0].numpy())
+        paths[name] = (np.stack(ids), np.stack(log_probs))
+    (ids32, lp32), (ids16, lp16) = paths[c.STEP_SIGNATURE], paths[c.STEP_FLOAT16_SIGNATURE]
+    assert np.array_equal(ids32, ids16)
+    assert np.max(np.abs(lp32 - lp16)) < 0.02
+
+
 def test_bytes_and_pixels_signatures_agree(tiny_export, tiny_dataset):
     encoder = tf.saved_model.load(str(model_dir(tiny_export, c.ENCODER_MODEL)))
     images = [Image.open(p).convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE)) for p in sorted((tiny_dataset / "dataset" / "templates" / "img").iterdir())]
@@ -265,6 +288,7 @@ def test_warmup_steps_cover_the_decoder_batch_sizes(tiny_export):
         }
 
     assert sizes(c.DECODER_MODEL, c.STEP_SIGNATURE) == set(DECODER_BATCH_SIZES)
+    assert sizes(c.DECODER_MODEL, c.STEP_FLOAT16_SIGNATURE) == set(DECODER_BATCH_SIZES)
     assert sizes(c.ENCODER_MODEL, c.ENCODER_BYTES_SIGNATURE) == set(ENCODER_BATCH_SIZES)
 
 

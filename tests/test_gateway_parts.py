@@ -339,6 +339,7 @@ def test_cache_is_a_bounded_lru_with_counters():
     np.zeros((0, 5), dtype=np.float32),
     np.array([b"caf\xc3\xa9", b""], dtype=object),
     np.arange(6, dtype=np.uint8).reshape(1, 2, 3),
+    np.array([[0.5, -2.0], [65504.0, 1e-3]], dtype=np.float16),
 ])
 def test_tensor_protos_round_trip(value):
     back = from_proto(to_proto(value))
@@ -358,6 +359,29 @@ def test_tensor_protos_agree_with_tensorflow_both_ways():
     proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, int_val=[7, 8])
     proto.tensor_shape.dim.add(size=4)
     assert from_proto(proto).tolist() == [7, 8, 8, 8]
+    # float16 as TF Serving sends it by default: the bit patterns in half_val.
+    half = np.array([0.5, -2.0, 65504.0], np.float16)
+    assert from_proto(tf.make_tensor_proto(half)).tolist() == half.tolist()
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_HALF, half_val=half.view(np.uint16).tolist())
+    proto.tensor_shape.dim.add(size=3)
+    assert from_proto(proto).tolist() == half.tolist() == tf.make_ndarray(proto).tolist()
+
+
+def test_strings_packed_in_tensor_content_are_read_as_tensorflow_reads_them():
+    """TF Serving's --enable_serialization_as_tensor_content packs strings too (EncodeStringList:
+    the varint lengths, then the bytes); TensorFlow's C++ parser is the reference."""
+    import tensorflow as tf
+
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
+                                   tensor_content=b"\x00\x05\xac\x02" + b"Drake" + b"x" * 300)
+    proto.tensor_shape.dim.add(size=3)
+    expected = [b"", b"Drake", b"x" * 300]
+    assert tf.io.parse_tensor(proto.SerializeToString(), tf.string).numpy().tolist() == expected
+    assert from_proto(proto).tolist() == expected
+    for broken in (b"\x05Dra", b"\x00\x05\xac", b"\x00\x01\x01abc"):
+        proto.tensor_content = broken
+        with pytest.raises(ValueError, match="tensor_content"):
+            from_proto(proto)
 
 
 def test_settings_come_from_the_environment():

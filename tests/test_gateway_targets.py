@@ -117,3 +117,4 @@ def test_serve_exits_at_once_with_the_setting_to_fix(split_servers):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and f"MEMEFLY_DECODER_TARGET={encoder.target}" in last
     assert f"it serves {c.ENCODER_MODEL}" in last
+

@@ -273,7 +273,7 @@ def test_model_server_deployment(name, role):
     args = parse_flags(container["args"])
     assert set(args) <= TF_SERVING_FLAGS, set(args) - TF_SERVING_FLAGS
     assert int(args["port"]) == c.GRPC_PORT and int(args["rest_api_port"]) == c.REST_PORT
-    assert args["enable_batching"] == args["enable_model_warmup"] == "true"
+    assert args["enable_batching"] == args["enable_model_warmup"] == args["enable_serialization_as_tensor_content"] == "true"
     # The same files as compose, through the ConfigMaps.
     kind = "gpu" if name == "gpu" else "cpu"
     assert args["batching_parameters_file"] == f"/config/batching_{kind}.txt"
@@ -342,7 +342,7 @@ def test_kserve_runtime_and_inference_services():
     args = parse_flags(container["args"])
     assert set(args) <= TF_SERVING_FLAGS, set(args) - TF_SERVING_FLAGS
     assert args["model_base_path"] == "/mnt/models"  # where KServe puts the storageUri
-    assert args["enable_batching"] == args["enable_model_warmup"] == "true"
+    assert args["enable_batching"] == args["enable_model_warmup"] == args["enable_serialization_as_tensor_content"] == "true"
     (port,) = container["ports"]
     assert (port["name"], port["containerPort"]) == ("h2c", int(args["port"]))  # gRPC through KServe
     assert "grpc-v1" in runtime["spec"]["protocolVersions"]

@@ -145,12 +145,17 @@ def test_decoder_init_then_step(stub, serving, tiny_export):
 
 
 def test_tensor_content_encoding_can_be_switched_on(stub, serving):
+    request = predict_request(DECODER, c.TEMPLATES_SIGNATURE, {c.IDS: np.array([0, 1], np.int32)})
+    plain = stub.Predict(request, timeout=60)
     serving.tensor_content = True
-    response, out = predict(stub, DECODER, c.TEMPLATES_SIGNATURE, {c.IDS: np.array([0, 1], np.int32)})
-    counts = response.outputs[c.BOX_COUNTS]
+    response = stub.Predict(request, timeout=60)
+    counts, names = response.outputs[c.BOX_COUNTS], response.outputs[c.NAMES]
     assert counts.tensor_content and not counts.int_val
-    assert response.outputs[c.NAMES].string_val  # strings stay in string_val
-    assert out[c.BOX_COUNTS].dtype == np.int32 and out[c.BOX_COUNTS].shape == (2,)
+    np.testing.assert_array_equal(tf.make_ndarray(counts), tf.make_ndarray(plain.outputs[c.BOX_COUNTS]))
+    # Strings too, as TF Serving's flag packs them: TensorFlow's own C++ parser reads them back.
+    assert names.tensor_content and not names.string_val
+    parsed = tf.io.parse_tensor(names.SerializeToString(), tf.string).numpy()
+    assert parsed.tolist() == list(plain.outputs[c.NAMES].string_val)
 
 
 def test_to_tensor_proto_matches_tf_serving_encodings():
@@ -161,6 +166,13 @@ def test_to_tensor_proto_matches_tf_serving_encodings():
     assert content.tensor_content == np.array([7], np.int32).tobytes() and not content.int_val
     for proto, expected in ((field, array), (content, [7])):
         np.testing.assert_array_equal(tf.make_ndarray(proto), expected)
+    half = np.array([0.5, -2.0, 65504.0], np.float16)  # AsProtoField: the bit patterns in half_val
+    assert list(to_tensor_proto(half).half_val) == half.view(np.uint16).tolist()
+    np.testing.assert_array_equal(tf.make_ndarray(to_tensor_proto(half)), half)
+    strings = np.array([b"", b"Drake", "caf\u00e9".encode(), b"x" * 300, b"\x00\xff"], dtype=object).reshape(5, 1)
+    packed = to_tensor_proto(strings, tensor_content=True)
+    assert packed.tensor_content and not packed.string_val
+    assert tf.io.parse_tensor(packed.SerializeToString(), tf.string).numpy().tolist() == strings.tolist()
 
 
 def test_vocabulary_starts_with_the_special_tokens(stub):

@@ -48,8 +48,9 @@ class Search:
         self.constraints = constraints
         self.accept = accept
         self.words = words
-        self.initial_state = np.asarray(state, np.float32).reshape(-1)  # after `init`: the <start> row
-        self.context = np.asarray(context, np.float32).reshape(-1)  # the same for every row
+        # In the dtype the decoder's step takes them (float32, or float16 on a half-size wire).
+        self.initial_state = np.asarray(state).reshape(-1)  # after `init`: the <start> row
+        self.context = np.asarray(context).reshape(-1)  # the same for every row
 
     @property
     def rows(self) -> int:
