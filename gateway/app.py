@@ -13,8 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
+from gateway.access import AccessMiddleware, Keys
 from gateway.admission import Overloaded, WorkerPool
 from gateway.backends import Backend
 from gateway.draining import Drain, DrainMiddleware
@@ -24,6 +26,7 @@ from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware, SecurityH
 from gateway.render_routes import STATIC_DIR
 from gateway.render_routes import router as render_router
 from gateway.rendering.renderer import Renderer
+from gateway.request_ids import HEADER, add_request_ids
 from gateway.routes import router
 from gateway.service import MemeService
 from gateway.settings import Settings
@@ -107,5 +110,16 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.drain = drain
     app.add_middleware(DrainMiddleware, drain=drain)
     app.add_middleware(SecurityHeadersMiddleware)
+    # Outside these: keys and rate limits (its 401 and 429 are counted), CORS (preflights and
+    # refusals readable by the calling page), and the request id on every answer and log line.
+    keys = Keys.load(settings.api_keys, settings.api_keys_file)
+    if keys.limits or settings.rate_limit:
+        app.add_middleware(AccessMiddleware, keys=keys, default_limit=settings.rate_limit,
+                           storage_uri=settings.rate_limit_storage)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key", HEADER],
+                           expose_headers=[HEADER, "Retry-After", "ETag"], max_age=600)
+    add_request_ids(app)
     return app

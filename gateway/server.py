@@ -18,6 +18,7 @@ import logging
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.logs import uvicorn_log_config
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def uvicorn_config(app, settings: Settings, *, host: str, port: int, log_level: 
     """The one uvicorn configuration (memefly serve, and the tests' live gateways)."""
     # The drain (MEMEFLY_SHUTDOWN_GRACE_S) has answered every request by the time uvicorn's own
     # shutdown runs: its grace only covers responses still being written.
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5,
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=uvicorn_log_config(log_level),
+                          lifespan="on", timeout_graceful_shutdown=5,
                           limit_concurrency=settings.max_connections, timeout_keep_alive=5,
                           http=with_header_timeout(settings.header_timeout_s))

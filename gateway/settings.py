@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -59,6 +60,16 @@ class Settings:
     # Serving's batcher merges their calls; in-process, each loads its own copy of the models.
     workers: int = 1
 
+    # Access (docs/gateway.md, "Access"): API keys as a comma-separated list and/or a file of
+    # `KEY [LIMIT]` lines; requests per key (or per client address without keys) as "N/minute";
+    # where the counts live (async+redis://host:6379 to share them between replicas); the
+    # browser origins allowed to call the API (comma-separated, or *). All empty: no checks.
+    api_keys: str = ""
+    api_keys_file: str = ""
+    rate_limit: str = ""
+    rate_limit_storage: str = "async+memory://"
+    cors_origins: str = ""
+
     # Batching. Caps match the TF Serving batching configs (max_batch_size 64 / 1024) with
     # headroom, so one gateway call is never split by the server.
     continuous_batching: bool = True
@@ -88,6 +99,10 @@ class Settings:
     # Renders drawn at once (0: one per core, at most 4); more wait, and with admission_control
     # one that would not be drawn within request_timeout_s is refused (503, Retry-After).
     render_workers: int = 0
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
@@ -123,6 +138,10 @@ class Settings:
                 raise ValueError(f"MEMEFLY_{name.upper()} must be more than 0")
         if self.render_workers < 0:
             raise ValueError("MEMEFLY_RENDER_WORKERS must be at least 0 (0: one per core, at most 4)")
+        for origin in self.cors_origin_list:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"MEMEFLY_CORS_ORIGINS: {origin!r} is not an origin such as https://app.example or *")
+        self._check_access()
         if self.wire_state not in ("float32", "float16"):
             raise ValueError(f"MEMEFLY_WIRE_STATE must be 'float32' or 'float16', not {self.wire_state!r}")
         for name in ("encoder_target", "decoder_target", "encoder_model", "decoder_model"):
@@ -130,6 +149,18 @@ class Settings:
                 raise ValueError(f"MEMEFLY_{name.upper()} must not be empty")
         if self.shutdown_grace_s < 0:
             raise ValueError("MEMEFLY_SHUTDOWN_GRACE_S must be at least 0")
+
+
+    def _check_access(self) -> None:
+        from gateway.access import Keys, parse_limit, storage
+
+        try:
+            Keys.load(self.api_keys, self.api_keys_file)
+        except OSError as error:
+            raise ValueError(f"MEMEFLY_API_KEYS_FILE: cannot read {self.api_keys_file}: {error.strerror}") from None
+        if self.rate_limit:
+            parse_limit(self.rate_limit)
+        storage(self.rate_limit_storage)
 
 
 def _parse(name: str, kind: str, raw: str):

@@ -38,7 +38,9 @@ def serve_one(settings: Settings, host: str, port: int, log_level: str, sockets:
 
     if sockets is not None:
         os.setpgrp()  # signals come from the parent only (it passes each on once)
-        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from gateway import logs
+
+        logs.configure(log_level)
     app = create_app(settings)
     config = uvicorn_config(app, settings, host=host, port=port, log_level=log_level)
     server = DrainingServer(config, app.state.drain, settings.shutdown_grace_s,

@@ -205,8 +205,6 @@ def _cmd_export(args) -> int:
 
 def _cmd_serve(args) -> int:
     _quiet_tensorflow()
-    import logging
-
     from gateway.settings import Settings
 
     try:
@@ -222,7 +220,9 @@ def _cmd_serve(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway import logs
+
+    logs.configure(args.log_level)
     if settings.backend == "inprocess":
         from model_export.first_run import BuildError
 

@@ -12,7 +12,8 @@ GATEWAY = ROOT / "gateway"
 PROVIDED_BY = {
     "fastapi": "fastapi", "fastapi_offline": "fastapi-offline", "starlette": "fastapi", "pydantic": "fastapi", "uvicorn": "uvicorn", "grpc": "grpcio",
     "numpy": "numpy", "PIL": "pillow", "httpx": "httpx", "prometheus_client": "prometheus-client",
-    "pyobscenity": "pyobscenity", "google": "protobuf",
+    "pyobscenity": "pyobscenity", "google": "protobuf", "asgi_correlation_id": "asgi-correlation-id",
+    "limits": "limits",
     # Generated protos only, copied in by docker/slim_serving_protos.py.
     "tensorflow": None, "tensorflow_serving": None,
 }

@@ -149,7 +149,10 @@ def test_workers_share_the_port_are_replaced_when_they_die_and_drain_on_sigterm(
         while httpx.get(url + "/readyz").status_code != 200:  # the other worker answers meanwhile
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        time.sleep(3.0)  # the new worker's first check, so that it listens too
+        # Until the new worker has had its first check and listens too (two at the start, one now).
+        while (tmp_path / "serve.log").read_text().count("Application startup complete.") < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         # Longer than uvicorn's own 5 s shutdown: only the drain lets these finish.
         loopback.set_delay(8.0, model=c.ENCODER_MODEL)
         answers, threads = send_in_flight(url)

@@ -1,0 +1,24 @@
+"""X-Request-ID: the caller's id when it looks like one, else a new one; returned on every answer
+and written on every log line of the request (gateway/logs.py).
+
+An id from outside is only taken when it is short and plain (letters, digits, `.`, `_`, `:`,
+`-`): it goes into logs, so it may not carry spaces, control characters or a whole paragraph.
+"""
+
+from __future__ import annotations
+
+import re
+
+from asgi_correlation_id import CorrelationIdMiddleware
+
+HEADER = "X-Request-ID"
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def acceptable(value: str) -> bool:
+    return bool(_PLAIN_ID.fullmatch(value))
+
+
+def add_request_ids(app) -> None:
+    """Outermost middleware: every answer, errors and refusals included, carries the id."""
+    app.add_middleware(CorrelationIdMiddleware, header_name=HEADER, validator=acceptable)
