@@ -8,8 +8,14 @@
   in memory by default, in Redis for several replicas (MEMEFLY_RATE_LIMIT_STORAGE=
   async+redis://host:6379, with `pip install limits[async-redis]`). Past it: 429 with
   Retry-After.
-- Always open, so that probes, Prometheus and the page's files work: OPEN_PATHS.
-  CORS preflights (OPTIONS) are answered before this, by the CORS middleware.
+- Only POST requests count against a limit (memes, batches, renders: the work); GETs (the
+  template list, thumbnails, the page) do not, so the page's own loading never hits it.
+- Wrong keys are counted per client address too (FAILED_KEY_LIMIT), so keys cannot be guessed
+  at speed: past it, 429 instead of 401.
+- If the counts' storage fails (Redis down), requests go through and a warning is logged
+  (at most once a minute): the limit is a guard, not a reason for an outage.
+- Always open, so that probes, Prometheus, the page and the API description work:
+  OPEN_PATHS, OPEN_PREFIXES. CORS preflights (OPTIONS) are answered before this.
 """
 
 from __future__ import annotations
@@ -17,18 +23,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from limits import RateLimitItem, parse
+from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
-OPEN_PREFIXES = ("/static/",)
-PAGE = "/"
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
+OPEN_PREFIXES = ("/static/", "/static-offline-docs/")
+FAILED_KEY_LIMIT = parse("20/minute")  # wrong keys per client address
+MIN_KEY_LENGTH = 8
+_KEY = re.compile(r"[!-~]+")  # printable ASCII, no spaces: what an HTTP header carries safely
+_COMMENT = re.compile(r"(?:^|\s)#")
 
 
 @dataclass(frozen=True)
@@ -41,12 +56,16 @@ class Keys:
         limits: dict[str, RateLimitItem | None] = {k.strip(): None for k in listed.split(",") if k.strip()}
         if file:
             for number, line in enumerate(Path(file).read_text().splitlines(), 1):
-                words = line.split("#", 1)[0].split()
+                words = _COMMENT.split(line, 1)[0].split()  # "#" starts a comment at a word's start only
                 if not words:
                     continue
                 if len(words) > 2:
                     raise ValueError(f"MEMEFLY_API_KEYS_FILE line {number}: expected `KEY [LIMIT]`")
                 limits[words[0]] = parse_limit(words[1], f"MEMEFLY_API_KEYS_FILE line {number}") if len(words) == 2 else None
+        for key in limits:
+            if len(key) < MIN_KEY_LENGTH or not _KEY.fullmatch(key):
+                raise ValueError(f"API keys must be at least {MIN_KEY_LENGTH} printable ASCII characters without "
+                                 f"spaces (one is {len(key)} characters)")
         return cls(limits)
 
     def find(self, presented: str | None) -> str | None:
@@ -76,12 +95,18 @@ def _presented_key(headers: dict[bytes, bytes]) -> str | None:
     return key or None
 
 
-def storage(uri: str):
-    """The counts' storage (limits' async storages: async+memory://, async+redis://...)."""
+def storage(uri: str) -> Storage:
+    """The counts' storage: one of limits' async storages (async+memory://, async+redis://...)."""
+    scheme = uri.split("://", 1)[0]  # not the rest: it may hold a password
     try:
-        return storage_from_string(uri)
+        found = storage_from_string(uri, wrap_exceptions=True)
     except Exception as error:  # limits raises its own ConfigurationError, or ValueError
-        raise ValueError(f"MEMEFLY_RATE_LIMIT_STORAGE={uri!r}: {error}") from None
+        said = str(error).replace(uri, f"{scheme}://...")
+        raise ValueError(f"MEMEFLY_RATE_LIMIT_STORAGE ({scheme}://...): {said}") from None
+    if not isinstance(found, Storage):
+        raise ValueError(f"MEMEFLY_RATE_LIMIT_STORAGE ({scheme}://...): use an async storage, "
+                         "async+memory:// or async+redis://host:6379")
+    return found
 
 
 class AccessMiddleware:
@@ -89,29 +114,50 @@ class AccessMiddleware:
         self.app = app
         self.keys = keys
         self.default_limit = parse_limit(default_limit) if default_limit else None
+        # Also with keys alone: wrong keys are counted per address.
         self.limiter = MovingWindowRateLimiter(storage(storage_uri)) if (
-            self.default_limit or any(keys.limits.values())) else None
+            self.default_limit or keys.limits) else None
+        self._warned_at = -math.inf
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if (scope["type"] != "http" or scope["method"] == "OPTIONS" or path in OPEN_PATHS or path == PAGE
-                or path.startswith(OPEN_PREFIXES)):
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         key = self.keys.find(_presented_key(headers))
+        address = (scope.get("client") or ("?",))[0]  # the proxy's X-Forwarded-For when trusted (uvicorn)
         if self.keys.limits and key is None:
+            if self.limiter is not None and not await self._hit(FAILED_KEY_LIMIT, "failed:" + address):
+                return await _answer(send, 429, "too many requests with unknown API keys: try again later",
+                                     {b"retry-after": b"60"})
             return await _answer(send, 401, "a known API key is needed: `Authorization: Bearer KEY` or `X-API-Key: KEY`",
                                  {b"www-authenticate": b'Bearer realm="memefly"'})
         limit = (self.keys.limits.get(key) if key else None) or self.default_limit
-        if limit is not None and self.limiter is not None:
+        if limit is not None and self.limiter is not None and scope["method"] == "POST":
             # Keys are not stored, only a digest of them; without keys, the client's address counts.
-            who = "key:" + hashlib.sha256(key.encode()).hexdigest()[:32] if key else "addr:" + (scope.get("client") or ("?",))[0]
-            if not await self.limiter.hit(limit, who):
-                stats = await self.limiter.get_window_stats(limit, who)
-                retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+            who = "key:" + hashlib.sha256(key.encode()).hexdigest()[:32] if key else "addr:" + address
+            if not await self._hit(limit, who):
+                retry_after = await self._retry_after(limit, who)
                 return await _answer(send, 429, f"rate limit {limit} reached: try again in {retry_after} s",
                                      {b"retry-after": str(retry_after).encode()})
         return await self.app(scope, receive, send)
+
+    async def _hit(self, limit: RateLimitItem, who: str) -> bool:
+        try:
+            return await self.limiter.hit(limit, who)
+        except StorageError as error:  # fail open: a guard, not a reason for an outage
+            now = time.monotonic()
+            if now - self._warned_at > 60:
+                self._warned_at = now
+                log.warning("rate-limit storage failed, requests are not limited meanwhile: %s", error)
+            return True
+
+    async def _retry_after(self, limit: RateLimitItem, who: str) -> int:
+        try:
+            stats = await self.limiter.get_window_stats(limit, who)
+        except StorageError:
+            return 60
+        return max(1, math.ceil(stats.reset_time - time.time()))
 
 
 async def _answer(send, status: int, detail: str, headers: dict[bytes, bytes]) -> None:

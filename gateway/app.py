@@ -9,6 +9,7 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 
+from asgi_correlation_id import correlation_id
 from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse, Response
@@ -99,7 +100,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error (logged)"}, status_code=500)
+        # Answered outside the request-id middleware (Starlette's ServerErrorMiddleware): add it here.
+        request_id = correlation_id.get()
+        return JSONResponse({"detail": "internal error (logged)"}, status_code=500,
+                            headers={HEADER: request_id} if request_id else None)
 
     single = settings.max_upload_bytes * 4 // 3 + 256 * 1024  # base64 plus the other fields
     batch = single * settings.max_batch_images
@@ -109,17 +113,18 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     drain.on_start.append(service.start_draining)
     app.state.drain = drain
     app.add_middleware(DrainMiddleware, drain=drain)
-    app.add_middleware(SecurityHeadersMiddleware)
-    # Outside these: keys and rate limits (its 401 and 429 are counted), CORS (preflights and
-    # refusals readable by the calling page), and the request id on every answer and log line.
+    # From the inside out: keys and rate limits; security headers (on their 401 and 429 too);
+    # CORS (preflights and refusals readable by the calling page); metrics (counting all of
+    # those); the request id on every answer and log line.
     keys = Keys.load(settings.api_keys, settings.api_keys_file)
     if keys.limits or settings.rate_limit:
         app.add_middleware(AccessMiddleware, keys=keys, default_limit=settings.rate_limit,
                            storage_uri=settings.rate_limit_storage)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-API-Key", HEADER],
                            expose_headers=[HEADER, "Retry-After", "ETag"], max_age=600)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     add_request_ids(app)
     return app

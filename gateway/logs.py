@@ -20,6 +20,8 @@ def configure(level: str) -> None:
     from asgi_correlation_id import CorrelationIdFilter
 
     logging.basicConfig(level=level.upper(), format=FORMAT)
+    # It warns on every request whose X-Request-ID it replaces: any client could flood the log.
+    logging.getLogger("asgi_correlation_id").setLevel(logging.ERROR)
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, CorrelationIdFilter) for f in handler.filters):
             handler.addFilter(CorrelationIdFilter(default_value="-"))

@@ -92,4 +92,5 @@ def uvicorn_config(app, settings: Settings, *, host: str, port: int, log_level: 
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=uvicorn_log_config(log_level),
                           lifespan="on", timeout_graceful_shutdown=5,
                           limit_concurrency=settings.max_connections, timeout_keep_alive=5,
+                          proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
                           http=with_header_timeout(settings.header_timeout_s))

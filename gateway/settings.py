@@ -37,8 +37,8 @@ class Settings:
     retries: int = 3
     retry_backoff_s: float = 0.05
     max_message_bytes: int = 64 * 1024 * 1024
-    # How the decoder's GRU state and context travel each step: "float16" halves the bytes both
-    # ways (the decoder's step_float16 signature casts in the graph and computes in float32).
+    # How the decoder's GRU state and context travel each step: "float16" halves the requests and
+    # cuts replies by 40% (the decoder's step_float16 signature casts in the graph, computes in float32).
     wire_state: str = "float32"
 
     # A request that takes longer than this gets 504 and frees its beams.
@@ -64,11 +64,15 @@ class Settings:
     # `KEY [LIMIT]` lines; requests per key (or per client address without keys) as "N/minute";
     # where the counts live (async+redis://host:6379 to share them between replicas); the
     # browser origins allowed to call the API (comma-separated, or *). All empty: no checks.
-    api_keys: str = ""
+    api_keys: str = field(default="", repr=False)
     api_keys_file: str = ""
     rate_limit: str = ""
     rate_limit_storage: str = "async+memory://"
     cors_origins: str = ""
+    # Addresses of proxies whose X-Forwarded-For gives the client's address (per-address limits,
+    # logs): uvicorn's forwarded_allow_ips. "*" only where nothing but the proxy reaches the
+    # gateway (docker-compose.replicas.yml), or clients could claim any address.
+    forwarded_allow_ips: str = "127.0.0.1"
 
     # Batching. Caps match the TF Serving batching configs (max_batch_size 64 / 1024) with
     # headroom, so one gateway call is never split by the server.
@@ -102,7 +106,9 @@ class Settings:
 
     @property
     def cors_origin_list(self) -> list[str]:
-        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+        # Browsers send the origin lower-case, without a default port.
+        origins = [origin.strip().lower().removesuffix(":443") for origin in self.cors_origins.split(",") if origin.strip()]
+        return [o.removesuffix(":80") if o.startswith("http://") else o for o in origins]
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":

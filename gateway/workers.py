@@ -72,7 +72,10 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> int:
         return 0
     import uvicorn
 
-    listener = uvicorn.Config(app=None, host=host, port=port).bind_socket()  # as uvicorn binds it (IPv6 too)
+    from gateway.logs import uvicorn_log_config
+
+    listener = uvicorn.Config(app=None, host=host, port=port,  # as uvicorn binds it (IPv6 too)
+                              log_config=uvicorn_log_config(log_level)).bind_socket()
     context = multiprocessing.get_context("spawn")
     workers: list[_Worker] = []
     received: list[int] = []  # the signal handler only appends: the loop below acts on it

@@ -41,7 +41,7 @@ FEATURE_DIM = 2048
 INIT_SIGNATURE = "init"  # template_probs [N, T] -> STATE [N, H], CONTEXT [N, C]
 STEP_SIGNATURE = "serving_default"  # TOKEN int32 [N], STATE, CONTEXT -> TOP_IDS, TOP_LOG_PROBS, STATE
 # The same step with STATE and CONTEXT as float16 on the wire (cast in the graph, computed in
-# float32): half the bytes both ways. Metadata WIRE_DTYPES lists what the decoder offers.
+# float32): requests half the size, replies 40% smaller (top ids and log-probs stay 4 bytes). Metadata WIRE_DTYPES lists what the decoder offers.
 STEP_FLOAT16_SIGNATURE = "step_float16"
 WIRE_DTYPES = "wire_dtypes"  # "float32" or "float32,float16" (models exported before: "")
 VOCABULARY_SIGNATURE = "vocabulary"  # IDS int32 [N] -> TOKENS string [N]

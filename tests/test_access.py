@@ -14,7 +14,7 @@ TEMPLATE = {"template": "Grumpy-Cat", "num_beams": 2, "num_return_sequences": 1,
 @pytest.fixture
 def keyed(served_models_dir, loopback, tmp_path):
     keys_file = tmp_path / "keys"
-    keys_file.write_text("# team keys\nteam-key 3/minute\n\nother-key\n")
+    keys_file.write_text("# team keys\nteam-key 3/minute\n\nother-key\n")  # at least 8 characters each
     settings = gateway_settings(served_models_dir, "grpc", loopback.target, api_keys="listed-key",
                                 api_keys_file=str(keys_file), rate_limit="2/minute")
     with running_gateway(settings) as running:
@@ -59,20 +59,95 @@ def test_each_key_has_its_own_limit_then_429_with_retry_after(keyed):
         assert team == [200, 200, 200, 429]
 
 
-def test_without_keys_the_limit_counts_per_client_address(served_models_dir, loopback):
-    settings = gateway_settings(served_models_dir, "grpc", loopback.target, rate_limit="1/minute")
+def test_without_keys_the_limit_counts_posts_per_client_address(served_models_dir, loopback):
+    settings = gateway_settings(served_models_dir, "grpc", loopback.target, rate_limit="1/minute",
+                                forwarded_allow_ips="127.0.0.1")
     with running_gateway(settings) as running, running.client() as client:
         assert [client.post("/memes", json=TEMPLATE).status_code for _ in range(2)] == [200, 429]
-        assert client.get("/healthz").status_code == 200
+        # GETs are not counted: the page's template list and thumbnails never hit the limit.
+        assert [client.get("/templates").status_code for _ in range(3)] == [200] * 3
+        # Behind a trusted proxy, the client's address is the one it forwards.
+        other = {"X-Forwarded-For": "198.51.100.7"}
+        assert [client.post("/memes", json=TEMPLATE, headers=other).status_code for _ in range(2)] == [200, 429]
+
+
+def test_a_forwarded_address_from_an_untrusted_peer_is_ignored(served_models_dir, loopback):
+    settings = gateway_settings(served_models_dir, "grpc", loopback.target, rate_limit="1/minute",
+                                forwarded_allow_ips="10.9.9.9")
+    with running_gateway(settings) as running, running.client() as client:
+        answers = [client.post("/memes", json=TEMPLATE, headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code
+                   for i in range(2)]
+        assert answers == [200, 429]  # both counted as this test's own address
+
+
+def test_guessing_keys_is_slowed_down(keyed):
+    with keyed.client() as client:
+        answers = [client.get("/templates", headers={"X-API-Key": f"guess-{i:04d}"}).status_code for i in range(21)]
+    assert answers == [401] * 20 + [429]
+
+
+def test_refusals_carry_the_request_id_and_the_security_headers(keyed):
+    with keyed.client() as client:
+        refused = client.post("/memes", json=TEMPLATE, headers={"X-Request-ID": "who-knocked"})
+    assert refused.status_code == 401
+    assert refused.headers["x-request-id"] == "who-knocked"
+    assert refused.headers["x-content-type-options"] == "nosniff" and refused.headers["x-frame-options"] == "DENY"
+
+
+def test_the_api_description_needs_no_key(keyed):
+    with keyed.client() as client:
+        assert client.get("/openapi.json").status_code == 200 and client.get("/docs").status_code == 200
+
+
+def test_a_failing_counter_store_lets_requests_through_and_says_so(caplog):
+    """Redis down: the limit is a guard, not a reason for an outage (one warning a minute)."""
+    import asyncio
+
+    import httpx
+    from limits.errors import StorageError
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from gateway.access import AccessMiddleware
+
+    async def work(request):
+        return PlainTextResponse("done")
+
+    middleware = AccessMiddleware(Starlette(routes=[Route("/work", work, methods=["POST"])]), Keys({}), "1/minute",
+                                  "async+memory://")
+
+    async def broken(*args, **kwargs):
+        raise StorageError(ConnectionError("redis: connection refused"))
+
+    middleware.limiter.hit = broken
+
+    async def three_posts() -> list[int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=middleware), base_url="http://test") as client:
+            return [(await client.post("/work")).status_code for _ in range(3)]
+
+    assert asyncio.run(three_posts()) == [200, 200, 200]
+    warnings = [r for r in caplog.records if "rate-limit storage failed" in r.getMessage()]
+    assert len(warnings) == 1 and "connection refused" in warnings[0].getMessage()
 
 
 def test_key_settings_are_checked(tmp_path):
     keys = tmp_path / "keys"
-    keys.write_text("a 10/second\nb\n")
-    loaded = Keys.load("c, d", str(keys))
-    assert set(loaded.limits) == {"a", "b", "c", "d"} and str(loaded.limits["a"]) == "10 per 1 second"
-    assert loaded.find("b") == "b" and loaded.find("e") is None and loaded.find(None) is None
-    keys.write_text("a ten-a-day\n")
+    keys.write_text("alpha-key-1 10/second  # the mobile app\nbeta#key-2\n# a comment line\n")
+    loaded = Keys.load("gamma-key-3, delta-key-4", str(keys))
+    assert set(loaded.limits) == {"alpha-key-1", "beta#key-2", "gamma-key-3", "delta-key-4"}
+    assert str(loaded.limits["alpha-key-1"]) == "10 per 1 second" and loaded.limits["beta#key-2"] is None
+    assert loaded.find("beta#key-2") == "beta#key-2" and loaded.find("beta") is None and loaded.find(None) is None
+    for bad in ("short", "caf\u00e9-caf\u00e9-key"):
+        with pytest.raises(ValueError, match="at least 8 printable ASCII"):
+            Keys.load(bad, "")
+    with pytest.raises(ValueError, match="async storage"):
+        Settings.from_env({"MEMEFLY_RATE_LIMIT_STORAGE": "memory://"})
+    with pytest.raises(ValueError) as raised:
+        Settings.from_env({"MEMEFLY_RATE_LIMIT_STORAGE": "async+nosuch://user:secret@host"})
+    assert "secret" not in str(raised.value)
+    assert "listed" not in repr(Settings(api_keys="listed-key-1"))  # keys stay out of logs of the settings
+    keys.write_text("alpha-key-1 ten-a-day\n")
     with pytest.raises(ValueError, match="MEMEFLY_API_KEYS_FILE line 1"):
         Settings.from_env({"MEMEFLY_API_KEYS_FILE": str(keys)})
     with pytest.raises(ValueError, match="MEMEFLY_RATE_LIMIT"):

@@ -386,6 +386,9 @@ def test_replicas_share_one_port_behind_nginx(variant):
     assert match and tuple(int(g) for g in match.groups()) >= (1, 27, 3)
     assert proxy["depends_on"] == {"gateway": {"condition": "service_healthy"}}
     assert "healthcheck" in gateway  # what service_healthy waits for
+    # The replicas take the client's address from nginx's X-Forwarded-For (only nginx reaches them).
+    assert gateway["environment"]["MEMEFLY_FORWARDED_ALLOW_IPS"] == "*"
+    assert gateway["environment"]["MEMEFLY_BACKEND"] == "grpc"  # merged into, not replaced
     conf = host_path(proxy, "/etc/nginx/nginx.conf").read_text()
     gateway_port = re.search(r'"--port", "(\d+)"', (ROOT / "Dockerfile").read_text()).group(1)
     # Re-resolved, and never out of rotation for a 503 (a replica shedding load or draining).

@@ -54,6 +54,17 @@ def test_an_odd_id_is_replaced_by_a_new_one(gateway, odd):
     assert MADE_ID.fullmatch(response.headers["x-request-id"])
 
 
+def test_an_unexpected_error_still_answers_500_with_the_id(gateway, monkeypatch):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gateway.service, "memes", broken)
+    with gateway.client() as client:
+        response = client.post("/memes", json=TEMPLATE, headers={"X-Request-ID": "bug-report-9"})
+    assert response.status_code == 500 and response.json() == {"detail": "internal error (logged)"}
+    assert response.headers["x-request-id"] == "bug-report-9"
+
+
 def test_cors_for_an_allowed_origin_only(gateway):
     with gateway.client() as client:
         preflight = client.options("/memes", headers={"Origin": "https://app.example",
@@ -83,6 +94,9 @@ def test_cors_origins_are_checked():
     assert Settings.from_env({"MEMEFLY_CORS_ORIGINS": "https://a.example, http://localhost:3000"}).cors_origin_list == [
         "https://a.example", "http://localhost:3000"]
     assert Settings.from_env({"MEMEFLY_CORS_ORIGINS": "*"}).cors_origin_list == ["*"]
+    # As browsers send them: lower-case, no default port.
+    assert Settings.from_env({"MEMEFLY_CORS_ORIGINS": "HTTPS://App.Example:443,http://a.example:80"}).cors_origin_list == [
+        "https://app.example", "http://a.example"]
     for bad in ("a.example", "https://a.example/path", "ftp://a.example"):
         with pytest.raises(ValueError, match="MEMEFLY_CORS_ORIGINS"):
             Settings.from_env({"MEMEFLY_CORS_ORIGINS": bad})
