@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     threshold = result["threshold"]
     print(f"{result['uploads']} uploads of {result['templates']} templates, {result['photos']} photos; "
           f"known-template threshold: {threshold if threshold is not None else 'none (exported before it)'}")
-    print(f"| kind | top-1 template right | called known |\n|---|---|---|")
+    print("| kind | top-1 template right | called known |\n|---|---|---|")
     for kind, row in result["kinds"].items():
         known = f"{row['known']:.3f}" if row["known"] is not None else "-"
         print(f"| {kind} | {row['recognised']:.3f} | {known} |")

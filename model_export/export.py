@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from memefly import paths
 from model_export.augment import to_png
 from model_export.run_dir import template_fingerprint, weights_fingerprint
 from model_export.warmup import DECODER_BATCH_SIZES, ENCODER_BATCH_SIZES, write_warmup
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 

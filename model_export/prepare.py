@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from model_export.cleaning import CleanCaption, clean
+from model_export.cleaning import clean
 from model_export.datasets import read_source
 from model_export.splits import SPLITS, assign_split
 

@@ -327,7 +327,7 @@ def test_the_export_job_writes_what_the_servers_and_gateway_read():
     assert folders["securityContext"]["runAsUser"] == 0
     script = folders["command"][-1]
     for path in (args.models_dir, args.templates_dir):
-        assert f"mkdir -p" in script and path in script and "chown 1000:1000" in script
+        assert "mkdir -p" in script and path in script and "chown 1000:1000" in script
 
 
 # --- KServe ------------------------------------------------------------------------------------

@@ -43,10 +43,11 @@ class MemeFont:
 
     def __init__(self, path: Path | None):
         self.path = path
+        # A cache per font (lru_cache on the method would be one for all, keeping fonts alive).
+        self.at = functools.lru_cache(maxsize=256)(self._load)
         self.name = " ".join(self.at(16).getname())
 
-    @functools.lru_cache(maxsize=256)
-    def at(self, size: int) -> ImageFont.FreeTypeFont:
+    def _load(self, size: int) -> ImageFont.FreeTypeFont:
         if self.path is None:
             return ImageFont.load_default(size)
         return ImageFont.truetype(str(self.path), size)
