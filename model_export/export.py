@@ -217,8 +217,6 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
     )
     state, context = (x.numpy() for x in model.init(probs))
     token = rng.integers(1, vocab, size=len(probs)).astype(np.int32)
-    log_probs, new_state = (x.numpy() for x in model.step(token, state, context))
-    top_ids = np.argsort(-log_probs, axis=1, kind="stable")[:, :top_k]
     texts = ["", "when you see it", "top text\nbottom text!", "zzqx unknownword <sep> 42", "a\n\nb", "ok"]
     score_probs = probs[: len(texts)]
     ids = run.tokenizer.encode(tf.constant(texts))
@@ -234,13 +232,8 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
         f"{c.INIT_SIGNATURE}/in/{c.TEMPLATE_PROBS}": probs,
         f"{c.INIT_SIGNATURE}/out/{c.STATE}": state,
         f"{c.INIT_SIGNATURE}/out/{c.CONTEXT}": context,
-        f"{c.STEP_SIGNATURE}/in/{c.TOKEN}": token,
-        f"{c.STEP_SIGNATURE}/in/{c.STATE}": state,
-        f"{c.STEP_SIGNATURE}/in/{c.CONTEXT}": context,
-        f"{c.STEP_SIGNATURE}/out/{c.TOP_IDS}": top_ids.astype(np.int32),
-        f"{c.STEP_SIGNATURE}/out/{c.TOP_LOG_PROBS}": np.take_along_axis(log_probs, top_ids, axis=1),
-        f"{c.STEP_SIGNATURE}/out/{c.STATE}": new_state,
-        **_float16_step_case(model, token, state, context, top_k),
+        **_step_case(c.STEP_SIGNATURE, np.float32, model, token, state, context, top_k),
+        **_step_case(c.STEP_FLOAT16_SIGNATURE, np.float16, model, token, state, context, top_k),
         f"{c.VOCABULARY_SIGNATURE}/in/{c.IDS}": vocab_ids,
         f"{c.VOCABULARY_SIGNATURE}/out/{c.TOKENS}": utf8(run.vocabulary[i] for i in vocab_ids),
         f"{c.TEMPLATES_SIGNATURE}/in/{c.IDS}": template_ids,
@@ -275,19 +268,19 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
     return cases, warmup
 
 
-def _float16_step_case(model, token, state, context, top_k: int) -> dict:
-    """The float16 step: its inputs rounded to float16, the step in float32, the state rounded back."""
-    state16, context16 = state.astype(np.float16), context.astype(np.float16)
-    log_probs, new_state = (x.numpy() for x in model.step(token, state16.astype(np.float32), context16.astype(np.float32)))
+def _step_case(name: str, wire_dtype, model, token, state, context, top_k: int) -> dict:
+    """A step signature's case: its state and context in WIRE_DTYPE (float16 rounds them), the
+    step in float32, the new state back in WIRE_DTYPE."""
+    state, context = state.astype(wire_dtype), context.astype(wire_dtype)
+    log_probs, new_state = (x.numpy() for x in model.step(token, state.astype(np.float32), context.astype(np.float32)))
     top_ids = np.argsort(-log_probs, axis=1, kind="stable")[:, :top_k]
-    name = c.STEP_FLOAT16_SIGNATURE
     return {
         f"{name}/in/{c.TOKEN}": token,
-        f"{name}/in/{c.STATE}": state16,
-        f"{name}/in/{c.CONTEXT}": context16,
+        f"{name}/in/{c.STATE}": state,
+        f"{name}/in/{c.CONTEXT}": context,
         f"{name}/out/{c.TOP_IDS}": top_ids.astype(np.int32),
         f"{name}/out/{c.TOP_LOG_PROBS}": np.take_along_axis(log_probs, top_ids, axis=1),
-        f"{name}/out/{c.STATE}": new_state.astype(np.float16),
+        f"{name}/out/{c.STATE}": new_state.astype(wire_dtype),
     }
 
 

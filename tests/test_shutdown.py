@@ -57,6 +57,21 @@ def distinct_png(i: int) -> bytes:
     return buffer.getvalue()
 
 
+def stop_under_load(process: subprocess.Popen, url: str, loopback, encoder_delay_s: float, stop, settle_s: float) -> list:
+    """Requests in flight (each waits ENCODER_DELAY_S for the encoder), then STOP() signals; the
+    server drains meanwhile. The answers, once the server has exited."""
+    loopback.set_delay(encoder_delay_s, model=c.ENCODER_MODEL)
+    answers, threads = send_in_flight(url)
+    time.sleep(1.0)  # all of them are in flight
+    stop()
+    time.sleep(settle_s)
+    assert_draining(url)
+    for thread in threads:
+        thread.join(60)
+    process.wait(60)
+    return answers
+
+
 def send_in_flight(url: str) -> tuple[list, list[threading.Thread]]:
     answers: list = [None] * IN_FLIGHT
 
@@ -76,15 +91,8 @@ def send_in_flight(url: str) -> tuple[list, list[threading.Thread]]:
 def test_sigterm_drains_in_flight_requests(loopback, tmp_path, grace_s, encoder_delay_s):
     process, url = start_serve(loopback, grace_s, tmp_path / "serve.log")
     try:
-        loopback.set_delay(encoder_delay_s, model=c.ENCODER_MODEL)  # every request now waits for the encoder
-        answers, threads = send_in_flight(url)
-        time.sleep(1.0)  # all of them are in flight
-        process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        assert_draining(url)
-        for thread in threads:
-            thread.join(60)
-        process.wait(60)
+        answers = stop_under_load(process, url, loopback, encoder_delay_s,
+                                  lambda: process.send_signal(signal.SIGTERM), settle_s=0.3)
     finally:
         loopback.set_delay(0.0)
         if process.poll() is None:
@@ -153,19 +161,14 @@ def test_workers_share_the_port_are_replaced_when_they_die_and_drain_on_sigterm(
         while (tmp_path / "serve.log").read_text().count("Application startup complete.") < 3:
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        # Longer than uvicorn's own 5 s shutdown: only the drain lets these finish.
-        loopback.set_delay(8.0, model=c.ENCODER_MODEL)
-        answers, threads = send_in_flight(url)
-        time.sleep(1.0)
         # As systemd stops a service: the signal reaches every process at once, and the parent
         # passes it on as well; each worker must drain once, not take the second copy as "now".
-        for pid in (process.pid, *workers_of(process, 2)):
-            os.kill(pid, signal.SIGTERM)
-        time.sleep(0.5)
-        assert_draining(url)
-        for thread in threads:
-            thread.join(60)
-        process.wait(60)
+        def systemd_stop():
+            for pid in (process.pid, *workers_of(process, 2)):
+                os.kill(pid, signal.SIGTERM)
+
+        # 8 s: longer than uvicorn's own 5 s shutdown, so only the drain lets these finish.
+        answers = stop_under_load(process, url, loopback, 8.0, systemd_stop, settle_s=0.5)
     finally:
         loopback.set_delay(0.0)
         if process.poll() is None:
