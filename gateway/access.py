@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import math
 import re
@@ -35,6 +34,8 @@ from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
+
+from gateway.middleware import send_detail
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +129,18 @@ class AccessMiddleware:
         address = (scope.get("client") or ("?",))[0]  # the proxy's X-Forwarded-For when trusted (uvicorn)
         if self.keys.limits and key is None:
             if self.limiter is not None and not await self._hit(FAILED_KEY_LIMIT, "failed:" + address):
-                return await _answer(send, 429, "too many requests with unknown API keys: try again later",
-                                     {b"retry-after": b"60"})
-            return await _answer(send, 401, "a known API key is needed: `Authorization: Bearer KEY` or `X-API-Key: KEY`",
-                                 {b"www-authenticate": b'Bearer realm="memefly"'})
+                return await send_detail(send, 429, "too many requests with unknown API keys: try again later",
+                                         [(b"retry-after", b"60")])
+            return await send_detail(send, 401, "a known API key is needed: `Authorization: Bearer KEY` or `X-API-Key: KEY`",
+                                     [(b"www-authenticate", b'Bearer realm="memefly"')])
         limit = (self.keys.limits.get(key) if key else None) or self.default_limit
         if limit is not None and self.limiter is not None and scope["method"] == "POST":
             # Keys are not stored, only a digest of them; without keys, the client's address counts.
             who = "key:" + hashlib.sha256(key.encode()).hexdigest()[:32] if key else "addr:" + address
             if not await self._hit(limit, who):
                 retry_after = await self._retry_after(limit, who)
-                return await _answer(send, 429, f"rate limit {limit} reached: try again in {retry_after} s",
-                                     {b"retry-after": str(retry_after).encode()})
+                return await send_detail(send, 429, f"rate limit {limit} reached: try again in {retry_after} s",
+                                         [(b"retry-after", str(retry_after).encode())])
         return await self.app(scope, receive, send)
 
     async def _hit(self, limit: RateLimitItem, who: str) -> bool:
@@ -158,11 +159,3 @@ class AccessMiddleware:
         except StorageError:
             return 60
         return max(1, math.ceil(stats.reset_time - time.time()))
-
-
-async def _answer(send, status: int, detail: str, headers: dict[bytes, bytes]) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers.items()]})
-    await send({"type": "http.response.body", "body": body})

@@ -11,11 +11,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
 import uvicorn
+
+from gateway.middleware import send_detail
 
 log = logging.getLogger(__name__)
 ALWAYS_ANSWERED = ("/healthz", "/metrics", "/readyz")  # /readyz says 503 by itself while draining
@@ -96,11 +97,8 @@ class DrainMiddleware:
 
 
 async def _unavailable(send, retry_after_s: int) -> None:
-    body = json.dumps({"detail": "shutting down: try again (another replica will answer)"}).encode()
-    await send({"type": "http.response.start", "status": 503, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(retry_after_s).encode()), (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+    await send_detail(send, 503, "shutting down: try again (another replica will answer)",
+                      [(b"retry-after", str(retry_after_s).encode()), (b"connection", b"close")])
 
 
 class DrainingServer(uvicorn.Server):

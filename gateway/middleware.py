@@ -134,8 +134,14 @@ class BodyLimitMiddleware:
 
 
 async def _reject(send, limit: int, status: int = 413, detail: str | None = None) -> None:
-    body = json.dumps({"detail": detail or f"the request body is over the {limit:,}-byte limit"}).encode()
+    await send_detail(send, status, detail or f"the request body is over the {limit:,}-byte limit",
+                      [(b"connection", b"close")])
+
+
+async def send_detail(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """An answer from a raw ASGI middleware, as the app's errors look: {"detail": ...} in JSON."""
+    body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            *headers]})
     await send({"type": "http.response.body", "body": body})

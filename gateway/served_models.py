@@ -44,7 +44,6 @@ class ServedModels:
         self.encoder_max_batch = encoder_max_batch
         self.decoder_max_rows = decoder_max_rows
         # State and context stay in the wire's dtype from `init` on: no conversion per step.
-        self.wire_state = wire_state
         self._state_dtype = np.dtype(wire_state)
         self._step_signature = c.STEP_FLOAT16_SIGNATURE if wire_state == "float16" else c.STEP_SIGNATURE
 

@@ -91,15 +91,13 @@ class GrpcBackend:
         the settings of those that did not answer."""
         silent = []
         for model, target in self._targets.items():
-            name = self._served_names[model]
+            name, role = self._served_names[model], _ROLES[model]
             serves = await self._serves(target, name, timeout_s)
             if serves is None:
-                silent.append(f"MEMEFLY_{_ROLES[model]}_TARGET={target}")
+                silent.append(f"MEMEFLY_{role}_TARGET={target}")
             if serves is not False:
                 continue
-            role = _ROLES[model]
             other = next(m for m in self._served_names if m != model)
-            hint = ""
             if await self._serves(target, self._served_names[other], timeout_s):
                 hint = (f"; it serves {self._served_names[other]}, the {_ROLES[other].lower()}'s model: "
                         f"point MEMEFLY_{role}_TARGET at the {role.lower()}'s TF Serving")
