@@ -174,11 +174,10 @@ def _cmd_export(args) -> int:
     run = paths.shipped_model() if args.default_model else Path(args.run)
     if args.download_templates:
         from model_export.download import DownloadError, download_templates
-        from model_export.run_dir import TEMPLATES
+        from model_export.run_dir import read_template_names
 
         try:
-            names = [t["name"] for t in json.loads((run / TEMPLATES).read_text())]
-            download_templates(Path(args.templates_dir), paths.templates_url(), names, progress=True)
+            download_templates(Path(args.templates_dir), paths.templates_url(), read_template_names(run), progress=True)
         except (DownloadError, OSError, ValueError) as e:  # unreachable, bad checksum, no run, unwritable
             print(f"error: template images for {run}: {e}", file=sys.stderr)
             return 2

@@ -130,7 +130,7 @@ def _build(settings: BuildSettings, wanted: dict) -> int:
     from model_export.export import ExportConfig, ExportError, export
 
     models_dir = Path(settings.models_dir)
-    names = [t["name"] for t in json.loads((Path(settings.run) / rd.TEMPLATES).read_text())]
+    names = rd.read_template_names(settings.run)
     templates_dir = ensure_template_images(settings, names)
     taken = paths.exported_versions(models_dir, c.ENCODER_MODEL) | paths.exported_versions(models_dir, c.DECODER_MODEL)
     version = max(taken, default=0) + 1

@@ -53,6 +53,11 @@ class TrainedRun:
         return [t["name"] for t in self.templates]
 
 
+def read_template_names(path: str | Path) -> list[str]:
+    """A run's template names, in order, without loading its model."""
+    return [t["name"] for t in json.loads((Path(path) / TEMPLATES).read_text())]
+
+
 def load_run(path: str | Path) -> TrainedRun:
     from model_export.model import MemeDecoder
 
