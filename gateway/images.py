@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from gateway.content_view import content_view
+from memefly.content_view import content_view
 from gateway.errors import BadImage, ImageTooLarge, UnsupportedImage
 
 # What the encoder graph decodes as sent. BMP is re-encoded, whatever its depth: TensorFlow's
@@ -40,7 +40,7 @@ class CheckedImage:
     width: int
     height: int
     reencoded: bool
-    # More views for the encoder besides `data` (gateway/content_view.py: the picture inside a
+    # More views for the encoder besides `data` (memefly/content_view.py: the picture inside a
     # screenshot or frame); the most confident answer is kept.
     extra_views: tuple[bytes, ...] = ()
 

@@ -22,7 +22,7 @@ from memefly.decoding.captioner import Captioner, template_box_counts, template_
 from memefly.decoding.options import DecodingOptions
 from memefly.decoding.search import Hypothesis
 from gateway.errors import DeadlineExceeded, GatewayError, InvalidRequest, ModelError, ModelUnavailable
-from gateway.content_view import most_confident
+from memefly.content_view import most_confident
 from gateway.images import CheckedImage, already_checked, check_image, sha256
 from gateway.metrics import Metrics
 from memefly.decoding.safety import offensive_token_ids
@@ -356,7 +356,7 @@ class MemeService:
 
     async def _encode_views(self, image: CheckedImage, deadline_s: float | None = None) -> np.ndarray:
         """template_probs of an upload: of its views (the image, and the picture inside it when
-        gateway/content_view.py finds one), the most confident; they share an encoder batch.
+        memefly/content_view.py finds one), the most confident; they share an encoder batch.
         The extra view only helps: refused or failed, the image's own answer stands."""
         main = asyncio.ensure_future(self.encoder.submit(image.data, deadline_s))
         extras = [asyncio.ensure_future(self.encoder.submit(view, deadline_s)) for view in image.extra_views]

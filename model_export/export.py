@@ -107,61 +107,80 @@ def _kinds_in_turn(index: int, count: int) -> list[str]:
     return [KINDS[(index * count + j) % len(KINDS)] for j in range(count)]
 
 
-def fit_head(extractor, images, names, config: ExportConfig, log):
-    from model_export.augment import KINDS
-    from model_export.template_head import TEMPERATURES, fit_template_head
+def encode_as_served(extractor, matcher, images: list[bytes], progress: bool, desc: str):
+    """Features and pixel match of IMAGES and of the picture inside each, where the gateway
+    finds one (memefly/content_view.py): the views the served answer is chosen from."""
+    from PIL import Image
 
+    from memefly.content_view import content_view
+    from model_export.template_head import Encoded
+
+    # The gateway looks for the picture after EXIF rotation and conversion to RGB; these views
+    # are RGB PNGs already, so opening them is the same.
+    inside = [content_view(Image.open(io.BytesIO(data))) for data in images]
+    extra = [(index, view) for index, view in enumerate(inside) if view is not None]
+    views = list(images) + [view for _, view in extra]
+    return Encoded(extractor(views, progress, desc), matcher(views),
+                   np.array(list(range(len(images))) + [index for index, _ in extra]))
+
+
+def fit_head(extractor, matcher, images, names, config: ExportConfig, log):
+    """The template head, fused with the pixel match (template_head.py), and its known-template
+    threshold: fitted on augmented views; calibrated on others, as the gateway sends them,
+    against generated images that are no template; checked on held-out ones of each."""
+    from model_export.augment import KINDS, to_png
+    from model_export.non_templates import non_template_images
+    from model_export.template_head import TEMPERATURES, choose_match_weight, fit_template_head, known_score, served_probs
+
+    if config.non_template_views < 1:
+        raise ExportError("--non-template-views must be at least 1: the known-template threshold is chosen on them")
     fit = _views(images, names, lambda rng, _: ["original"] + [rng.choice(KINDS) for _ in range(config.fit_views - 1)], config.seed)
     # Held-out means held out: a calibration or test view identical to a fitted one is dropped.
     fitted = {hashlib.sha256(b).digest() for b in fit[0]}
     calib = _unseen(_views(images, names, lambda rng, _: [rng.choice(KINDS) for _ in range(config.calibration_views)], config.seed + 1), fitted)
     test = _unseen(_views(images, names, lambda _, index: _kinds_in_turn(index, config.test_views), config.seed + 2), fitted)
+    templates = [images[n] for n in names]
+    calib_other = non_template_images(config.non_template_views, config.seed + 3, templates)
+    test_other = non_template_images(config.non_template_views, config.seed + 4, templates)
+
     fit_x = extractor(fit[0], config.progress, "features (fit views)")
-    calib_x = extractor(calib[0], config.progress, "features (calibration views)")
-    test_x = extractor(test[0], config.progress, "features (held-out views)")
-    head = fit_template_head(fit_x, np.array(fit[1]), calib_x, np.array(calib[1]), len(names))
-    test_probs = head.probs(test_x)
+    head = fit_template_head(fit_x, np.array(fit[1]), extractor(calib[0], config.progress, "features (calibration views)"),
+                             np.array(calib[1]), len(names))
+    if head.temperature in (TEMPERATURES[0], TEMPERATURES[-1]):
+        log(f"warning: the calibrated temperature {head.temperature:.3g} is at the edge of the search grid")
+
+    def served(data, desc):
+        return encode_as_served(extractor, matcher, data, config.progress, desc)
+
+    calib_served = served(calib[0], "features (calibration views as served)")
+    test_served = served(test[0], "features (held-out views as served)")
+    calib_other_served = served([to_png(i) for _, i in calib_other], "features (non-templates)")
+    test_other_served = served([to_png(i) for _, i in test_other], "features (held-out non-templates)")
+    head.match_weight, threshold = choose_match_weight(head, calib_served, np.array(calib[1]), calib_other_served)
+
+    test_probs = served_probs(head, test_served)
     predicted = test_probs.argmax(axis=1)
     labels, kinds = np.array(test[1]), np.array(test[2])
     accuracy = {k: float(np.mean(predicted[kinds == k] == labels[kinds == k])) for k in KINDS if np.any(kinds == k)}
     accuracy["all"] = float(np.mean(predicted == labels))
-    if head.temperature in (TEMPERATURES[0], TEMPERATURES[-1]):
-        log(f"warning: the calibrated temperature {head.temperature:.3g} is at the edge of the search grid")
-    log(f"template head: temperature {head.temperature:.4g}, fitted on {len(fit[0])} views, "
-        f"calibrated on {len(calib[0])}, tested on {len(test[0])} held-out views")
-    log("recognition on held-out views: " + "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
-    known = fit_known_threshold(extractor, head, calib_x, test_probs, kinds, images, names, config, log)
-    return head, accuracy, known
+    features_only = float(np.mean(head.logits(test_served.features[: len(labels)]).argmax(axis=1) == labels))
+    log(f"template head: temperature {head.temperature:.4g}, pixel-match weight {head.match_weight:g}, fitted on "
+        f"{len(fit[0])} views, calibrated on {len(calib[0])}, tested on {len(test[0])} held-out views")
+    log("recognition on held-out views, as served: " + "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
+        + f"  (features of the view alone: {features_only:.3f})")
 
-
-def fit_known_threshold(extractor, head, calib_x, test_probs, test_kinds, images, names, config: ExportConfig, log) -> dict:
-    """The "known template" threshold on the head's top probability: chosen on the calibration
-    views against generated images that are no template, checked on held-out ones of each."""
-    from model_export.augment import to_png
-    from model_export.non_templates import non_template_images
-    from model_export.template_head import choose_known_threshold, known_score
-
-    templates = [images[n] for n in names]
-    count = config.non_template_views
-    if count < 1:
-        raise ExportError("--non-template-views must be at least 1: the known-template threshold is chosen on them")
-    calib_other = non_template_images(count, config.seed + 3, templates)
-    test_other = non_template_images(count, config.seed + 4, templates)
-    calib_other_x = extractor([to_png(i) for _, i in calib_other], config.progress, "features (non-templates)")
-    test_other_x = extractor([to_png(i) for _, i in test_other], config.progress, "features (held-out non-templates)")
-    threshold = choose_known_threshold(known_score(head.probs(calib_x)), known_score(head.probs(calib_other_x)))
     known = known_score(test_probs) >= threshold
     other_kinds = np.array([kind for kind, _ in test_other])
-    unknown = known_score(head.probs(test_other_x)) < threshold
-    report = {"threshold": threshold,
-              "known_rate": {str(k): float(known[test_kinds == k].mean()) for k in dict.fromkeys(test_kinds)},
+    unknown = known_score(served_probs(head, test_other_served)) < threshold
+    report = {"threshold": threshold, "match_weight": head.match_weight,
+              "known_rate": {str(k): float(known[kinds == k].mean()) for k in dict.fromkeys(kinds)},
               "unknown_rate": {str(k): float(unknown[other_kinds == k].mean()) for k in dict.fromkeys(other_kinds)}}
     report["known_rate"]["all"], report["unknown_rate"]["all"] = float(known.mean()), float(unknown.mean())
-    log(f"known-template threshold {threshold:.4g} (top probability), chosen on {len(calib_x)} views and "
-        f"{count} non-template images")
+    log(f"known-template threshold {threshold:.6g} (top probability), chosen on {len(calib[0])} views and "
+        f"{config.non_template_views} non-template images")
     log("held-out views called known: " + "  ".join(f"{k} {v:.3f}" for k, v in report["known_rate"].items()))
     log("held-out non-templates called unknown: " + "  ".join(f"{k} {v:.3f}" for k, v in report["unknown_rate"].items()))
-    return report
+    return head, accuracy, report
 
 
 def _jpeg(image) -> bytes:
@@ -179,11 +198,15 @@ def _metadata_case(metadata: dict) -> dict:
     }
 
 
-def _encoder_cases(backbone, head, images: list, metadata: dict) -> tuple[dict, list]:
-    """Inputs and expected outputs, computed with the Keras backbone and the numpy head."""
+def _encoder_cases(backbone, head, descriptors, images: list, metadata: dict) -> tuple[dict, list]:
+    """Inputs and expected outputs, computed with the Keras backbone, the pixel match in eager
+    TensorFlow and the numpy head."""
+    from model_export.template_match import match_scores
+
     pixels = np.stack([np.asarray(img.convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE))) for img in images]).astype(np.uint8)
     features = backbone.predict(pixels.astype(np.float32) / 127.5 - 1.0, verbose=0)
-    probs = head.probs(features.astype(np.float64))
+    match = match_scores(pixels.astype(np.float32), descriptors).numpy()
+    probs = head.probs(features.astype(np.float64), match.astype(np.float64))
     encoded = np.array([to_png(img.convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE))) for img in images], dtype=bytes)
     cases = {
         f"{c.ENCODER_PIXELS_SIGNATURE}/in/{c.IMAGES}": pixels,
@@ -346,8 +369,9 @@ def export(config: ExportConfig) -> dict:
     from PIL import Image
 
     from model_export.decoder_serving import DecoderServing
-    from model_export.encoder import EncoderServing, FeatureExtractor, build_backbone, weights_id
+    from model_export.encoder import EncoderServing, FeatureExtractor, MatchScorer, build_backbone, weights_id
     from model_export.run_dir import load_run
+    from model_export.template_match import template_descriptors
 
     started = time.perf_counter()
     root = Path(config.models_dir)
@@ -375,10 +399,11 @@ def export(config: ExportConfig) -> dict:
 
     backbone = build_backbone(config.weights, config.seed)
     extractor = FeatureExtractor(backbone, wid, config.cache_dir)
-    head, accuracy, known = fit_head(extractor, images, names, config, log)
+    descriptors = template_descriptors([images[n] for n in names])
+    head, accuracy, known = fit_head(extractor, MatchScorer(descriptors), images, names, config, log)
 
     encoder_meta = {**shared, "encoder_weights": wid, "head_temperature": f"{head.temperature:.6g}",
-                    c.KNOWN_THRESHOLD: f"{known['threshold']:.6g}"}
+                    "match_weight": f"{head.match_weight:g}", c.KNOWN_THRESHOLD: f"{known['threshold']:.9g}"}
     decoder_meta = {
         **shared,
         c.WEIGHTS_FINGERPRINT: weights_fingerprint(run.model),
@@ -387,7 +412,7 @@ def export(config: ExportConfig) -> dict:
         c.TRAINING_CAPTIONS: str(len(run.training_captions)),
         c.WIRE_DTYPES: "float32,float16",
     }
-    encoder = EncoderServing(backbone, head, encoder_meta)
+    encoder = EncoderServing(backbone, head, descriptors, encoder_meta)
     decoder = DecoderServing(run.model, run.tokenizer, run.templates, decoder_meta, config.top_k, run.training_captions)
 
     for name in finals:
@@ -402,7 +427,7 @@ def export(config: ExportConfig) -> dict:
         tf.saved_model.save(decoder, str(tmp[c.DECODER_MODEL]), signatures=decoder.signatures())
 
         sample_images = [images[n] for n in names[:2]] + [Image.fromarray(np.random.default_rng(config.seed).integers(0, 256, (120, 90, 3), dtype=np.uint8))]
-        encoder_cases, encoder_warmup = _encoder_cases(backbone, head, sample_images, encoder_meta)
+        encoder_cases, encoder_warmup = _encoder_cases(backbone, head, descriptors, sample_images, encoder_meta)
         decoder_cases, decoder_warmup = _decoder_cases(run, decoder.top_k, decoder_meta, config.seed)
         write_warmup(tmp[c.ENCODER_MODEL], c.ENCODER_MODEL, encoder_warmup)
         write_warmup(tmp[c.DECODER_MODEL], c.DECODER_MODEL, decoder_warmup)

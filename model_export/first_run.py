@@ -38,7 +38,7 @@ FIT_VIEWS, CALIBRATION_VIEWS, TEST_VIEWS = 16, 3, 2
 KEEP_BUILDS = 2  # the new build and the one before it (a running gateway may still serve it)
 # Bumped when how the encoder is built changes (augmentations, views, the known-template threshold):
 # a build made before is built again at the next start, as a changed default model is.
-ENCODER_RECIPE = 4
+ENCODER_RECIPE = 5
 
 
 class BuildError(Exception):

@@ -4,6 +4,12 @@ Fitted by ridge regression to one-hot targets on features of augmented template 
 (closed form: deterministic and fast for ~2k views x 2048 features), with the ridge strength
 and the softmax temperature chosen on separate calibration views (against label-smoothed
 targets, see CALIBRATION_SMOOTHING).
+
+The head's logits are then fused with the pixel match of model_export/template_match.py:
+softmax(logits / temperature + match_weight * atanh(match)). Fisher's atanh stretches the
+correlations near 1 that only the right template reaches, so a near-perfect match outweighs
+features that are sure of the wrong template. The weight is chosen on the calibration views
+against images that are no template (choose_match_weight).
 """
 
 from __future__ import annotations
@@ -28,12 +34,19 @@ class TemplateHead:
     weights: np.ndarray  # [D, T]
     bias: np.ndarray  # [T]
     temperature: float
+    match_weight: float = 0.0  # 0: the features alone decide
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         return ((features - self.mean) / self.scale) @ self.weights + self.bias
 
-    def probs(self, features: np.ndarray) -> np.ndarray:
+    def probs(self, features: np.ndarray, match: np.ndarray | None = None) -> np.ndarray:
+        """Template probabilities from FEATURES [N, D] and, when the head has a match weight,
+        the pixel MATCH [N, T] (correlations, template_match.match_scores)."""
         z = self.logits(features) / self.temperature
+        if self.match_weight:
+            if match is None:
+                raise ValueError("this head fuses the pixel match: pass the match scores")
+            z = z + self.match_weight * match_evidence(match)
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
         return p / p.sum(axis=1, keepdims=True)
@@ -86,7 +99,58 @@ def fit_template_head(
 
 
 def _with(head: TemplateHead, temperature: float) -> TemplateHead:
-    return TemplateHead(head.mean, head.scale, head.weights, head.bias, float(temperature))
+    return TemplateHead(head.mean, head.scale, head.weights, head.bias, float(temperature), head.match_weight)
+
+
+# The largest correlation atanh sees: a perfect match counts as much as 0.995 (atanh 3.0), not infinitely.
+MAX_CORRELATION = 0.995
+MATCH_WEIGHTS = (0.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+def match_evidence(match: np.ndarray) -> np.ndarray:
+    """Fisher's z of the match correlations: what the fused logits add, per unit of weight."""
+    return np.arctanh(np.clip(match, -MAX_CORRELATION, MAX_CORRELATION))
+
+
+@dataclass
+class Encoded:
+    """What the encoder computes for images as the gateway sends them: each image's own view
+    and, for some, a second one (the picture inside it, memefly/content_view.py)."""
+
+    features: np.ndarray  # [V, D], the images' own views first, in image order
+    match: np.ndarray  # [V, T]
+    image: np.ndarray  # [V]: the image each view is of
+
+    @classmethod
+    def single(cls, features: np.ndarray, match: np.ndarray) -> Encoded:
+        """One view per image."""
+        return cls(features, match, np.arange(len(features)))
+
+
+def served_probs(head: TemplateHead, encoded: Encoded) -> np.ndarray:
+    """[N, T]: per image, the probabilities of its most confident view, as the gateway keeps
+    (memefly.content_view.most_confident; on a tie, the image's own view)."""
+    probs = head.probs(encoded.features, encoded.match)
+    order = np.lexsort((-known_score(probs), encoded.image))  # stable: own views come first
+    _, first = np.unique(encoded.image[order], return_index=True)
+    return probs[order[first]]
+
+
+def choose_match_weight(head: TemplateHead, views: Encoded, labels: np.ndarray, others: Encoded) -> tuple[float, float]:
+    """(weight, threshold): the match weight of MATCH_WEIGHTS under which the most template
+    VIEWS are recognised and called known at the threshold that calls UNKNOWN_RATE of the
+    OTHERS (images that are no template) unknown; on ties, the one that recognises most views,
+    then the smallest. A view called known as the wrong template counts against a weight."""
+    best = None
+    for weight in MATCH_WEIGHTS:
+        trial = TemplateHead(head.mean, head.scale, head.weights, head.bias, head.temperature, weight)
+        probs = served_probs(trial, views)
+        threshold = choose_known_threshold(known_score(probs), known_score(served_probs(trial, others)))
+        right = probs.argmax(axis=1) == labels
+        rank = (float(np.mean(right & (known_score(probs) >= threshold))), float(np.mean(right)), -weight)
+        if best is None or rank > best[0]:
+            best = (rank, weight, threshold)
+    return best[1], best[2]
 
 
 def known_score(probs: np.ndarray) -> np.ndarray:
@@ -94,13 +158,18 @@ def known_score(probs: np.ndarray) -> np.ndarray:
     return probs.max(axis=1)
 
 
-def choose_known_threshold(known: np.ndarray, unknown: np.ndarray) -> float:
-    """The top-probability threshold that best separates template views (KNOWN scores) from
-    images that are no template (UNKNOWN scores): the most balanced accuracy, mid-way between
-    the two scores it falls between; on ties the lowest (a template wrongly called unknown
-    loses the user more than the reverse)."""
+# The share of images that are no template that the known-template threshold calls unknown.
+# Fixing it, rather than balancing the two errors, keeps every template view above it known:
+# generated non-templates are harder to tell from templates than the photos people upload.
+UNKNOWN_RATE = 0.95
+
+
+def choose_known_threshold(known: np.ndarray, unknown: np.ndarray, unknown_rate: float = UNKNOWN_RATE) -> float:
+    """The lowest top-probability threshold that calls at least UNKNOWN_RATE of the images that
+    are no template (UNKNOWN scores) unknown, placed mid-way to the next score above it of
+    either set; template views (KNOWN scores) at or above it are called known. Above every
+    score when only that is enough."""
     scores = np.unique(np.concatenate([known, unknown]))
-    cuts = np.concatenate([[0.0], (scores[:-1] + scores[1:]) / 2, [1.0]])
-    known_rate = (known[None, :] >= cuts[:, None]).mean(axis=1)
-    unknown_rate = (unknown[None, :] < cuts[:, None]).mean(axis=1)
-    return float(cuts[int(np.argmax(known_rate + unknown_rate))])
+    cuts = np.concatenate([[0.0], (scores[:-1] + scores[1:]) / 2, [np.nextafter(scores[-1], np.inf)]])
+    enough = np.flatnonzero((unknown[None, :] < cuts[:, None]).mean(axis=1) >= unknown_rate - 1e-12)
+    return float(cuts[enough[0]])

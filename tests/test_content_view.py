@@ -1,4 +1,4 @@
-"""The picture inside a screenshot, found for the encoder's second view (gateway/content_view.py)."""
+"""The picture inside a screenshot, found for the encoder's second view (memefly/content_view.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gateway.content_view import content_box, content_view, most_confident
+from memefly.content_view import content_box, content_view, most_confident
 from gateway.images import check_image
 
 
@@ -54,3 +54,26 @@ def test_the_upload_check_adds_the_view_and_the_surest_view_wins():
     assert content_view(picture()) is None
     unsure, sure = np.array([0.4, 0.3, 0.3]), np.array([0.1, 0.85, 0.05])
     assert most_confident([unsure, sure]) is sure and most_confident([sure, unsure]) is sure
+
+
+def test_a_busy_strip_of_a_soft_photo_is_no_picture_inside_a_frame():
+    """A motion-blurred photo: soft colour fields around one sharp strip. Around the strip there
+    is no plain background, so there is no second view to be misread as a template."""
+    y, x = np.mgrid[0:300, 0:400]
+    shade = (100 + 0.08 * x + 0.08 * y).astype(np.uint8)  # no row or column busy, yet 56 grey levels
+    soft = Image.fromarray(np.stack([shade] * 3, axis=2))
+    soft.paste(picture(120, 260, seed=4), (140, 30))
+    assert content_box(soft) is None
+    # the same strip on a plain page is a picture inside a frame
+    page = Image.new("RGB", (400, 300), "white")
+    page.paste(picture(120, 260, seed=4), (140, 30))
+    assert content_box(page) is not None
+
+
+def test_a_picture_whose_right_half_is_white_is_widened_to_the_centred_box():
+    """On a white post, a template with white panels on the right (as Drake's) loses its right
+    edge; posts centre their pictures, so the box is made centred."""
+    inner = picture(500, 400)
+    ImageDraw.Draw(inner).rectangle((260, 0, 499, 399), fill="white")
+    left, top, right, bottom = content_box(screenshot(inner))
+    assert abs(left - 50) <= 3 and abs(right - 550) <= 3 and abs(top - 300) <= 3 and abs(bottom - 700) <= 3

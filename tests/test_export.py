@@ -12,9 +12,10 @@ from memefly import contract as c
 from memefly.cli import main
 from model_export import export as export_module
 from model_export.augment import KINDS, perturb, to_png
-from model_export.non_templates import KINDS as NON_TEMPLATE_KINDS
 from model_export.export import ExportError, export, utf8, weights_fingerprint
+from model_export.non_templates import KINDS as NON_TEMPLATE_KINDS
 from model_export.run_dir import load_run
+from model_export.template_head import MATCH_WEIGHTS
 from model_export.warmup import read_warmup
 
 DECODER_SIGNATURES = {
@@ -58,13 +59,15 @@ def test_both_versions_are_written_with_warmup_and_log(tiny_export):
 
 def test_the_encoder_ships_a_known_template_threshold_checked_on_held_out_images(tiny_export):
     known = tiny_export["known_template"]
-    assert tiny_export["metadata"][c.ENCODER_MODEL][c.KNOWN_THRESHOLD] == f"{known['threshold']:.6g}"
+    assert tiny_export["metadata"][c.ENCODER_MODEL][c.KNOWN_THRESHOLD] == f"{known['threshold']:.9g}"
     assert 0 < known["threshold"] < 1
     assert set(known["unknown_rate"]) == {*NON_TEMPLATE_KINDS, "all"}
-    # Held out: most views of the four templates called known, most generated non-templates
-    # unknown (72 views and 24 images here; benchmarks/recognition.py measures the real build).
-    assert known["known_rate"]["all"] >= 0.75, known
-    assert known["unknown_rate"]["all"] >= 0.75, known
+    # Held out (72 views and 24 images here; benchmarks/recognition.py measures the real build):
+    # the threshold lets at most 5% of the generated non-templates through (UNKNOWN_RATE), and
+    # still calls most views of the four random-weight templates known.
+    assert known["unknown_rate"]["all"] >= 0.9, known
+    assert known["known_rate"]["all"] >= 0.6, known
+    assert known["match_weight"] in MATCH_WEIGHTS and tiny_export["metadata"][c.ENCODER_MODEL]["match_weight"] == f"{known['match_weight']:g}"
     assert "known-template threshold" in (Path(tiny_export["log"]).read_text())
 
 

@@ -4,8 +4,9 @@ People send a meme template as a phone screenshot of a post (status bar, names, 
 replies around it), with white borders, or tilted on a plain background. The encoder sees
 the whole image squeezed to 299 x 299, where the template fills a third. The picture is
 the longest run of busy rows (text lines are short runs between plain gaps), and within it
-the longest run of busy columns; when that box is a real part of the image, it goes to the
-encoder as well, and the more confident answer of the two views is kept (measured with
+the longest run of busy columns; when that box is a real part of the image and sits on a
+plain background, it goes to the encoder as well (centred, as posts place pictures), and the
+more confident answer of the two views is kept (measured with
 benchmarks/recognition.py: phone screenshots recognised 0.40 -> 0.97, the other kinds the
 same). The box is found on a copy at most SEARCH_SIDE pixels a side: an upload may
 have 40 million pixels, and every upload is looked at.
@@ -22,6 +23,13 @@ BUSY_STD = 10.0  # a row or column whose grey levels vary more than this is part
 MIN_SHARE, MAX_SHARE = 0.1, 0.9  # the box must be at least 10% of the area, and not nearly all of it
 MAX_SIDE = 1024  # the view is sent at most this big (as re-encoded uploads are)
 SEARCH_SIDE = 512
+# A picture inside a screenshot or a frame sits on a plain background: at least this share of
+# the image around the box is within PLAIN_LEVELS grey levels of its commonest level (a post's
+# text is a small part of it). A blurred photo's soft fields are not: no second view there.
+PLAIN_SHARE, PLAIN_LEVELS = 0.5, 8
+# A post's picture is centred: a box nearer one side than the other by more than this share of
+# the width stopped at a white (or black) part of the picture, and is widened to be centred.
+OFF_CENTRE = 0.1
 
 
 def _longest_run(busy: np.ndarray, gap: int) -> tuple[int, int]:
@@ -60,7 +68,24 @@ def _box(grey: np.ndarray) -> tuple[int, int, int, int] | None:
     share = (bottom - top) * (right - left) / (height * width)
     if share < MIN_SHARE or ((bottom - top) > MAX_SHARE * height and (right - left) > MAX_SHARE * width):
         return None
+    if _plain_share(grey, (left, top, right, bottom)) < PLAIN_SHARE:
+        return None
+    margin = min(left, width - right)
+    if abs(left - (width - right)) > OFF_CENTRE * width:
+        left, right = margin, width - margin
     return left, top, right, bottom
+
+
+def _plain_share(grey: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """The share of the image around BOX within PLAIN_LEVELS of its commonest grey level."""
+    left, top, right, bottom = box
+    around = np.ones(grey.shape, dtype=bool)
+    around[top:bottom, left:right] = False
+    levels = np.clip(grey[around], 0, 255).astype(np.int16)
+    if levels.size == 0:
+        return 1.0
+    commonest = int(np.bincount(levels, minlength=256).argmax())
+    return float(np.mean(np.abs(levels - commonest) <= PLAIN_LEVELS))
 
 
 def content_view(image: Image.Image) -> bytes | None:
