@@ -40,10 +40,14 @@ def _synthetic_captions(name: str, n: int, rng: random.Random) -> list[dict]:
     tops, bottoms = topics.get(name, (["top"], ["bottom"]))
     when = ["", "today", "again", "on friday", "at school", "at work", "in 2020", "every day"]
     who = ["", "me", "my dad", "my teacher", "the cat", "everyone", "my friends"]
+    # Bottom boxes vary too: two memes with the same bottom box and another top are one meme
+    # told twice (memefly.decoding.distinct), and the answer needs five that are not.
+    then = ["", "instead", "all day", "forever", "with friends", "right now", "obviously", "for real"]
     out = []
     for i in range(n):
         top = " ".join(w for w in (rng.choice(tops), rng.choice(when), rng.choice(who)) if w)
-        out.append({"post": f"https://example.invalid/{name}/{i}", "url": "", "metadata": {}, "boxes": [top, rng.choice(bottoms)]})
+        bottom = " ".join(w for w in (rng.choice(bottoms), rng.choice(then)) if w)
+        out.append({"post": f"https://example.invalid/{name}/{i}", "url": "", "metadata": {}, "boxes": [top, bottom]})
     return out
 
 
