@@ -14,7 +14,7 @@ RUN ?= runs/default
 WEIGHTS ?= imagenet
 VERSION ?= 1
 
-.PHONY: run test install train
+.PHONY: run test lint install train
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ run: install
 
 test: install
 	$(VENV)/bin/python -m pytest
+
+# ruff's rules and line length are in pyproject.toml; `ruff format .` and `ruff check --fix .` mend most.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 train: install
 	$(VENV)/bin/memefly data prepare

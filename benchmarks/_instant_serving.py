@@ -29,7 +29,9 @@ OPTIONS = [("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.max_receiv
 
 class InstantStep(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, upstream: str, recorded: dict[str, np.ndarray]):
-        self.upstream = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(upstream, options=OPTIONS))
+        self.upstream = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(upstream, options=OPTIONS)
+        )
         self.recorded = recorded
 
     def Predict(self, request, context):  # noqa: N802 (the proto's name)

@@ -35,9 +35,21 @@ def loopback_serving(models_dir: Path, *, code: Path = ROOT, port: int | None = 
     """tests/loopback_serving.py over MODELS_DIR: TF Serving's PredictionService, in Python.
     CODE: the checkout whose loopback server runs (benchmarks/reliability.py measures an older one)."""
     port = port or free_port()
-    process = subprocess.Popen([sys.executable, str(code / "tests" / "loopback_serving.py"), "--models-dir", str(models_dir),
-                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env=_env(), cwd=code)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(code / "tests" / "loopback_serving.py"),
+            "--models-dir",
+            str(models_dir),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_env(),
+        cwd=code,
+    )
     try:
         for line in process.stdout:
             if line.startswith("listening on"):
@@ -51,8 +63,9 @@ def loopback_serving(models_dir: Path, *, code: Path = ROOT, port: int | None = 
 
 
 @contextmanager
-def gateway_process(backend: str, models_dir: Path, target: str | None = None, *, code: Path = ROOT,
-                    log: Path | None = None, **settings):
+def gateway_process(
+    backend: str, models_dir: Path, target: str | None = None, *, code: Path = ROOT, log: Path | None = None, **settings
+):
     """`memefly serve` of the checkout CODE with BACKEND; yields (URL, process) once /readyz says ready."""
     port = free_port()
     env = _env(backend=backend, models_dir=models_dir, **settings)
@@ -60,8 +73,22 @@ def gateway_process(backend: str, models_dir: Path, target: str | None = None, *
     if target:
         env.update(MEMEFLY_ENCODER_TARGET=target, MEMEFLY_DECODER_TARGET=target)
     output = open(log, "ab") if log else subprocess.DEVNULL
-    process = subprocess.Popen([sys.executable, "-m", "memefly.cli", "serve", "--port", str(port), "--log-level",
-                                "info" if log else "warning"], env=env, cwd=code, stdout=output, stderr=output)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "memefly.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "info" if log else "warning",
+        ],
+        env=env,
+        cwd=code,
+        stdout=output,
+        stderr=output,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300

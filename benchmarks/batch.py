@@ -38,9 +38,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from _servers import ROOT, gateway, loopback_serving  # noqa: E402
 
 from gateway.client import MemeflyClient  # noqa: E402
-from memefly.decoding.options import DecodingOptions  # noqa: E402
 from memefly.batch import BatchSummary, run_batch  # noqa: E402
 from memefly.batch_results import ResultsFile  # noqa: E402
+from memefly.decoding.options import DecodingOptions  # noqa: E402
 from memefly.paths import models_dir as default_models_dir  # noqa: E402
 from memefly.paths import templates_dir  # noqa: E402
 
@@ -49,8 +49,9 @@ def write_images(folder: Path, count: int) -> list[Path]:
     """COUNT distinct JPEGs in FOLDER: template images (or noise, without the dataset), one pixel changed each."""
     sources = sorted(templates_dir().glob("*.jpg"))[:20]
     rng = np.random.default_rng(0)
-    bases = [np.asarray(Image.open(p).convert("RGB").resize((400, 400))) for p in sources] or \
-        [rng.integers(0, 256, (400, 400, 3), dtype=np.uint8) for _ in range(20)]
+    bases = [np.asarray(Image.open(p).convert("RGB").resize((400, 400))) for p in sources] or [
+        rng.integers(0, 256, (400, 400, 3), dtype=np.uint8) for _ in range(20)
+    ]
     paths = []
     for i in range(count):
         pixels = bases[i % len(bases)].copy()
@@ -90,10 +91,30 @@ def library(target: str, paths: list[Path], out: Path, concurrency: int, batch_s
 
 def command(target: str, folder: Path, out: Path, concurrency: int, batch_size: int) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "memefly.cli", "batch", str(folder), "--out", str(out),
-                    "--encoder", target, "--decoder", target, "--concurrency", str(concurrency),
-                    "--batch-size", str(batch_size), "--no-progress"],
-                   check=True, cwd=ROOT, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "memefly.cli",
+            "batch",
+            str(folder),
+            "--out",
+            str(out),
+            "--encoder",
+            target,
+            "--decoder",
+            target,
+            "--concurrency",
+            str(concurrency),
+            "--batch-size",
+            str(batch_size),
+            "--no-progress",
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     return time.perf_counter() - started
 
 
@@ -110,19 +131,25 @@ def main() -> int:
         folder = Path(scratch) / "images"
         folder.mkdir()
         paths = write_images(folder, args.images)
-        with loopback_serving(args.models_dir) as target, \
-                gateway("grpc", args.models_dir, target, model_version=1) as url:
+        with (
+            loopback_serving(args.models_dir) as target,
+            gateway("grpc", args.models_dir, target, model_version=1) as url,
+        ):
             rows["POST /memes, one at a time"] = one_at_a_time(url, paths)
         with loopback_serving(args.models_dir) as target:
-            rows["batch client (library)"] = library(target, paths, Path(scratch) / "library.jsonl",
-                                                     args.concurrency, args.batch_size)
+            rows["batch client (library)"] = library(
+                target, paths, Path(scratch) / "library.jsonl", args.concurrency, args.batch_size
+            )
         with loopback_serving(args.models_dir) as target:
-            rows["memefly batch (command)"] = command(target, folder, Path(scratch) / "command.jsonl",
-                                                      args.concurrency, args.batch_size)
+            rows["memefly batch (command)"] = command(
+                target, folder, Path(scratch) / "command.jsonl", args.concurrency, args.batch_size
+            )
 
-    print(f"{args.images} images, 5 beams and 5 memes each; loopback TF Serving over gRPC; "
-          f"batch client: --concurrency {args.concurrency} --batch-size {args.batch_size}; "
-          f"{os.cpu_count()} cores; models {args.models_dir}")
+    print(
+        f"{args.images} images, 5 beams and 5 memes each; loopback TF Serving over gRPC; "
+        f"batch client: --concurrency {args.concurrency} --batch-size {args.batch_size}; "
+        f"{os.cpu_count()} cores; models {args.models_dir}"
+    )
     print(f"{'':32} {'seconds':>8} {'images/s':>9} {'speed-up':>9}")
     base = rows["POST /memes, one at a time"]
     for name, seconds in rows.items():

@@ -78,8 +78,10 @@ async def _record_step(service, template: str) -> tuple[dict, dict]:
     state = np.repeat(np.asarray(conditioning.state, np.float32).reshape(1, -1), RECORDED_ROWS, axis=0)
     context = np.repeat(np.asarray(conditioning.context, np.float32).reshape(1, -1), RECORDED_ROWS, axis=0)
     outputs = await service.models.step(tokens, state, context)
-    return ({c.TOKEN: tokens, c.STATE: state, c.CONTEXT: context},
-            dict(zip((c.TOP_IDS, c.TOP_LOG_PROBS, c.STATE), outputs)))
+    return (
+        {c.TOKEN: tokens, c.STATE: state, c.CONTEXT: context},
+        dict(zip((c.TOP_IDS, c.TOP_LOG_PROBS, c.STATE), outputs, strict=True)),
+    )
 
 
 def _instant(outputs: dict):
@@ -172,9 +174,14 @@ async def _load(service, template: str, options, clients: int, seconds: float, s
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu
     rows = max(1, step.rows)
-    return {"memes_per_s": memes / wall, "row_steps_per_s": step.rows / wall, "rows_per_call": step.rows / max(1, step.calls),
-            "us_per_row_step": 1e6 * (wall - step.seconds) / rows,
-            "cpu_us_per_row_step": 1e6 * cpu / rows, "gateway_share": 1 - step.seconds / wall}
+    return {
+        "memes_per_s": memes / wall,
+        "row_steps_per_s": step.rows / wall,
+        "rows_per_call": step.rows / max(1, step.calls),
+        "us_per_row_step": 1e6 * (wall - step.seconds) / rows,
+        "cpu_us_per_row_step": 1e6 * cpu / rows,
+        "gateway_share": 1 - step.seconds / wall,
+    }
 
 
 async def measure(models_dir: Path, seconds: float, clients: list[int]) -> dict:
@@ -188,8 +195,12 @@ async def measure(models_dir: Path, seconds: float, clients: list[int]) -> dict:
         real_step = service.scheduler.step
         inputs, outputs = await _record_step(service, template)
         results["wire"] = wire_us(inputs, outputs)
-        print(f"  {results['commit']} wire, 1,024-row step: " + ", ".join(f"{k} {v:.0f}" for k, v in results["wire"].items()),
-              file=sys.stderr, flush=True)
+        print(
+            f"  {results['commit']} wire, 1,024-row step: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in results["wire"].items()),
+            file=sys.stderr,
+            flush=True,
+        )
         for decoder, step in {"instant": _instant(outputs), "model": real_step}.items():
             counted = service.scheduler.step = CountedStep(step)
             for name, values in OPTION_SETS.items():
@@ -206,10 +217,13 @@ async def measure(models_dir: Path, seconds: float, clients: list[int]) -> dict:
 
 def _report(results: dict, row: dict) -> None:
     results["runs"].append(row)
-    print(f"  {results['commit']} {row['decoder']:12s} {row['options']:7s} {row['clients']:4d} clients: "
-          f"{row['memes_per_s']:8.0f} memes/s {row['row_steps_per_s']:9.0f} row-steps/s {row['rows_per_call']:6.0f} "
-          f"rows/call {row['us_per_row_step']:6.2f} us/row-step, gateway share {_share(row)}",
-          file=sys.stderr, flush=True)
+    print(
+        f"  {results['commit']} {row['decoder']:12s} {row['options']:7s} {row['clients']:4d} clients: "
+        f"{row['memes_per_s']:8.0f} memes/s {row['row_steps_per_s']:9.0f} row-steps/s {row['rows_per_call']:6.0f} "
+        f"rows/call {row['us_per_row_step']:6.2f} us/row-step, gateway share {_share(row)}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 async def _measure_grpc(models_dir: Path, seconds: float, clients: list[int], outputs: dict, results: dict) -> None:
@@ -218,17 +232,27 @@ async def _measure_grpc(models_dir: Path, seconds: float, clients: list[int], ou
     import tempfile
 
     import numpy as np
-
     from _servers import loopback_serving
+
     from gateway.client import MemeflyClient
     from memefly.decoding.options import DecodingOptions
 
     with tempfile.TemporaryDirectory() as work, loopback_serving(models_dir, code=CODE) as upstream:
         step_file = Path(work) / "step.npz"
         np.savez(step_file, **outputs)
-        proxy = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_instant_serving.py")), "--upstream",
-                                  upstream, "--recorded", str(step_file)], stdout=subprocess.PIPE, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proxy = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("_instant_serving.py")),
+                "--upstream",
+                upstream,
+                "--recorded",
+                str(step_file),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         try:
             target = proxy.stdout.readline().split()[-1]
             async with MemeflyClient(target, target, max_in_flight=max(clients)) as client:
@@ -255,21 +279,36 @@ def _share(row: dict) -> str:
 
 def _table(all_results: list[dict]) -> str:
     commits = [r["commit"] for r in all_results]
-    lines = ["| decoder | options | clients | " + " | ".join(f"{c}: memes/s, rows/call, us/row-step (CPU), gateway share"
-                                                       for c in commits) + " |",
-             "|---|---|---|" + "---|" * len(commits)]
+    lines = [
+        "| decoder | options | clients | "
+        + " | ".join(f"{c}: memes/s, rows/call, us/row-step (CPU), gateway share" for c in commits)
+        + " |",
+        "|---|---|---|" + "---|" * len(commits),
+    ]
     keys = [(r["decoder"], r["options"], r["clients"]) for r in all_results[0]["runs"]]
     for key in keys:
         cells = []
         for result in all_results:
             row = next((r for r in result["runs"] if (r["decoder"], r["options"], r["clients"]) == key), None)
-            cells.append("-" if row is None else
-                         f"{row['memes_per_s']:.0f}, {row['rows_per_call']:.0f}, {row['us_per_row_step']:.2f} "
-                         f"({row['cpu_us_per_row_step']:.2f}), {_share(row)}")
+            cells.append(
+                "-"
+                if row is None
+                else f"{row['memes_per_s']:.0f}, {row['rows_per_call']:.0f}, {row['us_per_row_step']:.2f} "
+                f"({row['cpu_us_per_row_step']:.2f}), {_share(row)}"
+            )
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
-    lines.append("| gRPC wire, one 1,024-row step (gateway side) | | | " + " | ".join(
-        "encode {encode:.0f} us + decode {decode:.0f} us ({request_bytes:,} + {response_bytes:,} bytes)".format(**r["wire"])
-        if "wire" in r else "-" for r in all_results) + " |")
+    lines.append(
+        "| gRPC wire, one 1,024-row step (gateway side) | | | "
+        + " | ".join(
+            "encode {encode:.0f} us + decode {decode:.0f} us ({request_bytes:,} + {response_bytes:,} bytes)".format(
+                **r["wire"]
+            )
+            if "wire" in r
+            else "-"
+            for r in all_results
+        )
+        + " |"
+    )
     return "\n".join(lines)
 
 
@@ -290,10 +329,25 @@ def main(argv=None) -> int:
         return 0
     all_results = []
     for code in [*args.code, ROOT]:  # others first: this checkout's numbers last, as "after"
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--models-dir", str(args.models_dir.resolve()),
-                   "--seconds", str(args.seconds), "--clients", args.clients]
-        out = subprocess.run(command, env={**os.environ, "MEMEFLY_BENCH_CODE": str(code.resolve())},
-                             stdout=subprocess.PIPE, text=True, check=True, cwd=code)
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            "--models-dir",
+            str(args.models_dir.resolve()),
+            "--seconds",
+            str(args.seconds),
+            "--clients",
+            args.clients,
+        ]
+        out = subprocess.run(
+            command,
+            env={**os.environ, "MEMEFLY_BENCH_CODE": str(code.resolve())},
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+            cwd=code,
+        )
         all_results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     if args.json:
         args.json.write_text(json.dumps(all_results, indent=1))

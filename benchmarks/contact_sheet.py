@@ -39,8 +39,9 @@ def pick_templates(names: list[str], count: int, renderer: Renderer) -> list[str
     return [usable[int(i * step)] for i in range(count)]
 
 
-async def memes_for(models_dir: Path, templates: list[str] | None, count: int, per_template: int,
-                    renderer: Renderer) -> list[tuple[str, list[list[str]]]]:
+async def memes_for(
+    models_dir: Path, templates: list[str] | None, count: int, per_template: int, renderer: Renderer
+) -> list[tuple[str, list[list[str]]]]:
     async with MemeflyClient(models_dir=models_dir) as client:
         chosen = templates or pick_templates(client.template_names, count, renderer)
         results = await client.generate(chosen, DecodingOptions())

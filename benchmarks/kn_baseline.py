@@ -41,7 +41,7 @@ class KneserNeyBigram:
     def __init__(self, sequences, template_ids, num_templates: int, vocab_size: int):
         self.num_templates, self.vocab_size = num_templates, vocab_size
         bigrams: Counter = Counter()
-        for seq, t in zip(sequences, template_ids):
+        for seq, t in zip(sequences, template_ids, strict=True):
             prev = START_ID
             for w in seq:
                 bigrams[(int(t), prev, int(w))] += 1
@@ -58,7 +58,7 @@ class KneserNeyBigram:
             continuation[t, w] += 1
             global_continuation[(v, w)] = 1
         g = np.ones(vocab_size)
-        for (_, w) in global_continuation:
+        for _, w in global_continuation:
             g[w] += 1
         self.global_probs = g / g.sum()
         types = continuation.sum(axis=1, keepdims=True)
@@ -90,7 +90,7 @@ class KneserNeyBigram:
     # The metrics' CaptionModel interface.
     def score(self, sequences, template_ids) -> np.ndarray:
         out = np.empty(len(sequences))
-        for i, (seq, t) in enumerate(zip(sequences, template_ids)):
+        for i, (seq, t) in enumerate(zip(sequences, template_ids, strict=True)):
             prev, total = START_ID, 0.0
             for w in seq:
                 total += np.log(self.prob(int(t), prev, int(w)))
@@ -105,24 +105,32 @@ class KneserNeyBigram:
         from model_export.evaluate import generate_served
 
         def step(tokens, state, context):
-            log_probs = np.log(np.stack([self.distribution(int(t), int(v)) for t, v in zip(context[:, 0], tokens)]))
+            pairs = zip(context[:, 0], tokens, strict=True)
+            log_probs = np.log(np.stack([self.distribution(int(t), int(v)) for t, v in pairs]))
             top = np.argsort(-log_probs, axis=1, kind="stable")[:, :TOP_K]
             return top.astype(np.int32), np.take_along_axis(log_probs, top, 1), state
 
         template_ids = np.asarray(template_ids)
         rows = len(template_ids)
-        return generate_served(self.captioner, step, np.zeros((rows, 1), np.float32),
-                               template_ids[:, None].astype(np.float32), template_ids, self.num_templates, n)
+        return generate_served(
+            self.captioner,
+            step,
+            np.zeros((rows, 1), np.float32),
+            template_ids[:, None].astype(np.float32),
+            template_ids,
+            self.num_templates,
+            n,
+        )
 
 
 def main(argv=None) -> int:
-    from model_export import run_dir as rd
     from gateway.rendering.layout import Layouts
+    from model_export import run_dir as rd
     from model_export.evaluate import (
         evaluate_caption_model,
-        served_captioner,
         format_table,
         load_evaluation_data,
+        served_captioner,
         split_sequences,
     )
 
@@ -150,7 +158,9 @@ def main(argv=None) -> int:
         columns["decoder"] = json.loads((run.path / rd.METRICS).read_text())
     columns["KN bigram"] = metrics
     print(format_table(columns))
-    print("anchor from the issue (KN bigram on held-out ImgFlip575K): " + ", ".join(f"{k} {v}" for k, v in ANCHOR.items()))
+    print(
+        "anchor from the issue (KN bigram on held-out ImgFlip575K): " + ", ".join(f"{k} {v}" for k, v in ANCHOR.items())
+    )
     print("KN bigram samples:")
     for name, caps in list(metrics["samples"].items())[:5]:
         print(f"  {name}: {caps[0]}")

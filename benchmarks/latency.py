@@ -55,7 +55,9 @@ def variants(image: bytes, n: int) -> list[bytes]:
 
 def model_calls(call, image: bytes) -> None:
     """The calls one request makes: encode, init, then 1 + TOKENS steps (the last one ends every beam)."""
-    probs = call(c.ENCODER_MODEL, c.ENCODER_BYTES_SIGNATURE, {c.IMAGE_BYTES: np.array([image], dtype=object)})[c.TEMPLATE_PROBS]
+    probs = call(c.ENCODER_MODEL, c.ENCODER_BYTES_SIGNATURE, {c.IMAGE_BYTES: np.array([image], dtype=object)})[
+        c.TEMPLATE_PROBS
+    ]
     out = call(c.DECODER_MODEL, c.INIT_SIGNATURE, {c.TEMPLATE_PROBS: probs.astype(np.float32)})
     state, context = out[c.STATE], out[c.CONTEXT]
     tokens = np.array([c.START_ID], np.int32)
@@ -107,7 +109,7 @@ def interleaved(runners: dict, images: list[bytes], warmup: int) -> dict[str, li
     names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
     for i, image in enumerate(images):
-        for name in names[i % len(names):] + names[: i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             started = time.perf_counter()
             runners[name](image)
             if i >= warmup:
@@ -117,10 +119,12 @@ def interleaved(runners: dict, images: list[bytes], warmup: int) -> dict[str, li
 
 def gateway_poster(client: httpx.Client):
     def post(image):
-        response = client.post("/memes", files={"image": ("meme.jpg", image, "image/jpeg")},
-                               data={k: str(v) for k, v in OPTIONS.items()})
+        response = client.post(
+            "/memes", files={"image": ("meme.jpg", image, "image/jpeg")}, data={k: str(v) for k, v in OPTIONS.items()}
+        )
         response.raise_for_status()
         assert len(response.json()["memes"]) == BEAMS
+
     return post
 
 
@@ -132,29 +136,40 @@ def main() -> int:
     warmup = 3
     # Every image is new to every runner: each gateway caches by SHA-256, but in its own process.
     images = variants(default_image(), args.trials + warmup)
-    with loopback_serving(args.models_dir) as target, \
-            gateway("inprocess", args.models_dir, model_version=1) as inprocess_url, \
-            gateway("grpc", args.models_dir, target, model_version=1) as grpc_url, \
-            httpx.Client(base_url=inprocess_url, timeout=120) as inprocess_client, \
-            httpx.Client(base_url=grpc_url, timeout=120) as grpc_client:
+    with (
+        loopback_serving(args.models_dir) as target,
+        gateway("inprocess", args.models_dir, model_version=1) as inprocess_url,
+        gateway("grpc", args.models_dir, target, model_version=1) as grpc_url,
+        httpx.Client(base_url=inprocess_url, timeout=120) as inprocess_client,
+        httpx.Client(base_url=grpc_url, timeout=120) as grpc_client,
+    ):
         raw_inprocess, _ = inprocess_caller(args.models_dir)
         raw_grpc = grpc_caller(target)
-        rows = interleaved({
-            "raw model, in-process": lambda im: model_calls(raw_inprocess, im),
-            "gateway, in-process": gateway_poster(inprocess_client),
-            "raw model, gRPC": lambda im: model_calls(raw_grpc, im),
-            "gateway, gRPC": gateway_poster(grpc_client),
-        }, images, warmup)
+        rows = interleaved(
+            {
+                "raw model, in-process": lambda im: model_calls(raw_inprocess, im),
+                "gateway, in-process": gateway_poster(inprocess_client),
+                "raw model, gRPC": lambda im: model_calls(raw_grpc, im),
+                "gateway, gRPC": gateway_poster(grpc_client),
+            },
+            images,
+            warmup,
+        )
 
     p = {name: (percentile(t, 50), percentile(t, 95)) for name, t in rows.items()}
-    print(f"latency of one image: {BEAMS} beams, {TOKENS} tokens; {args.trials} trials each; "
-          f"{os.cpu_count()} cores; models {args.models_dir}")
+    print(
+        f"latency of one image: {BEAMS} beams, {TOKENS} tokens; {args.trials} trials each; "
+        f"{os.cpu_count()} cores; models {args.models_dir}"
+    )
     print(f"{'':24} {'p50 ms':>8} {'p95 ms':>8}")
     for name in ("raw model, in-process", "gateway, in-process", "raw model, gRPC", "gateway, gRPC"):
         print(f"{name:24} {p[name][0]:8.1f} {p[name][1]:8.1f}")
     for transport in ("in-process", "gRPC"):
         raw, gw = p[f"raw model, {transport}"][0], p[f"gateway, {transport}"][0]
-        print(f"gateway overhead, {transport}: {gw - raw:+.1f} ms = {100 * (gw - raw) / raw:+.1f}% of raw model time (target <= 10%)")
+        print(
+            f"gateway overhead, {transport}: {gw - raw:+.1f} ms = {100 * (gw - raw) / raw:+.1f}% of raw model time "
+            "(target <= 10%)"
+        )
     ratio = p["gateway, gRPC"][0] / p["gateway, in-process"][0]
     print(f"gateway gRPC / in-process (p50): {ratio:.2f}x (target <= 1.2x)")
     return 0

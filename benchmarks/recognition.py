@@ -92,18 +92,29 @@ async def measure(models_dir: Path, templates_dir: Path, per_kind: int, seed: in
     rows = {}
     for kind in KINDS:
         mine = kinds == kind
-        rows[kind] = {"recognised": float(np.mean(top[mine] == labels[mine])),
-                      "known": float(np.mean(is_known(score[mine]))) if threshold is not None else None}
+        rows[kind] = {
+            "recognised": float(np.mean(top[mine] == labels[mine])),
+            "known": float(np.mean(is_known(score[mine]))) if threshold is not None else None,
+        }
     for kind in KINDS:
-        rows[kind]["score_quantiles"] = [round(float(q), 3) for q in np.quantile(score[kinds == kind], [0.03, 0.1, 0.5])]
-    rows["all"] = {"recognised": float(np.mean(top == labels)),
-                   "known": float(np.mean(is_known(score))) if threshold is not None else None}
+        rows[kind]["score_quantiles"] = [
+            round(float(q), 3) for q in np.quantile(score[kinds == kind], [0.03, 0.1, 0.5])
+        ]
+    rows["all"] = {
+        "recognised": float(np.mean(top == labels)),
+        "known": float(np.mean(is_known(score))) if threshold is not None else None,
+    }
     photo_scores = np.array([p.max() for p in photo_probs])
-    flagged = [(name, float(s)) for (name, _), s in zip(photos, photo_scores)]
-    return {"templates": len(names), "uploads": len(uploads), "threshold": threshold, "kinds": rows,
-            "photos": len(photos),
-            "photos_unknown": float(1 - np.mean(is_known(photo_scores))) if threshold is not None else None,
-            "photo_scores": flagged}
+    flagged = [(name, float(s)) for (name, _), s in zip(photos, photo_scores, strict=True)]
+    return {
+        "templates": len(names),
+        "uploads": len(uploads),
+        "threshold": threshold,
+        "kinds": rows,
+        "photos": len(photos),
+        "photos_unknown": float(1 - np.mean(is_known(photo_scores))) if threshold is not None else None,
+        "photo_scores": flagged,
+    }
 
 
 def main(argv=None) -> int:
@@ -118,15 +129,19 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     threshold = result["threshold"]
-    print(f"{result['uploads']} uploads of {result['templates']} templates, {result['photos']} photos; "
-          f"known-template threshold: {threshold if threshold is not None else 'none (exported before it)'}")
+    print(
+        f"{result['uploads']} uploads of {result['templates']} templates, {result['photos']} photos; "
+        f"known-template threshold: {threshold if threshold is not None else 'none (exported before it)'}"
+    )
     print("| kind | top-1 template right | called known |\n|---|---|---|")
     for kind, row in result["kinds"].items():
         known = f"{row['known']:.3f}" if row["known"] is not None else "-"
         print(f"| {kind} | {row['recognised']:.3f} | {known} |")
     if result["photos_unknown"] is not None:
-        print(f"| photos (scikit-image samples and crops) | - | {1 - result['photos_unknown']:.3f} "
-              f"(called unknown: {result['photos_unknown']:.3f}) |")
+        print(
+            f"| photos (scikit-image samples and crops) | - | {1 - result['photos_unknown']:.3f} "
+            f"(called unknown: {result['photos_unknown']:.3f}) |"
+        )
         wrong = [f"{name} {score:.2f}" for name, score in result["photo_scores"] if score >= threshold]
         if wrong:
             print("photos called known: " + ", ".join(wrong))

@@ -74,6 +74,7 @@ LABELS = {
 
 # --- checks on one running gateway -------------------------------------------------------
 
+
 def animated_gif() -> bytes:
     """200 frames of 4000 x 4000, each a different colour (2.6 MB; 20 s to build, so kept)."""
     path = cache_dir() / "benchmarks" / "animated-200x4000.gif"
@@ -105,8 +106,12 @@ def check_gif(url: str, process) -> dict:
     response = httpx.post(url + "/memes", files={"image": ("frames.gif", data, "image/gif")}, timeout=300)
     seconds = time.perf_counter() - started
     grown = peak_memory_bytes(process.pid) - before
-    return {"status": response.status_code, "seconds": seconds, "peak_growth_mb": grown / 2**20,
-            "text": f"{response.status_code} in {seconds:.2f} s, +{grown / 2**20:,.0f} MB peak"}
+    return {
+        "status": response.status_code,
+        "seconds": seconds,
+        "peak_growth_mb": grown / 2**20,
+        "text": f"{response.status_code} in {seconds:.2f} s, +{grown / 2**20:,.0f} MB peak",
+    }
 
 
 def check_json(url: str, process) -> dict:
@@ -134,15 +139,24 @@ def check_json(url: str, process) -> dict:
             time.sleep(0.01)
     sender.join()
     worst = max(waits)
-    return {"healthz_max_s": worst, "healthz_p50_s": percentile(waits, 50), "body_status": result["status"],
-            "text": f"max {1000 * worst:,.0f} ms (p50 {1000 * percentile(waits, 50):.0f} ms); the body: "
-                    f"{result['status']} in {result['seconds']:.2f} s"}
+    return {
+        "healthz_max_s": worst,
+        "healthz_p50_s": percentile(waits, 50),
+        "body_status": result["status"],
+        "text": f"max {1000 * worst:,.0f} ms (p50 {1000 * percentile(waits, 50):.0f} ms); the body: "
+        f"{result['status']} in {result['seconds']:.2f} s",
+    }
 
 
 def server_errors(url: str) -> int:
     text = httpx.get(url + "/metrics", timeout=30).text
-    return round(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                     if line.startswith("memefly_requests_total{") and re.search(r'status="5\d\d"', line)))
+    return round(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("memefly_requests_total{") and re.search(r'status="5\d\d"', line)
+        )
+    )
 
 
 def check_disconnects(url: str, process, log: Path, clients: int = 20) -> dict:
@@ -155,16 +169,27 @@ def check_disconnects(url: str, process, log: Path, clients: int = 20) -> dict:
             sock.sendall(request[: len(request) // 3])  # headers and a third of the body, then gone
     time.sleep(2)
     errors = server_errors(url) - before_errors
-    logged = log.read_text(errors="replace")[len(before_log):]
+    logged = log.read_text(errors="replace")[len(before_log) :]
     tracebacks = logged.count("Traceback")
-    return {"clients": clients, "counted_5xx": errors, "traceback_lines": sum(
-        1 for line in logged.splitlines() if line.startswith(("Traceback", "  File "))), "tracebacks": tracebacks,
-            "text": f"{errors} of {clients} counted 5xx; {tracebacks} tracebacks logged"}
+    return {
+        "clients": clients,
+        "counted_5xx": errors,
+        "traceback_lines": sum(1 for line in logged.splitlines() if line.startswith(("Traceback", "  File "))),
+        "tracebacks": tracebacks,
+        "text": f"{errors} of {clients} counted 5xx; {tracebacks} tracebacks logged",
+    }
 
 
-async def _uploads(url: str, images: list[bytes], results: list, stop_at: float | None = None,
-                   honour_retry_after: bool = False, fields: dict[str, str] | None = None) -> None:
+async def _uploads(
+    url: str,
+    images: list[bytes],
+    results: list,
+    stop_at: float | None = None,
+    honour_retry_after: bool = False,
+    fields: dict[str, str] | None = None,
+) -> None:
     """One client per image, each sending its upload (again and again until STOP_AT)."""
+
     async def client(image: bytes):
         connection = Connection(url)
         request = multipart_request(url, "/memes", {"image": ("a.jpg", image, "image/jpeg")}, fields or {})
@@ -216,11 +241,16 @@ def check_sigterm(code: Path, models: Path, log: Path) -> dict:
     counts = tally(results)
     bad = sum(n for status, n in counts.items() if status != "200" and status != "503")
     busy = sum(1 for status, *_, body in results if status == 503 and b"busy" in body)  # admission, not the drain
-    return {"counts": counts, "other_than_200_503": bad, "last_answer_after_signal_s": after_signal,
-            "refused_busy": busy, "exit_code": exit_code,
-            "text": ", ".join(f"{n} x {s}" for s, n in counts.items()) +
-                    (f" ({busy} x 503 'busy' at arrival: would not finish within the deadline)" if busy else "") +
-                    f"; last answer {after_signal:.1f} s after it"}
+    return {
+        "counts": counts,
+        "other_than_200_503": bad,
+        "last_answer_after_signal_s": after_signal,
+        "refused_busy": busy,
+        "exit_code": exit_code,
+        "text": ", ".join(f"{n} x {s}" for s, n in counts.items())
+        + (f" ({busy} x 503 'busy' at arrival: would not finish within the deadline)" if busy else "")
+        + f"; last answer {after_signal:.1f} s after it",
+    }
 
 
 def check_outage(code: Path, models: Path, log: Path, outage_s: float) -> dict:
@@ -232,7 +262,9 @@ def check_outage(code: Path, models: Path, log: Path, outage_s: float) -> dict:
             server.__exit__(None, None, None)
             server = None
             stopped = time.perf_counter()
-            while httpx.get(url + "/readyz", timeout=10).status_code == 200 and time.perf_counter() - stopped < outage_s:
+            while (
+                httpx.get(url + "/readyz", timeout=10).status_code == 200 and time.perf_counter() - stopped < outage_s
+            ):
                 time.sleep(0.1)
             noticed = time.perf_counter() - stopped
             time.sleep(max(0.0, outage_s - (time.perf_counter() - stopped)))
@@ -247,8 +279,12 @@ def check_outage(code: Path, models: Path, log: Path, outage_s: float) -> dict:
     finally:
         if server is not None:
             server.__exit__(None, None, None)
-    return {"outage_s": outage_s, "noticed_after_s": noticed, "ready_after_s": ready_after,
-            "text": f"ready {ready_after:.1f} s after it answers ({outage_s:.0f} s outage, noticed in {noticed:.1f} s)"}
+    return {
+        "outage_s": outage_s,
+        "noticed_after_s": noticed,
+        "ready_after_s": ready_after,
+        "text": f"ready {ready_after:.1f} s after it answers ({outage_s:.0f} s outage, noticed in {noticed:.1f} s)",
+    }
 
 
 def _load(url: str, images: list[bytes], seconds: float) -> list:
@@ -274,13 +310,19 @@ def check_overload(code: Path, models: Path, log: Path, seconds: float) -> dict:
     began = min(at for _, _, at, _ in results)
     timeouts = counts.get("504", 0)
     late = sorted(round(at - began, 1) for status, _, at, _ in results if status == 504)  # when they were sent
-    return {"natural_p50_s": natural, "deadline_s": deadline, "counts": counts, "timeouts": timeouts,
-            "timeouts_sent_at_s": late,
-            "ok_p99_s": percentile(ok, 99) if ok else None, "refused_p99_s": percentile(refused, 99) if refused else None,
-            "text": f"deadline {deadline:g} s (64-client p50 {natural:.1f} s): " +
-                    ", ".join(f"{n} x {s}" for s, n in counts.items()) +
-                    (f"; 503 p99 {1000 * percentile(refused, 99):.0f} ms" if refused else "") +
-                    (f"; 200 p99 {percentile(ok, 99):.1f} s" if ok else "")}
+    return {
+        "natural_p50_s": natural,
+        "deadline_s": deadline,
+        "counts": counts,
+        "timeouts": timeouts,
+        "timeouts_sent_at_s": late,
+        "ok_p99_s": percentile(ok, 99) if ok else None,
+        "refused_p99_s": percentile(refused, 99) if refused else None,
+        "text": f"deadline {deadline:g} s (64-client p50 {natural:.1f} s): "
+        + ", ".join(f"{n} x {s}" for s, n in counts.items())
+        + (f"; 503 p99 {1000 * percentile(refused, 99):.0f} ms" if refused else "")
+        + (f"; 200 p99 {percentile(ok, 99):.1f} s" if ok else ""),
+    }
 
 
 def check_fuzz(url: str, process, examples: int = 25) -> dict:
@@ -295,8 +337,13 @@ def check_fuzz(url: str, process, examples: int = 25) -> dict:
         operation = result.ok()
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def fuzz(case):
             nonlocal cases
             cases += 1
@@ -310,11 +357,17 @@ def check_fuzz(url: str, process, examples: int = 25) -> dict:
         fuzz()
     server = failures.get("5xx", 0)
     mismatches = sum(failures.values()) - server
-    return {"cases": cases, "5xx": server, "mismatches": mismatches, "failures": failures,
-            "text": f"{cases} requests: {server} x 5xx, {mismatches} mismatches"}
+    return {
+        "cases": cases,
+        "5xx": server,
+        "mismatches": mismatches,
+        "failures": failures,
+        "text": f"{cases} requests: {server} x 5xx, {mismatches} mismatches",
+    }
 
 
 # --- running and printing ------------------------------------------------------------------
+
 
 def run(code: Path, only: list[str], outage_s: float, overload_s: float, log: Path) -> dict:
     models = Path(os.environ.get("MEMEFLY_MODELS_DIR", code / "models"))
@@ -332,7 +385,7 @@ def run(code: Path, only: list[str], outage_s: float, overload_s: float, log: Pa
                 if name == "disconnects":
                     record(name, lambda: check_disconnects(url, process, log))
                 else:
-                    record(name, lambda: CHECKS[name](url, process))
+                    record(name, lambda name=name: CHECKS[name](url, process))
     if "sigterm" in only:
         record("sigterm", lambda: check_sigterm(code, models, log))
     if "outage" in only:
@@ -347,6 +400,7 @@ CHECKS = {"gif": check_gif, "json": check_json, "fuzz": check_fuzz}
 
 def _commit(code: Path) -> str:
     """The commit measured, with `+` when its checkout has changes not committed."""
+
     def git(*args):
         return subprocess.run(["git", "-C", str(code), *args], capture_output=True, text=True).stdout.strip()
 
@@ -368,10 +422,15 @@ def main(argv=None) -> int:
     parser.add_argument("--outage-s", type=float, default=60.0)
     parser.add_argument("--overload-s", type=float, default=60.0)
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--log", type=Path, default=Path("/tmp/memefly-reliability.log"),
-                        help="the gateways' logs (the disconnect check counts tracebacks in it)")
-    parser.add_argument("--table", nargs="+", type=Path, metavar="RESULTS.json",
-                        help="print these runs side by side and exit")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=Path("/tmp/memefly-reliability.log"),
+        help="the gateways' logs (the disconnect check counts tracebacks in it)",
+    )
+    parser.add_argument(
+        "--table", nargs="+", type=Path, metavar="RESULTS.json", help="print these runs side by side and exit"
+    )
     args = parser.parse_args(argv)
     if args.table:
         print(table([json.loads(p.read_text()) for p in args.table]))

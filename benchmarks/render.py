@@ -32,8 +32,10 @@ from gateway.rendering.renderer import Renderer, RenderSpec  # noqa: E402
 from memefly.paths import templates_dir  # noqa: E402
 
 SIDE = 500
-WORDS = ("when you finally fix the bug and it was a typo all along me explaining to my cat why "
-         "the build is red on friday nobody expects the spanish inquisition one does not simply").split()
+WORDS = (
+    "when you finally fix the bug and it was a typo all along me explaining to my cat why "
+    "the build is red on friday nobody expects the spanish inquisition one does not simply"
+).split()
 
 
 def sources(folder: Path, count: int = 20) -> list[tuple[str, bytes]]:
@@ -41,7 +43,8 @@ def sources(folder: Path, count: int = 20) -> list[tuple[str, bytes]]:
     paths = sorted(folder.glob("*.jpg"))[:count] if folder.is_dir() else []
     rng = np.random.default_rng(0)
     images = [(p.stem, Image.open(p).convert("RGB")) for p in paths] or [
-        (f"noise-{i}", Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))) for i in range(count)]
+        (f"noise-{i}", Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))) for i in range(count)
+    ]
     out = []
     for name, image in images:
         buffer = io.BytesIO()
@@ -88,6 +91,7 @@ def main() -> None:
             renderer.render_now(data, RenderSpec(boxes, layout=name, format=kind))
             times.append(time.perf_counter() - started)
         rows[f"{kind}: decode + draw + encode"] = times
+
     async def hits():
         spec = RenderSpec(jobs[0][1], layout=jobs[0][0][0])
         await renderer.render(jobs[0][0][1], "bench", spec)
@@ -100,8 +104,10 @@ def main() -> None:
 
     rows["cache hit (same request again)"] = asyncio.run(hits())
 
-    print(f"render timings: {args.trials} memes per row at {SIDE} x {SIDE}, font {font.name}, "
-          f"{len(images)} source images, 1 thread")
+    print(
+        f"render timings: {args.trials} memes per row at {SIDE} x {SIDE}, font {font.name}, "
+        f"{len(images)} source images, 1 thread"
+    )
     print(f"{'':34} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}")
     for label, times in rows.items():
         print(f"{label:34} {summary(times)}")

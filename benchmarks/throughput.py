@@ -105,12 +105,17 @@ def main() -> int:
     else:
         run()
 
-    print(f"throughput, memes/s (5 memes per request; 5 beams, max 24 tokens; cached template_probs); "
-          f"backend {args.backend}; {os.cpu_count()} cores; {args.seconds:g} s per cell")
+    print(
+        f"throughput, memes/s (5 memes per request; 5 beams, max 24 tokens; cached template_probs); "
+        f"backend {args.backend}; {os.cpu_count()} cores; {args.seconds:g} s per cell"
+    )
     if workers:
         print(f"{'clients':>7} | " + " | ".join(f"{n} worker(s): memes/s, p50 ms" for n in workers))
         for clients in CLIENTS:
-            print(f"{clients:7d} | " + " | ".join(f"{results[n][clients][0]:10.1f} {results[n][clients][1]:8.0f}" for n in workers))
+            print(
+                f"{clients:7d} | "
+                + " | ".join(f"{results[n][clients][0]:10.1f} {results[n][clients][1]:8.0f}" for n in workers)
+            )
         return 0
     print(f"{'clients':>7} | {'continuous':>10} {'p50 ms':>8} | {'one at a time':>13} {'p50 ms':>8} | {'speed-up':>8}")
     for clients in CLIENTS:

@@ -13,8 +13,10 @@ from PIL import Image, ImageDraw, ImageOps
 from model_export.augment import resave_jpeg, text_font
 
 KINDS = ("crop", "small_jpeg", "tilted_grey", "captioned", "screenshot")
-_WORDS = ("when the teacher says the test is easy me trying to explain why my code works on my machine "
-          "nobody friday monday coffee boss weekend homework cat dog mom dad").split()
+_WORDS = (
+    "when the teacher says the test is easy me trying to explain why my code works on my machine "
+    "nobody friday monday coffee boss weekend homework cat dog mom dad"
+).split()
 
 
 def crop(image: Image.Image, rng: random.Random) -> Image.Image:
@@ -71,8 +73,9 @@ def screenshot(image: Image.Image, rng: random.Random) -> Image.Image:
     """A phone screenshot of a post: status bar, the poster's name and text above, the image
     at some scale, action bar and replies below, light or dark theme."""
     dark = rng.random() < 0.4
-    background, ink, faint = ((0, 0, 0), (231, 233, 234), (113, 118, 123)) if dark else \
-        ((255, 255, 255), (15, 20, 25), (83, 100, 113))
+    background, ink, faint = (
+        ((0, 0, 0), (231, 233, 234), (113, 118, 123)) if dark else ((255, 255, 255), (15, 20, 25), (83, 100, 113))
+    )
     width = rng.choice([720, 828, 1080])
     height = int(width * rng.uniform(1.9, 2.2))
     canvas = Image.new("RGB", (width, height), background)
@@ -86,7 +89,9 @@ def screenshot(image: Image.Image, rng: random.Random) -> Image.Image:
     draw.text((width * 0.17, y + width * 0.05), "@someone · 3h", font=small, fill=faint)
     y += int(width * 0.14)
     for _ in range(rng.randint(0, 3)):
-        draw.text((width * 0.05, y), " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 7))), font=body, fill=ink)
+        draw.text(
+            (width * 0.05, y), " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 7))), font=body, fill=ink
+        )
         y += int(width * 0.06)
     shown = int(width * rng.uniform(0.8, 0.95))
     picture = image.convert("RGB").resize((shown, max(8, int(image.size[1] * shown / image.size[0]))), Image.BILINEAR)
@@ -99,13 +104,20 @@ def screenshot(image: Image.Image, rng: random.Random) -> Image.Image:
     while y < height - width * 0.1:
         draw.line((0, y, width, y), fill=faint)
         y += int(width * 0.03)
-        draw.text((width * 0.17, y), " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 6))), font=body, fill=ink)
+        draw.text(
+            (width * 0.17, y), " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 6))), font=body, fill=ink
+        )
         y += int(width * 0.15)
     return resave_jpeg(canvas, rng.randint(70, 92))
 
 
-MAKE = {"crop": crop, "small_jpeg": small_jpeg, "tilted_grey": tilted_grey, "captioned": captioned,
-        "screenshot": screenshot}
+MAKE = {
+    "crop": crop,
+    "small_jpeg": small_jpeg,
+    "tilted_grey": tilted_grey,
+    "captioned": captioned,
+    "screenshot": screenshot,
+}
 
 
 def upload(image: Image.Image, kind: str, rng: random.Random) -> bytes:

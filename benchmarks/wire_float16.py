@@ -38,11 +38,17 @@ def _as_proto_field(value: np.ndarray):
     """A reply tensor as TF Serving encodes it by default (Tensor::AsProtoField)."""
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-    dtype, field = {np.dtype(np.float32): (types_pb2.DT_FLOAT, "float_val"),
-                    np.dtype(np.float16): (types_pb2.DT_HALF, "half_val"),
-                    np.dtype(np.int32): (types_pb2.DT_INT32, "int_val")}[value.dtype]
-    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in value.shape]))
+    dtype, field = {
+        np.dtype(np.float32): (types_pb2.DT_FLOAT, "float_val"),
+        np.dtype(np.float16): (types_pb2.DT_HALF, "half_val"),
+        np.dtype(np.int32): (types_pb2.DT_INT32, "int_val"),
+    }[value.dtype]
+    proto = tensor_pb2.TensorProto(
+        dtype=dtype,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in value.shape]
+        ),
+    )
     getattr(proto, field).extend((value.view(np.uint16) if field == "half_val" else value).ravel().tolist())
     return proto
 
@@ -69,11 +75,14 @@ def wire(models_dir: Path, version: int) -> list[dict]:
     init = signatures[c.INIT_SIGNATURE](template_probs=tf.constant(probs))
     rows = []
     for name, dtype in ((c.STEP_SIGNATURE, np.float32), (c.STEP_FLOAT16_SIGNATURE, np.float16)):
-        inputs = {c.TOKEN: np.full(ROWS, c.START_ID, np.int32), c.STATE: init[c.STATE].numpy().astype(dtype),
-                  c.CONTEXT: init[c.CONTEXT].numpy().astype(dtype)}
+        inputs = {
+            c.TOKEN: np.full(ROWS, c.START_ID, np.int32),
+            c.STATE: init[c.STATE].numpy().astype(dtype),
+            c.CONTEXT: init[c.CONTEXT].numpy().astype(dtype),
+        }
         outputs = {k: v.numpy() for k, v in signatures[name](**{k: tf.constant(v) for k, v in inputs.items()}).items()}
 
-        def encode() -> bytes:
+        def encode(inputs: dict = inputs) -> bytes:
             request = predict_pb2.PredictRequest()
             for key, value in inputs.items():
                 request.inputs[key].CopyFrom(to_proto(value))
@@ -112,9 +121,13 @@ async def memes(models_dir: Path, version: int) -> dict:
     for label in ("default", "5 beams"):
         wide, half = answers[(label, "float32")], answers[(label, "float16")]
         same_templates = sum(a == b for a, b in zip(wide, half, strict=True))
-        same_memes = sum(x == y for a, b in zip(wide, half, strict=True) for x, y in zip(a, b))
-        out[label] = {"templates": len(wide), "same_templates": same_templates,
-                      "memes": sum(len(a) for a in wide), "same_memes": same_memes}
+        same_memes = sum(x == y for a, b in zip(wide, half, strict=True) for x, y in zip(a, b, strict=False))
+        out[label] = {
+            "templates": len(wide),
+            "same_templates": same_templates,
+            "memes": sum(len(a) for a in wide),
+            "same_memes": same_memes,
+        }
     return out
 
 
@@ -126,11 +139,17 @@ def main() -> int:
     version = args.version or max(paths.exported_pairs(args.models_dir))
 
     print(f"One {ROWS:,}-row step of {args.models_dir}/{c.DECODER_MODEL}/{version}, gateway side (median of 50):\n")
-    print("| signature | request | encode | reply, TF Serving's default fields | decode | reply as tensor_content | decode |")
+    print(
+        "| signature | request | encode | reply, TF Serving's default fields | decode "
+        "| reply as tensor_content | decode |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in wire(args.models_dir, version):
-        print(f"| {r['signature']} | {r['request_bytes']:,} B | {r['encode_us']:.0f} us | {r['reply_bytes_fields']:,} B "
-              f"| {r['decode_us_fields']:.0f} us | {r['reply_bytes_tensor_content']:,} B | {r['decode_us_tensor_content']:.0f} us |")
+        print(
+            f"| {r['signature']} | {r['request_bytes']:,} B | {r['encode_us']:.0f} us | {r['reply_bytes_fields']:,} B "
+            f"| {r['decode_us_fields']:.0f} us | {r['reply_bytes_tensor_content']:,} B "
+            f"| {r['decode_us_tensor_content']:.0f} us |"
+        )
     print("\nThe five memes of every template, float16 wire against float32 (in-process, seeded):\n")
     print("| options | templates with the same five memes | memes the same |")
     print("|---|---|---|")

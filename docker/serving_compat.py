@@ -71,8 +71,10 @@ def compare(first: Path, second: Path, tolerance: float = 1e-4) -> int:
             ok = x.shape == y.shape and np.array_equal(x, y)
         if not ok:
             mismatched.append(key)
-    print(f"{len(keys)} outputs of {len({k.rsplit('/', 1)[0] for k in keys})} warm-up requests: "
-          f"largest float difference {worst:.2e}, {len(mismatched)} outside {tolerance:g} or not equal")
+    print(
+        f"{len(keys)} outputs of {len({k.rsplit('/', 1)[0] for k in keys})} warm-up requests: "
+        f"largest float difference {worst:.2e}, {len(mismatched)} outside {tolerance:g} or not equal"
+    )
     for key in mismatched:
         print(f"  differs: {key}")
     return 1 if mismatched else 0

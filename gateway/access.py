@@ -52,7 +52,7 @@ class Keys:
     limits: dict[str, RateLimitItem | None]  # key -> its own limit (None: the default)
 
     @classmethod
-    def load(cls, listed: str, file: str) -> "Keys":
+    def load(cls, listed: str, file: str) -> Keys:
         """Keys from a comma-separated list and from a file (`KEY [LIMIT]` per line, # comments)."""
         limits: dict[str, RateLimitItem | None] = {k.strip(): None for k in listed.split(",") if k.strip()}
         if file:
@@ -62,11 +62,15 @@ class Keys:
                     continue
                 if len(words) > 2:
                     raise ValueError(f"MEMEFLY_API_KEYS_FILE line {number}: expected `KEY [LIMIT]`")
-                limits[words[0]] = parse_limit(words[1], f"MEMEFLY_API_KEYS_FILE line {number}") if len(words) == 2 else None
+                limits[words[0]] = (
+                    parse_limit(words[1], f"MEMEFLY_API_KEYS_FILE line {number}") if len(words) == 2 else None
+                )
         for key in limits:
             if len(key) < MIN_KEY_LENGTH or not _KEY.fullmatch(key):
-                raise ValueError(f"API keys must be at least {MIN_KEY_LENGTH} printable ASCII characters without "
-                                 f"spaces (one is {len(key)} characters)")
+                raise ValueError(
+                    f"API keys must be at least {MIN_KEY_LENGTH} printable ASCII characters without "
+                    f"spaces (one is {len(key)} characters)"
+                )
         return cls(limits)
 
     def find(self, presented: str | None) -> str | None:
@@ -105,8 +109,10 @@ def storage(uri: str) -> Storage:
         said = str(error).replace(uri, f"{scheme}://...")
         raise ValueError(f"MEMEFLY_RATE_LIMIT_STORAGE ({scheme}://...): {said}") from None
     if not isinstance(found, Storage):
-        raise ValueError(f"MEMEFLY_RATE_LIMIT_STORAGE ({scheme}://...): use an async storage, "
-                         "async+memory:// or async+redis://host:6379")
+        raise ValueError(
+            f"MEMEFLY_RATE_LIMIT_STORAGE ({scheme}://...): use an async storage, "
+            "async+memory:// or async+redis://host:6379"
+        )
     return found
 
 
@@ -116,31 +122,44 @@ class AccessMiddleware:
         self.keys = keys
         self.default_limit = parse_limit(default_limit) if default_limit else None
         # Also with keys alone: wrong keys are counted per address.
-        self.limiter = MovingWindowRateLimiter(storage(storage_uri)) if (
-            self.default_limit or keys.limits) else None
+        self.limiter = MovingWindowRateLimiter(storage(storage_uri)) if (self.default_limit or keys.limits) else None
         self._warned_at = -math.inf
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        if (
+            scope["type"] != "http"
+            or scope["method"] == "OPTIONS"
+            or path in OPEN_PATHS
+            or path.startswith(OPEN_PREFIXES)
+        ):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         key = self.keys.find(_presented_key(headers))
         address = (scope.get("client") or ("?",))[0]  # the proxy's X-Forwarded-For when trusted (uvicorn)
         if self.keys.limits and key is None:
             if self.limiter is not None and not await self._hit(FAILED_KEY_LIMIT, "failed:" + address):
-                return await send_detail(send, 429, "too many requests with unknown API keys: try again later",
-                                         [(b"retry-after", b"60")])
-            return await send_detail(send, 401, "a known API key is needed: `Authorization: Bearer KEY` or `X-API-Key: KEY`",
-                                     [(b"www-authenticate", b'Bearer realm="memefly"')])
+                return await send_detail(
+                    send, 429, "too many requests with unknown API keys: try again later", [(b"retry-after", b"60")]
+                )
+            return await send_detail(
+                send,
+                401,
+                "a known API key is needed: `Authorization: Bearer KEY` or `X-API-Key: KEY`",
+                [(b"www-authenticate", b'Bearer realm="memefly"')],
+            )
         limit = (self.keys.limits.get(key) if key else None) or self.default_limit
         if limit is not None and self.limiter is not None and scope["method"] == "POST":
             # Keys are not stored, only a digest of them; without keys, the client's address counts.
             who = "key:" + hashlib.sha256(key.encode()).hexdigest()[:32] if key else "addr:" + address
             if not await self._hit(limit, who):
                 retry_after = await self._retry_after(limit, who)
-                return await send_detail(send, 429, f"rate limit {limit} reached: try again in {retry_after} s",
-                                         [(b"retry-after", str(retry_after).encode())])
+                return await send_detail(
+                    send,
+                    429,
+                    f"rate limit {limit} reached: try again in {retry_after} s",
+                    [(b"retry-after", str(retry_after).encode())],
+                )
         return await self.app(scope, receive, send)
 
     async def _hit(self, limit: RateLimitItem, who: str) -> bool:

@@ -35,8 +35,11 @@ def admit(queue: str, expected_s: float | None, deadline_s: float | None, ahead:
     """Raises Overloaded when EXPECTED_S (None: nothing measured, or an idle queue) would take
     more than HEADROOM of DEADLINE_S (None: no deadline, always admitted)."""
     if deadline_s is not None and expected_s is not None and expected_s > HEADROOM * deadline_s:
-        raise Overloaded(queue, f"{queue} queue: {ahead} would take about {expected_s:.2f} s, more than "
-                                f"{HEADROOM:.0%} of the {deadline_s:.2f} s left")
+        raise Overloaded(
+            queue,
+            f"{queue} queue: {ahead} would take about {expected_s:.2f} s, more than "
+            f"{HEADROOM:.0%} of the {deadline_s:.2f} s left",
+        )
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -68,7 +71,7 @@ class CostModel:
         return fixed + per_item * size
 
     def _solve(self) -> tuple[float, float]:
-        sizes, seconds = (np.array(column, np.float64) for column in zip(*self._calls))
+        sizes, seconds = (np.array(column, np.float64) for column in zip(*self._calls, strict=True))
         # One call that hung (a model server's cold start, a retry) must not stand for the next 63.
         usual = seconds / sizes <= OUTLIER * np.median(seconds / sizes)
         sizes, seconds = sizes[usual], seconds[usual]
@@ -147,8 +150,9 @@ class WorkerPool:
         self.pending -= 1
         if not job.cancelled() and job.exception() is None:
             seconds = job.result()[1]
-            self.job_seconds = seconds if self.job_seconds is None else \
-                self.job_seconds + EWMA * (seconds - self.job_seconds)
+            self.job_seconds = (
+                seconds if self.job_seconds is None else self.job_seconds + EWMA * (seconds - self.job_seconds)
+            )
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

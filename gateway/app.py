@@ -1,6 +1,6 @@
 """The FastAPI application: `create_app()` wires settings, backend, service, routes and error handling.
 
-    uvicorn --factory gateway.app:create_app      (or: memefly serve)
+uvicorn --factory gateway.app:create_app      (or: memefly serve)
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from contextlib import asynccontextmanager
 
 from asgi_correlation_id import correlation_id
 from fastapi import FastAPI, Request
-from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
@@ -73,10 +73,14 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     )
     app.state.service = service
     app.state.settings = settings
-    renders = WorkerPool(settings.render_workers, name="render",
-                         deadline_s=settings.request_timeout_s if settings.admission_control else None)
-    app.state.renderer = Renderer(cache_bytes=settings.render_cache_bytes, templates_dir=settings.templates_dir,
-                                  pool=renders)
+    renders = WorkerPool(
+        settings.render_workers,
+        name="render",
+        deadline_s=settings.request_timeout_s if settings.admission_control else None,
+    )
+    app.state.renderer = Renderer(
+        cache_bytes=settings.render_cache_bytes, templates_dir=settings.templates_dir, pool=renders
+    )
     app.include_router(router)
     app.include_router(render_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -93,8 +97,12 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     @app.exception_handler(ClientDisconnect)
     async def client_left(request: Request, error: ClientDisconnect):
         # The client's doing, not ours: no 5xx for alerts, no traceback for the log. Nobody reads the answer.
-        log.info("%s %s -> %d: the client went away before its request was read", request.method,
-                 request.url.path, CLIENT_CLOSED)
+        log.info(
+            "%s %s -> %d: the client went away before its request was read",
+            request.method,
+            request.url.path,
+            CLIENT_CLOSED,
+        )
         return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
@@ -102,13 +110,17 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         # Answered outside the request-id middleware (Starlette's ServerErrorMiddleware): add it here.
         request_id = correlation_id.get()
-        return JSONResponse({"detail": "internal error (logged)"}, status_code=500,
-                            headers={HEADER: request_id} if request_id else None)
+        return JSONResponse(
+            {"detail": "internal error (logged)"}, status_code=500, headers={HEADER: request_id} if request_id else None
+        )
 
     single = settings.max_upload_bytes * 4 // 3 + 256 * 1024  # base64 plus the other fields
     batch = single * settings.max_batch_images
-    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: batch if path.endswith("/batch") else single,
-                       timeout_s=settings.body_timeout_s)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for=lambda path: batch if path.endswith("/batch") else single,
+        timeout_s=settings.body_timeout_s,
+    )
     drain = Drain(settings.retry_after_s)
     drain.on_start.append(service.start_draining)
     app.state.drain = drain
@@ -118,13 +130,19 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     # those); the request id on every answer and log line.
     keys = Keys.load(settings.api_keys, settings.api_keys_file)
     if keys.limits or settings.rate_limit:
-        app.add_middleware(AccessMiddleware, keys=keys, default_limit=settings.rate_limit,
-                           storage_uri=settings.rate_limit_storage)
+        app.add_middleware(
+            AccessMiddleware, keys=keys, default_limit=settings.rate_limit, storage_uri=settings.rate_limit_storage
+        )
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origin_list:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-API-Key", HEADER],
-                           expose_headers=[HEADER, "Retry-After", "ETag"], max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", HEADER],
+            expose_headers=[HEADER, "Retry-After", "ETag"],
+            max_age=600,
+        )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     add_request_ids(app)
     return app

@@ -23,9 +23,16 @@ Result = TypeVar("Result")
 
 
 class MicroBatcher(Generic[Item, Result]):
-    def __init__(self, call: Callable[[list[Item]], Awaitable[list[Result]]], *, max_batch: int,
-                 max_wait_s: float, max_concurrent: int = 2, name: str = "encoder",
-                 on_batch: Callable[[int], None] = lambda size: None):
+    def __init__(
+        self,
+        call: Callable[[list[Item]], Awaitable[list[Result]]],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_concurrent: int = 2,
+        name: str = "encoder",
+        on_batch: Callable[[int], None] = lambda size: None,
+    ):
         self.call = call
         self.name = name  # which queue refused, in an Overloaded
         self.max_concurrent = max_concurrent
@@ -123,7 +130,7 @@ class MicroBatcher(Generic[Item, Result]):
             started = time.perf_counter()
             results = await self.call([item for item, _ in batch])
             self.cost.add(len(batch), time.perf_counter() - started)
-            for (_, future), result in zip(batch, results):
+            for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
                 if isinstance(result, Exception):  # this item failed alone; the others did not

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from memefly.decoding.options import DecodingOptions
 from gateway.errors import GatewayError, ModelUnavailable
 from gateway.schemas import BatchItemError, MemeResponse
 from gateway.service import MemeService
 from gateway.settings import Settings
+from memefly.decoding.options import DecodingOptions
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,14 @@ class ItemResult:
         return body
 
 
-def client_settings(encoder_target: str | None = None, decoder_target: str | None = None, *,
-                    models_dir: Path | str | None = None, settings: Settings | None = None, **overrides) -> Settings:
+def client_settings(
+    encoder_target: str | None = None,
+    decoder_target: str | None = None,
+    *,
+    models_dir: Path | str | None = None,
+    settings: Settings | None = None,
+    **overrides,
+) -> Settings:
     """Targets mean TF Serving over gRPC (the decoder's defaults to the encoder's); models_dir
     means the SavedModels in-process; neither: `settings`, else MEMEFLY_* from the environment."""
     if encoder_target and models_dir:
@@ -73,20 +79,29 @@ def client_settings(encoder_target: str | None = None, decoder_target: str | Non
 
 
 class MemeflyClient:
-    def __init__(self, encoder_target: str | None = None, decoder_target: str | None = None, *,
-                 models_dir: Path | str | None = None, settings: Settings | None = None,
-                 ready_timeout_s: float = 300.0, max_in_flight: int = 64, **setting_overrides):
+    def __init__(
+        self,
+        encoder_target: str | None = None,
+        decoder_target: str | None = None,
+        *,
+        models_dir: Path | str | None = None,
+        settings: Settings | None = None,
+        ready_timeout_s: float = 300.0,
+        max_in_flight: int = 64,
+        **setting_overrides,
+    ):
         """`setting_overrides`: any field of gateway.settings.Settings, e.g. encoder_max_batch=64."""
         # A library caller with many items would rather queue than be refused (admission control).
         setting_overrides.setdefault("admission_control", False)
-        self.settings = client_settings(encoder_target, decoder_target, models_dir=models_dir,
-                                        settings=settings, **setting_overrides)
+        self.settings = client_settings(
+            encoder_target, decoder_target, models_dir=models_dir, settings=settings, **setting_overrides
+        )
         self.service = MemeService(self.settings)
         self.ready_timeout_s = ready_timeout_s
         self.max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)  # bounds memory for long lists of items
 
-    async def __aenter__(self) -> "MemeflyClient":
+    async def __aenter__(self) -> MemeflyClient:
         await self.service.start()
         state = await self.service.wait_ready(self.ready_timeout_s, first_check_only=True)
         if not state.ready:
@@ -118,13 +133,20 @@ class MemeflyClient:
 
         return list(await asyncio.gather(*(one(data) for data in images)))
 
-    async def generate(self, items: Iterable[Item | bytes | str], options: DecodingOptions | None = None) -> list[ItemResult]:
+    async def generate(
+        self, items: Iterable[Item | bytes | str], options: DecodingOptions | None = None
+    ) -> list[ItemResult]:
         """One result per item, in order. An item is an Item, image bytes, or a template name."""
         options = options or DecodingOptions()
         return list(await asyncio.gather(*(self.generate_one(_item(i, x), options) for i, x in enumerate(items))))
 
-    async def stream(self, items: Iterable[Item] | AsyncIterable[Item], options: DecodingOptions | None = None,
-                     *, concurrency: int | None = None) -> AsyncIterator[ItemResult]:
+    async def stream(
+        self,
+        items: Iterable[Item] | AsyncIterable[Item],
+        options: DecodingOptions | None = None,
+        *,
+        concurrency: int | None = None,
+    ) -> AsyncIterator[ItemResult]:
         """Results as they finish, with at most `concurrency` items in flight: items are taken
         from the iterable only as places free up, so a list of millions stays cheap."""
         options = options or DecodingOptions()

@@ -97,8 +97,12 @@ class DrainMiddleware:
 
 
 async def _unavailable(send, retry_after_s: int) -> None:
-    await send_detail(send, 503, "shutting down: try again (another replica will answer)",
-                      [(b"retry-after", str(retry_after_s).encode()), (b"connection", b"close")])
+    await send_detail(
+        send,
+        503,
+        "shutting down: try again (another replica will answer)",
+        [(b"retry-after", str(retry_after_s).encode()), (b"connection", b"close")],
+    )
 
 
 class DrainingServer(uvicorn.Server):

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from memefly.content_view import content_view
 from gateway.errors import BadImage, ImageTooLarge, UnsupportedImage
+from memefly.content_view import content_view
 
 # What the encoder graph decodes as sent. BMP is re-encoded, whatever its depth: TensorFlow's
 # BMP decoder reads only some bit depths (not 1-bit, 4-bit or compressed files).
@@ -121,8 +121,10 @@ def _frames(image: Image.Image, kind: str, frame_pixels: int, budget: int) -> in
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise BadImage(f"the {kind} animation cannot be read: {_plain(error)}") from None
     if frames * frame_pixels > budget or frames > MAX_FRAMES:
-        raise ImageTooLarge(f"the animation has {frames:,} frames of {frame_pixels:,} pixels; "
-                            f"the limit is {budget:,} pixels in all frames")
+        raise ImageTooLarge(
+            f"the animation has {frames:,} frames of {frame_pixels:,} pixels; "
+            f"the limit is {budget:,} pixels in all frames"
+        )
     return frames
 
 
@@ -132,8 +134,9 @@ def _reencode(image: Image.Image, digest: str, kind: str) -> CheckedImage:
     rgb.thumbnail((_REENCODE_MAX_SIDE, _REENCODE_MAX_SIDE))
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
-    return CheckedImage(buffer.getvalue(), digest, kind, upright.width, upright.height, reencoded=True,
-                        extra_views=_extra_views(rgb))
+    return CheckedImage(
+        buffer.getvalue(), digest, kind, upright.width, upright.height, reencoded=True, extra_views=_extra_views(rgb)
+    )
 
 
 def _extra_views(image: Image.Image) -> tuple[bytes, ...]:

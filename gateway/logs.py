@@ -11,7 +11,9 @@ import logging
 from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s]: %(message)s"
-ACCESS_FORMAT = '%(asctime)s %(levelname)s %(name)s [%(correlation_id)s]: %(client_addr)s "%(request_line)s" %(status_code)s'
+ACCESS_FORMAT = (
+    '%(asctime)s %(levelname)s %(name)s [%(correlation_id)s]: %(client_addr)s "%(request_line)s" %(status_code)s'
+)
 _FILTER = {"()": "asgi_correlation_id.CorrelationIdFilter", "default_value": "-"}
 
 
@@ -38,10 +40,18 @@ def uvicorn_log_config(level: str) -> dict[str, Any]:
             "access": {"()": "uvicorn.logging.AccessFormatter", "fmt": ACCESS_FORMAT, "use_colors": False},
         },
         "handlers": {
-            "default": {"class": "logging.StreamHandler", "formatter": "default", "filters": ["request_id"],
-                        "stream": "ext://sys.stderr"},
-            "access": {"class": "logging.StreamHandler", "formatter": "access", "filters": ["request_id"],
-                       "stream": "ext://sys.stderr"},
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "filters": ["request_id"],
+                "stream": "ext://sys.stderr",
+            },
+            "access": {
+                "class": "logging.StreamHandler",
+                "formatter": "access",
+                "filters": ["request_id"],
+                "stream": "ext://sys.stderr",
+            },
         },
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},

@@ -40,8 +40,10 @@ class MetricsMiddleware:
 # The page loads only its own files (no inline script, nothing from elsewhere), may not be framed;
 # images may be blobs (the memes it renders) and data URLs (previews). /docs and /redoc keep
 # FastAPI's page, which runs an inline script.
-PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-               "connect-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 _DOCS = ("/docs", "/redoc")
 
 
@@ -61,8 +63,11 @@ class SecurityHeadersMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-content-type-options", b"nosniff"))
                 if not docs:
-                    headers += [(b"content-security-policy", PAGE_POLICY.encode()), (b"x-frame-options", b"DENY"),
-                                (b"referrer-policy", b"no-referrer")]
+                    headers += [
+                        (b"content-security-policy", PAGE_POLICY.encode()),
+                        (b"x-frame-options", b"DENY"),
+                        (b"referrer-policy", b"no-referrer"),
+                    ]
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -129,19 +134,25 @@ class BodyLimitMiddleware:
                 await _reject(send, limit)
         except BodySlow:
             if not started["response"]:
-                await _reject(send, limit, status=408,
-                              detail=f"the request body did not arrive within {self.timeout_s:g} s")
+                await _reject(
+                    send, limit, status=408, detail=f"the request body did not arrive within {self.timeout_s:g} s"
+                )
 
 
 async def _reject(send, limit: int, status: int = 413, detail: str | None = None) -> None:
-    await send_detail(send, status, detail or f"the request body is over the {limit:,}-byte limit",
-                      [(b"connection", b"close")])
+    await send_detail(
+        send, status, detail or f"the request body is over the {limit:,}-byte limit", [(b"connection", b"close")]
+    )
 
 
 async def send_detail(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
     """An answer from a raw ASGI middleware, as the app's errors look: {"detail": ...} in JSON."""
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

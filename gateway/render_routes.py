@@ -11,11 +11,11 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 
+from gateway.dependencies import RendererDep, Service
 from gateway.errors import InvalidRequest
 from gateway.images import sha256
 from gateway.rendering.renderer import Renderer, RenderSpec
 from gateway.request_parsing import body_doc, image_or_template, parse
-from gateway.dependencies import RendererDep, Service
 from gateway.schemas import RenderOptions, RenderRequest
 from gateway.settings import MAX_RENDER_SIDE, Settings
 
@@ -23,12 +23,22 @@ router = APIRouter()
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def render_spec(settings: Settings, options: RenderOptions, boxes: list[str], kind: str, layout: str | None) -> RenderSpec:
+def render_spec(
+    settings: Settings, options: RenderOptions, boxes: list[str], kind: str, layout: str | None
+) -> RenderSpec:
     limit = settings.render_max_side
     if options.max_size is not None and options.max_size > limit:
-        raise InvalidRequest(f"max_size {options.max_size} is more than the {limit}-pixel limit (MEMEFLY_RENDER_MAX_SIDE)")
-    return RenderSpec(tuple(boxes), layout, kind, options.case, options.max_size or limit,
-                      options.quality or settings.render_jpeg_quality)
+        raise InvalidRequest(
+            f"max_size {options.max_size} is more than the {limit}-pixel limit (MEMEFLY_RENDER_MAX_SIDE)"
+        )
+    return RenderSpec(
+        tuple(boxes),
+        layout,
+        kind,
+        options.case,
+        options.max_size or limit,
+        options.quality or settings.render_jpeg_quality,
+    )
 
 
 def client_has(request: Request, etag: str) -> bool:
@@ -47,15 +57,29 @@ def already_have(request: Request, etag: str, cache_control: str) -> Response:
     return Response(status_code=status, headers={"ETag": etag, "Cache-Control": cache_control})
 
 
-async def image_response(request: Request, renderer: Renderer, source, source_id: str, spec: RenderSpec,
-                         headers: dict[str, str] | None = None, cache_control: str = "no-cache") -> Response:
+async def image_response(
+    request: Request,
+    renderer: Renderer,
+    source,
+    source_id: str,
+    spec: RenderSpec,
+    headers: dict[str, str] | None = None,
+    cache_control: str = "no-cache",
+) -> Response:
     etag = renderer.etag(source_id, spec)
     if client_has(request, etag):
         return already_have(request, etag, cache_control)
     rendered = await renderer.render(source, source_id, spec)
-    return Response(rendered.data, media_type=rendered.content_type, headers={
-        "ETag": rendered.etag, "Cache-Control": cache_control,
-        "X-Render-Cache": "hit" if rendered.cached else "miss", **(headers or {})})
+    return Response(
+        rendered.data,
+        media_type=rendered.content_type,
+        headers={
+            "ETag": rendered.etag,
+            "Cache-Control": cache_control,
+            "X-Render-Cache": "hit" if rendered.cached else "miss",
+            **(headers or {}),
+        },
+    )
 
 
 def caption_headers(boxes: list[str], template: str | None) -> dict[str, str]:
@@ -66,10 +90,20 @@ def caption_headers(boxes: list[str], template: str | None) -> dict[str, str]:
     return headers
 
 
-@router.post("/render", response_class=Response, openapi_extra=body_doc(RenderRequest, {"image": False}), responses={
-    200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "description": "the meme"},
-    400: {}, 404: {}, 412: {"description": "If-None-Match names this image's ETag: the client has it"},
-    413: {}, 415: {}, 422: {}})
+@router.post(
+    "/render",
+    response_class=Response,
+    openapi_extra=body_doc(RenderRequest, {"image": False}),
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "description": "the meme"},
+        400: {},
+        404: {},
+        412: {"description": "If-None-Match names this image's ETag: the client has it"},
+        413: {},
+        415: {},
+        422: {},
+    },
+)
 async def render(request: Request, service: Service, renderer: RendererDep):
     """Draws the given boxes onto an uploaded image or a named template's blank image (no generation)."""
     body, files = await parse(request, RenderRequest, max_files=1)
@@ -84,17 +118,31 @@ async def render(request: Request, service: Service, renderer: RendererDep):
     return await image_response(request, renderer, path, source_id, spec)
 
 
-@router.get("/templates/{name}/image", response_class=Response,
-            responses={200: {"content": {"image/jpeg": {}}}, 304: {}, 404: {}, 422: {}})
-async def template_image(request: Request, name: str, renderer: RendererDep,
-                         service: Service,
-                         size: Annotated[int | None, Query(ge=16, le=MAX_RENDER_SIDE, description="longest side, in pixels "
-                                                           "(default and limit: MEMEFLY_RENDER_MAX_SIDE)")] = None):
+@router.get(
+    "/templates/{name}/image",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, 304: {}, 404: {}, 422: {}},
+)
+async def template_image(
+    request: Request,
+    name: str,
+    renderer: RendererDep,
+    service: Service,
+    size: Annotated[
+        int | None,
+        Query(
+            ge=16,
+            le=MAX_RENDER_SIDE,
+            description="longest side, in pixels (default and limit: MEMEFLY_RENDER_MAX_SIDE)",
+        ),
+    ] = None,
+):
     """A template's blank image, as a JPEG (thumbnails for the web page)."""
     size = size or service.settings.render_max_side
     if size > service.settings.render_max_side:
-        raise InvalidRequest(f"size {size} is more than the {service.settings.render_max_side}-pixel limit "
-                             "(MEMEFLY_RENDER_MAX_SIDE)")
+        raise InvalidRequest(
+            f"size {size} is more than the {service.settings.render_max_side}-pixel limit (MEMEFLY_RENDER_MAX_SIDE)"
+        )
     path, source_id = renderer.template_source(name)
     spec = RenderSpec(boxes=(), format="jpeg", max_side=size, quality=80)
     return await image_response(request, renderer, path, source_id, spec, cache_control="public, max-age=86400")

@@ -71,18 +71,26 @@ def body_doc(model: type[BaseModel], files: dict[str, bool]) -> dict:
     binary = {"type": "string", "format": "binary"}
     for name, repeated in files.items():
         form[name] = {"type": "array", "items": binary} if repeated else binary
-    return {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": form},
-                                "description": "the image(s) as file parts; any field of the JSON body as a form field"},
-        "application/json": {"schema": schema},
-    }}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": form},
+                    "description": "the image(s) as file parts; any field of the JSON body as a form field",
+                },
+                "application/json": {"schema": schema},
+            },
+        }
+    }
 
 
 def check_json_shape(raw: bytes) -> None:
     """Refuse, before parsing, a JSON body that no request of ours can be (see SMALL_JSON_BYTES)."""
     if len(raw) > SMALL_JSON_BYTES and b'_base64"' not in raw:
-        raise RequestTooLarge(f"a JSON body without image_base64 is at most {SMALL_JSON_BYTES // 1024} KB; "
-                              f"this one is {len(raw):,} bytes")
+        raise RequestTooLarge(
+            f"a JSON body without image_base64 is at most {SMALL_JSON_BYTES // 1024} KB; this one is {len(raw):,} bytes"
+        )
     containers = raw.count(b"[") + raw.count(b"{")
     if containers > MAX_JSON_CONTAINERS:
         raise BadRequestBody(f"the JSON body has {containers:,} arrays and objects; a request has a few")

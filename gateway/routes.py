@@ -8,16 +8,25 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from memefly.decoding.options import DecodingOptions
 from gateway.dependencies import RendererDep, Service
 from gateway.errors import CLIENT_CLOSED, GatewayError, InvalidRequest
 from gateway.render_routes import caption_headers, image_response, render_spec
 from gateway.rendering.layout import layout_for
 from gateway.rendering.renderer import Renderer
 from gateway.request_parsing import body_doc, decode_base64, image_or_template, parse
-from gateway.schemas import (BatchItem, BatchItemError, BatchRequest, BatchResponse, MemeRequest, MemeResponse,
-                             Readyz, TemplateOut, TemplatesResponse)
+from gateway.schemas import (
+    BatchItem,
+    BatchItemError,
+    BatchRequest,
+    BatchResponse,
+    MemeRequest,
+    MemeResponse,
+    Readyz,
+    TemplateOut,
+    TemplatesResponse,
+)
 from gateway.service import MemeResult, MemeService
+from memefly.decoding.options import DecodingOptions
 
 router = APIRouter()
 
@@ -27,7 +36,9 @@ _BATCH_DOC = body_doc(BatchRequest, {"images": True})
 
 def _options(body) -> DecodingOptions:
     # Only what the client set: defaults (and the do_sample rule on num_beams) apply as in the request.
-    return DecodingOptions.model_validate(body.model_dump(include=set(DecodingOptions.model_fields), exclude_unset=True))
+    return DecodingOptions.model_validate(
+        body.model_dump(include=set(DecodingOptions.model_fields), exclude_unset=True)
+    )
 
 
 def _response(service: MemeService, result: MemeResult) -> MemeResponse:
@@ -57,8 +68,12 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-@router.post("/memes", response_model=MemeResponse, openapi_extra=_BODY_DOC,
-             responses={400: {}, 404: {}, 412: {}, 413: {}, 415: {}, 422: {}, 503: {}, 504: {}})
+@router.post(
+    "/memes",
+    response_model=MemeResponse,
+    openapi_extra=_BODY_DOC,
+    responses={400: {}, 404: {}, 412: {}, 413: {}, 415: {}, 422: {}, 503: {}, 504: {}},
+)
 async def create_memes(request: Request, service: Service, renderer: RendererDep):
     """Meme captions for an image (or a named template): the top candidates, each split into its boxes."""
     service.require_ready()
@@ -77,26 +92,41 @@ async def create_memes(request: Request, service: Service, renderer: RendererDep
     return JSONResponse(_response(service, result).model_dump(mode="json"))
 
 
-async def _rendered_meme(request: Request, service: MemeService, renderer: Renderer, body: MemeRequest, result: MemeResult,
-                         data: bytes | None, template_picture) -> Response:
+async def _rendered_meme(
+    request: Request,
+    service: MemeService,
+    renderer: Renderer,
+    body: MemeRequest,
+    result: MemeResult,
+    data: bytes | None,
+    template_picture,
+) -> Response:
     if body.rank > len(result.memes):
         raise InvalidRequest(f"rank {body.rank}: only {len(result.memes)} memes were generated")
     meme = result.memes[body.rank - 1]
     layout = layout_for(body.layout or body.template, result.templates)
     spec = render_spec(service.settings, body, meme.boxes, body.render, layout)
     source, source_id = (data, result.image_sha256) if data is not None else template_picture
-    return await image_response(request, renderer, source, source_id, spec,
-                                headers=caption_headers(meme.boxes, result.templates[0][0]))
+    return await image_response(
+        request, renderer, source, source_id, spec, headers=caption_headers(meme.boxes, result.templates[0][0])
+    )
 
 
-@router.post("/memes/batch", response_model=BatchResponse, openapi_extra=_BATCH_DOC,
-             responses={400: {}, 413: {}, 415: {}, 422: {}, 503: {}})
+@router.post(
+    "/memes/batch",
+    response_model=BatchResponse,
+    openapi_extra=_BATCH_DOC,
+    responses={400: {}, 413: {}, 415: {}, 422: {}, 503: {}},
+)
 async def create_memes_batch(request: Request, service: Service):
     """Several images in one request (multipart `images` parts, or JSON `images_base64`); one result or error each."""
     service.require_ready()
     limit = service.settings.max_batch_images
-    body, files = await parse(request, BatchRequest if "json" in request.headers.get("content-type", "")
-                              else _MultipartBatch, max_files=limit + 1)
+    body, files = await parse(
+        request,
+        BatchRequest if "json" in request.headers.get("content-type", "") else _MultipartBatch,
+        max_files=limit + 1,
+    )
     images = files or [None] * len(body.images_base64 or [])
     if not images:
         raise InvalidRequest("send at least one image")
@@ -106,9 +136,15 @@ async def create_memes_batch(request: Request, service: Service):
 
     async def one(index: int) -> BatchItem:
         try:
-            data = files[index] if files else decode_base64(body.images_base64[index],
-                                                            max_bytes=service.settings.max_upload_bytes,
-                                                            field=f"images_base64[{index}]")
+            data = (
+                files[index]
+                if files
+                else decode_base64(
+                    body.images_base64[index],
+                    max_bytes=service.settings.max_upload_bytes,
+                    field=f"images_base64[{index}]",
+                )
+            )
             result = await service.memes(await service.check_upload(data), None, options)
             return BatchItem(index=index, result=_response(service, result))
         except GatewayError as error:
@@ -131,10 +167,17 @@ class _MultipartBatch(BatchRequest):
 async def list_templates(service: Service, renderer: RendererDep):
     """The templates the served models know, in the models' order."""
     service.require_ready()
-    return TemplatesResponse(templates=[
-        TemplateOut(id=t.id, name=t.name, box_count=t.box_count,
-                    image=f"/templates/{quote(t.name)}/image" if renderer.template_image(t.name) else None)
-        for t in service.templates])
+    return TemplatesResponse(
+        templates=[
+            TemplateOut(
+                id=t.id,
+                name=t.name,
+                box_count=t.box_count,
+                image=f"/templates/{quote(t.name)}/image" if renderer.template_image(t.name) else None,
+            )
+            for t in service.templates
+        ]
+    )
 
 
 @router.get("/healthz")
@@ -151,7 +194,9 @@ async def readyz(service: Service):
     body = Readyz(ready=ready, reason=reason, model=service.model_info)
     if ready:
         return body
-    return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": str(service.settings.retry_after_s)})
+    return JSONResponse(
+        body.model_dump(), status_code=503, headers={"Retry-After": str(service.settings.retry_after_s)}
+    )
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memefly.decoding.search import Search
 from gateway.admission import EWMA, Correction, CostModel, admit, ceil_div
 from gateway.errors import GatewayError, InvalidRequest
+from memefly.decoding.search import Search
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,15 @@ TYPICAL_STEPS = 20.0  # steps of a search, until searches have been measured
 
 
 class DecodeScheduler:
-    def __init__(self, step: StepFn, *, max_rows: int = 512, continuous: bool = True, pipeline: int = 2,
-                 on_batch: Callable[[int], None] = lambda rows: None):
+    def __init__(
+        self,
+        step: StepFn,
+        *,
+        max_rows: int = 512,
+        continuous: bool = True,
+        pipeline: int = 2,
+        on_batch: Callable[[int], None] = lambda rows: None,
+    ):
         self.step = step
         self.max_rows = max_rows
         self.continuous = continuous
@@ -126,8 +133,9 @@ class DecodeScheduler:
             return search
         estimate = self._estimate(search.rows)
         self._admit(estimate, deadline_s)
-        entry = _Entry(search, asyncio.get_running_loop().create_future(), started=time.perf_counter(),
-                       estimate=estimate)
+        entry = _Entry(
+            search, asyncio.get_running_loop().create_future(), started=time.perf_counter(), estimate=estimate
+        )
         self._entries.append(entry)
         self._wakeup.set()
         try:
@@ -209,7 +217,7 @@ class DecodeScheduler:
                     self._fail(entry, error)
                 return
             offset = 0
-            for entry, size in zip(batch, sizes):
+            for entry, size in zip(batch, sizes, strict=True):
                 rows = slice(offset, offset + size)
                 offset += size
                 if entry.future.done():  # its request went away during the call

@@ -21,23 +21,38 @@ class RenderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     case: Literal["upper", "keep"] = Field("upper", description="upper: the classic all-caps; keep: as written")
-    max_size: int | None = Field(None, ge=16, le=MAX_RENDER_SIDE, description="longest side of the image drawn, in pixels "
-                                 "(default and limit: MEMEFLY_RENDER_MAX_SIDE); smaller images keep their size")
-    quality: int | None = Field(None, ge=1, le=100, description="JPEG or WebP quality (default MEMEFLY_RENDER_JPEG_QUALITY)")
-    layout: str | None = Field(None, max_length=200, description="draw in this template's boxes (default: the "
-                               "template named, or with an image the template recognised, if likely)")
+    max_size: int | None = Field(
+        None,
+        ge=16,
+        le=MAX_RENDER_SIDE,
+        description="longest side of the image drawn, in pixels "
+        "(default and limit: MEMEFLY_RENDER_MAX_SIDE); smaller images keep their size",
+    )
+    quality: int | None = Field(
+        None, ge=1, le=100, description="JPEG or WebP quality (default MEMEFLY_RENDER_JPEG_QUALITY)"
+    )
+    layout: str | None = Field(
+        None,
+        max_length=200,
+        description="draw in this template's boxes (default: the "
+        "template named, or with an image the template recognised, if likely)",
+    )
 
 
 class MemeRequest(DecodingOptions, RenderOptions):
     """JSON body of POST /memes (multipart sends the same fields as form fields, the image as `image`)."""
 
     image_base64: str | None = Field(None, description="the image, base64-encoded (JPEG, PNG, GIF, BMP or WebP)")
-    template: str | None = Field(None, max_length=200, description="a template name (GET /templates) instead of an image")
-    render: RenderFormat | None = Field(None, description="answer with the meme drawn on the image, in this format, not JSON")
+    template: str | None = Field(
+        None, max_length=200, description="a template name (GET /templates) instead of an image"
+    )
+    render: RenderFormat | None = Field(
+        None, description="answer with the meme drawn on the image, in this format, not JSON"
+    )
     rank: int = Field(1, ge=1, le=MAX_BEAMS, description="with render: which meme to draw (1 is the best)")
 
     @model_validator(mode="after")
-    def _rank_returned(self) -> "MemeRequest":
+    def _rank_returned(self) -> MemeRequest:
         if self.rank > self.num_return_sequences:
             raise ValueError(f"rank {self.rank} is more than num_return_sequences ({self.num_return_sequences})")
         return self
@@ -53,7 +68,7 @@ class RenderRequest(RenderOptions):
     format: RenderFormat = "png"
 
     @model_validator(mode="after")
-    def _box_lengths(self) -> "RenderRequest":
+    def _box_lengths(self) -> RenderRequest:
         if any(len(box) > MAX_BOX_CHARS for box in self.boxes):
             raise ValueError(f"boxes: a box is longer than {MAX_BOX_CHARS} characters")
         return self
@@ -78,23 +93,28 @@ class TemplateGuess(BaseModel):
 
 
 class TemplateMatch(TemplateGuess):
-    known: bool | None = Field(description=(
-        "whether the image is one of the known templates (its likeliest template's probability is at least the "
-        "threshold chosen at export against images that are no template); false: a photo or a picture the "
-        "models do not know, answered with memes in the style of the likeliest templates; always true for a "
-        "named template; null with models exported without a threshold"))
+    known: bool | None = Field(
+        description=(
+            "whether the image is one of the known templates (its likeliest template's probability is at least the "
+            "threshold chosen at export against images that are no template); false: a photo or a picture the "
+            "models do not know, answered with memes in the style of the likeliest templates; always true for a "
+            "named template; null with models exported without a threshold"
+        )
+    )
 
 
 class MemeResponse(BaseModel):
     memes: list[MemeOut]
-    template: TemplateMatch = Field(description="the likeliest template, and whether the image is one of the known templates")
+    template: TemplateMatch = Field(
+        description="the likeliest template, and whether the image is one of the known templates"
+    )
     templates: list[TemplateGuess] = Field(description="the three likeliest templates")
     model: dict[str, str]
     timings_ms: dict[str, float]
     image_sha256: str | None
 
     @classmethod
-    def from_result(cls, result, model_info: dict[str, str]) -> "MemeResponse":
+    def from_result(cls, result, model_info: dict[str, str]) -> MemeResponse:
         """From the service's MemeResult: the one shape of a result, over HTTP or from the client."""
         return cls(
             memes=[vars(m) for m in result.memes],
@@ -125,7 +145,9 @@ class TemplateOut(BaseModel):
     id: int
     name: str
     box_count: int
-    image: str | None = Field(None, description="URL of its blank image (?size= for a thumbnail), if the gateway has it")
+    image: str | None = Field(
+        None, description="URL of its blank image (?size= for a thumbnail), if the gateway has it"
+    )
 
 
 class TemplatesResponse(BaseModel):

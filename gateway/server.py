@@ -23,8 +23,10 @@ from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                    b"connection: close\r\ncontent-length: 32\r\n\r\nrequest headers took too long.\r\n")
+TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: 32\r\n\r\nrequest headers took too long.\r\n"
+)
 
 
 def with_header_timeout(header_timeout_s: float) -> type[HttpToolsProtocol]:
@@ -78,7 +80,7 @@ def with_header_timeout(header_timeout_s: float) -> type[HttpToolsProtocol]:
             # Answer only when no earlier response on this connection is still being written.
             if self.cycle is None or self.cycle.response_complete:
                 self.transport.write(TIMEOUT_RESPONSE)
-            client = "%s:%d" % self.client if self.client else "a client"
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
             log.info("408 %s: request headers not complete within %g s", client, header_timeout_s)
             self.transport.close()
 
@@ -89,8 +91,17 @@ def uvicorn_config(app, settings: Settings, *, host: str, port: int, log_level: 
     """The one uvicorn configuration (memefly serve, and the tests' live gateways)."""
     # The drain (MEMEFLY_SHUTDOWN_GRACE_S) has answered every request by the time uvicorn's own
     # shutdown runs: its grace only covers responses still being written.
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=uvicorn_log_config(log_level),
-                          lifespan="on", timeout_graceful_shutdown=5,
-                          limit_concurrency=settings.max_connections, timeout_keep_alive=5,
-                          proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
-                          http=with_header_timeout(settings.header_timeout_s))
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=uvicorn_log_config(log_level),
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        http=with_header_timeout(settings.header_timeout_s),
+    )

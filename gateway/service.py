@@ -15,24 +15,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gateway.admission import Overloaded
 from gateway.backends import Backend, make_backend
 from gateway.batcher import MicroBatcher
 from gateway.cache import LruCache
-from memefly.decoding.captioner import Captioner, template_box_counts, template_input_key
-from memefly.decoding.options import DecodingOptions
-from memefly.decoding.search import Hypothesis
 from gateway.errors import DeadlineExceeded, GatewayError, InvalidRequest, ModelError, ModelUnavailable
-from memefly.content_view import most_confident
 from gateway.images import CheckedImage, already_checked, check_image, sha256
 from gateway.metrics import Metrics
-from memefly.decoding.safety import offensive_token_ids
-from gateway.admission import Overloaded
-from gateway.scheduler import DecodeScheduler
 from gateway.rendering.layout import Layouts
+from gateway.scheduler import DecodeScheduler
 from gateway.served_models import ServedModels, Template
 from gateway.settings import Settings
 from gateway.template_names import template_key
 from memefly import contract as c
+from memefly.content_view import most_confident
+from memefly.decoding.captioner import Captioner, template_box_counts, template_input_key
+from memefly.decoding.options import DecodingOptions
+from memefly.decoding.safety import offensive_token_ids
+from memefly.decoding.search import Hypothesis
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,12 @@ class MemeService:
     def __init__(self, settings: Settings, backend: Backend | None = None, metrics: Metrics | None = None):
         self.settings = settings
         self.backend = backend or make_backend(settings)
-        self.models = ServedModels(self.backend, encoder_max_batch=settings.encoder_max_batch,
-                                   decoder_max_rows=settings.decoder_max_rows, wire_state=settings.wire_state)
+        self.models = ServedModels(
+            self.backend,
+            encoder_max_batch=settings.encoder_max_batch,
+            decoder_max_rows=settings.decoder_max_rows,
+            wire_state=settings.wire_state,
+        )
         self.metrics = metrics or Metrics()
         self.cache = LruCache(settings.template_cache_size)
         self.readiness = Readiness()
@@ -98,14 +102,22 @@ class MemeService:
         # Over gRPC the step computes elsewhere: a second call in flight lets the gateway advance
         # one cohort's beams while the model server computes the other's. In-process both
         # share these cores, and one call at a time measured faster.
-        self.scheduler = DecodeScheduler(self.models.step, max_rows=settings.decoder_max_rows,
-                                         continuous=settings.continuous_batching,
-                                         pipeline=2 if self.backend.name == "grpc" else 1,
-                                         on_batch=self.metrics.decoder_rows.observe)
-        self.encoder = MicroBatcher(self._encode, max_batch=settings.encoder_max_batch,
-                                    max_wait_s=settings.encoder_max_wait_ms / 1000,
-                                    on_batch=self.metrics.encoder_images.observe)
-        self.initializer = MicroBatcher(self._init_rows, max_batch=settings.decoder_max_rows, max_wait_s=0.0, name="init")
+        self.scheduler = DecodeScheduler(
+            self.models.step,
+            max_rows=settings.decoder_max_rows,
+            continuous=settings.continuous_batching,
+            pipeline=2 if self.backend.name == "grpc" else 1,
+            on_batch=self.metrics.decoder_rows.observe,
+        )
+        self.encoder = MicroBatcher(
+            self._encode,
+            max_batch=settings.encoder_max_batch,
+            max_wait_s=settings.encoder_max_wait_ms / 1000,
+            on_batch=self.metrics.encoder_images.observe,
+        )
+        self.initializer = MicroBatcher(
+            self._init_rows, max_batch=settings.decoder_max_rows, max_wait_s=0.0, name="init"
+        )
         self._monitor: asyncio.Task | None = None
         self._connected = asyncio.Event()
         self._checked = asyncio.Event()  # the first start-up check has finished, either way
@@ -191,16 +203,21 @@ class MemeService:
         await self.backend.start()
         keys = (c.TEMPLATE_FINGERPRINT, c.MODEL_VERSION, c.NUM_TEMPLATES)
         encoder = await self.models.metadata(c.ENCODER_MODEL, keys + ("encoder_weights", c.KNOWN_THRESHOLD))
-        decoder = await self.models.metadata(c.DECODER_MODEL, keys + (c.WEIGHTS_FINGERPRINT, "vocabulary_size", "top_k",
-                                                                            c.TRAINING_CAPTIONS, c.WIRE_DTYPES))
+        decoder = await self.models.metadata(
+            c.DECODER_MODEL,
+            keys + (c.WEIGHTS_FINGERPRINT, "vocabulary_size", "top_k", c.TRAINING_CAPTIONS, c.WIRE_DTYPES),
+        )
         if self.settings.wire_state not in (decoder.get(c.WIRE_DTYPES) or "float32").split(","):
-            raise ModelError(f"the decoder v{decoder[c.MODEL_VERSION]} has no {self.settings.wire_state} step "
-                             "(exported before it): export it again, or unset MEMEFLY_WIRE_STATE")
+            raise ModelError(
+                f"the decoder v{decoder[c.MODEL_VERSION]} has no {self.settings.wire_state} step "
+                "(exported before it): export it again, or unset MEMEFLY_WIRE_STATE"
+            )
         if encoder[c.TEMPLATE_FINGERPRINT] != decoder[c.TEMPLATE_FINGERPRINT]:
             raise ModelError(
                 f"the models do not belong together: template fingerprint {encoder[c.TEMPLATE_FINGERPRINT][:12]} "
                 f"(encoder v{encoder[c.MODEL_VERSION]}) != {decoder[c.TEMPLATE_FINGERPRINT][:12]} "
-                f"(decoder v{decoder[c.MODEL_VERSION]}); export them together")
+                f"(decoder v{decoder[c.MODEL_VERSION]}); export them together"
+            )
         if self.model_info and self._same_models(encoder, decoder):
             # A model server restarted with the models we have: ready at once, nothing to fetch
             # again; its first calls are warmed up meanwhile.
@@ -212,9 +229,11 @@ class MemeService:
         templates = await self.models.templates(int(decoder[c.NUM_TEMPLATES]))
         offensive = await asyncio.to_thread(offensive_token_ids, vocabulary)
         training_captions = await self.models.training_captions(int(decoder.get(c.TRAINING_CAPTIONS) or 0))
-        changed = (decoder[c.WEIGHTS_FINGERPRINT] != self.model_info.get("decoder_weights")
-                   or encoder["encoder_weights"] != self.model_info.get("encoder_weights")
-                   or encoder[c.MODEL_VERSION] != self.model_info.get("encoder_version"))
+        changed = (
+            decoder[c.WEIGHTS_FINGERPRINT] != self.model_info.get("decoder_weights")
+            or encoder["encoder_weights"] != self.model_info.get("encoder_weights")
+            or encoder[c.MODEL_VERSION] != self.model_info.get("encoder_version")
+        )
         if changed:  # cached template_probs and states came from other models
             self.cache.clear()
         self.vocabulary, self.templates = vocabulary, templates
@@ -234,11 +253,14 @@ class MemeService:
 
     def _same_models(self, encoder: dict, decoder: dict) -> bool:
         info = self.model_info
-        return (str(self.backend.version) == info.get("version") and encoder[c.MODEL_VERSION] == info.get("encoder_version")
-                and decoder[c.MODEL_VERSION] == info.get("decoder_version")
-                and encoder["encoder_weights"] == info.get("encoder_weights")
-                and decoder[c.WEIGHTS_FINGERPRINT] == info.get("decoder_weights")
-                and decoder[c.TEMPLATE_FINGERPRINT] == info.get("template_fingerprint"))
+        return (
+            str(self.backend.version) == info.get("version")
+            and encoder[c.MODEL_VERSION] == info.get("encoder_version")
+            and decoder[c.MODEL_VERSION] == info.get("decoder_version")
+            and encoder["encoder_weights"] == info.get("encoder_weights")
+            and decoder[c.WEIGHTS_FINGERPRINT] == info.get("decoder_weights")
+            and decoder[c.TEMPLATE_FINGERPRINT] == info.get("template_fingerprint")
+        )
 
     async def _ping(self) -> None:
         for model in (c.ENCODER_MODEL, c.DECODER_MODEL):
@@ -277,13 +299,16 @@ class MemeService:
             if digest in self.cache:
                 return already_checked(data, digest)
         # Pillow decodes on a worker thread: a big image must not stall the event loop.
-        return await asyncio.to_thread(check_image, data, max_bytes=settings.max_upload_bytes,
-                                       max_pixels=settings.max_image_pixels)
+        return await asyncio.to_thread(
+            check_image, data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels
+        )
 
     def template_id(self, name: str) -> int:
         found = self._template_ids.get(template_key(name))
         if found is None:
-            raise InvalidRequest(f"unknown template {name!r}: GET /templates lists the {len(self.templates)} known ones")
+            raise InvalidRequest(
+                f"unknown template {name!r}: GET /templates lists the {len(self.templates)} known ones"
+            )
         return found
 
     def template_name(self, name: str) -> str:
@@ -306,8 +331,9 @@ class MemeService:
                     raise InvalidRequest("send an image or name a template")
                 encoded = time.perf_counter()
                 left = self.settings.request_timeout_s - (encoded - started)
-                hypotheses = await self._decode(conditioning, options, key,
-                                                deadline_s=left if self.settings.admission_control else None)
+                hypotheses = await self._decode(
+                    conditioning, options, key, deadline_s=left if self.settings.admission_control else None
+                )
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s:g} s") from None
         except Overloaded:
@@ -324,8 +350,11 @@ class MemeService:
             templates=templates,
             known=True if template is not None else self.is_known(templates[0][1]),
             image_sha256=image.sha256 if image else None,
-            timings_ms={"encode": round(1000 * (encoded - started), 2), "decode": round(1000 * (done - encoded), 2),
-                        "total": round(1000 * (done - started), 2)},
+            timings_ms={
+                "encode": round(1000 * (encoded - started), 2),
+                "decode": round(1000 * (done - encoded), 2),
+                "total": round(1000 * (done - started), 2),
+            },
         )
 
     def is_known(self, top_probability: float) -> bool | None:
@@ -373,8 +402,14 @@ class MemeService:
                 log.info("the picture-inside view was not encoded: %s", getattr(error, "logged", error))
         return most_confident(answers)
 
-    async def _conditioning(self, key: str, *, probs: np.ndarray | None = None, image: CheckedImage | None = None,
-                            deadline_s: float | None = None) -> Conditioning:
+    async def _conditioning(
+        self,
+        key: str,
+        *,
+        probs: np.ndarray | None = None,
+        image: CheckedImage | None = None,
+        deadline_s: float | None = None,
+    ) -> Conditioning:
         """For template_probs given, or for an image's (from the encoder). Cached by image SHA-256
         (or template): popular templates come again and again, and then neither the encoder
         nor the decoder's `init` runs."""
@@ -405,10 +440,11 @@ class MemeService:
 
     async def _init_rows(self, rows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         state, context = await self.models.init(np.stack(rows))
-        return list(zip(state, context))
+        return list(zip(state, context, strict=True))
 
-    async def _decode(self, conditioning: Conditioning, options: DecodingOptions, key: str,
-                      deadline_s: float | None = None) -> list[Hypothesis]:
+    async def _decode(
+        self, conditioning: Conditioning, options: DecodingOptions, key: str, deadline_s: float | None = None
+    ) -> list[Hypothesis]:
         search = self.captioner.search(conditioning.state, conditioning.context, conditioning.probs, options, key)
         self.metrics.searches.inc()
         try:

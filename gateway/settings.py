@@ -12,7 +12,6 @@ from memefly.decoding.limits import MAX_BEAMS, MAX_CANDIDATES
 from memefly.paths import models_dir as default_models_dir
 from memefly.paths import templates_dir as default_templates_dir
 
-
 MAX_RENDER_SIDE = 8192  # the most MEMEFLY_RENDER_MAX_SIDE may be (and so any requested size)
 
 
@@ -107,11 +106,13 @@ class Settings:
     @property
     def cors_origin_list(self) -> list[str]:
         # Browsers send the origin lower-case, without a default port.
-        origins = [origin.strip().lower().removesuffix(":443") for origin in self.cors_origins.split(",") if origin.strip()]
+        origins = [
+            origin.strip().lower().removesuffix(":443") for origin in self.cors_origins.split(",") if origin.strip()
+        ]
         return [o.removesuffix(":80") if o.startswith("http://") else o for o in origins]
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
         """MEMEFLY_<FIELD> for every field (e.g. MEMEFLY_BACKEND=grpc); overrides win."""
         environ = os.environ if environ is None else environ
         values = {}
@@ -127,8 +128,15 @@ class Settings:
     def validate(self) -> None:
         if self.backend not in ("grpc", "inprocess"):
             raise ValueError(f"MEMEFLY_BACKEND must be 'grpc' or 'inprocess', not {self.backend!r}")
-        for name in ("decoder_max_rows", "encoder_max_batch", "template_cache_size", "max_batch_images",
-                     "render_max_side", "max_connections", "workers"):
+        for name in (
+            "decoder_max_rows",
+            "encoder_max_batch",
+            "template_cache_size",
+            "max_batch_images",
+            "render_max_side",
+            "max_connections",
+            "workers",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"MEMEFLY_{name.upper()} must be at least 1")
         if self.render_max_side > MAX_RENDER_SIDE:
@@ -137,8 +145,10 @@ class Settings:
             raise ValueError("MEMEFLY_RENDER_JPEG_QUALITY must be between 1 and 100")
         widest = max(MAX_BEAMS, MAX_CANDIDATES)  # one request's rows must fit in a call
         if self.decoder_max_rows < widest:
-            raise ValueError(f"MEMEFLY_DECODER_MAX_ROWS must be at least {widest} "
-                             "(the most beams or sampled candidates a request may ask for)")
+            raise ValueError(
+                f"MEMEFLY_DECODER_MAX_ROWS must be at least {widest} "
+                "(the most beams or sampled candidates a request may ask for)"
+            )
         for name in ("header_timeout_s", "body_timeout_s", "request_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"MEMEFLY_{name.upper()} must be more than 0")
@@ -155,7 +165,6 @@ class Settings:
                 raise ValueError(f"MEMEFLY_{name.upper()} must not be empty")
         if self.shutdown_grace_s < 0:
             raise ValueError("MEMEFLY_SHUTDOWN_GRACE_S must be at least 0")
-
 
     def _check_access(self) -> None:
         from gateway.access import Keys, parse_limit, storage

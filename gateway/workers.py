@@ -28,8 +28,9 @@ STARTUP_FAILURE = 3  # the exit code of a worker that never listened (uvicorn's)
 RESTART_BACKOFF_S = 1.0  # a slot is started again no sooner than this after its last start
 
 
-def serve_one(settings: Settings, host: str, port: int, log_level: str, sockets: list[socket.socket] | None = None,
-              listening=None) -> None:
+def serve_one(
+    settings: Settings, host: str, port: int, log_level: str, sockets: list[socket.socket] | None = None, listening=None
+) -> None:
     """One gateway process: the app, uvicorn with memefly's configuration, draining on SIGTERM.
     As a worker (SOCKETS given), sets the LISTENING event once it takes connections."""
     from gateway.app import create_app
@@ -43,8 +44,9 @@ def serve_one(settings: Settings, host: str, port: int, log_level: str, sockets:
         logs.configure(log_level)
     app = create_app(settings)
     config = uvicorn_config(app, settings, host=host, port=port, log_level=log_level)
-    server = DrainingServer(config, app.state.drain, settings.shutdown_grace_s,
-                            on_started=listening.set if listening is not None else None)
+    server = DrainingServer(
+        config, app.state.drain, settings.shutdown_grace_s, on_started=listening.set if listening is not None else None
+    )
     try:
         server.run(sockets=sockets)
     except KeyboardInterrupt:  # uvicorn raises the SIGINT it handled again once it has shut down
@@ -74,8 +76,12 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> int:
 
     from gateway.logs import uvicorn_log_config
 
-    listener = uvicorn.Config(app=None, host=host, port=port,  # as uvicorn binds it (IPv6 too)
-                              log_config=uvicorn_log_config(log_level)).bind_socket()
+    listener = uvicorn.Config(
+        app=None,
+        host=host,
+        port=port,  # as uvicorn binds it (IPv6 too)
+        log_config=uvicorn_log_config(log_level),
+    ).bind_socket()
     context = multiprocessing.get_context("spawn")
     workers: list[_Worker] = []
     received: list[int] = []  # the signal handler only appends: the loop below acts on it
@@ -85,8 +91,9 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> int:
 
     def start() -> _Worker:
         listening = context.Event()
-        process = context.Process(target=serve_one, args=(settings, host, port, log_level, [listener], listening),
-                                  name="memefly-gateway")
+        process = context.Process(
+            target=serve_one, args=(settings, host, port, log_level, [listener], listening), name="memefly-gateway"
+        )
         process.start()
         return _Worker(process, listening, time.monotonic())
 
@@ -96,22 +103,31 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> int:
     try:
         for _ in range(settings.workers):
             workers.append(start())
-        log.info("%d gateway workers on %s:%d (pids %s)", len(workers), host, port,
-                 ", ".join(str(w.process.pid) for w in workers))
+        log.info(
+            "%d gateway workers on %s:%d (pids %s)",
+            len(workers),
+            host,
+            port,
+            ", ".join(str(w.process.pid) for w in workers),
+        )
         while not received and not failed:
             time.sleep(0.2)
             for index, worker in enumerate(workers):
                 if worker.process.is_alive():
                     continue
                 if not worker.listening.is_set():
-                    log.error("gateway worker %d exited with %s before it listened: stopping the others",
-                              worker.process.pid, worker.process.exitcode)
+                    log.error(
+                        "gateway worker %d exited with %s before it listened: stopping the others",
+                        worker.process.pid,
+                        worker.process.exitcode,
+                    )
                     failed = True
                     break
                 if time.monotonic() - worker.started_at < RESTART_BACKOFF_S:
                     continue
-                log.warning("gateway worker %d exited with %s: starting another", worker.process.pid,
-                            worker.process.exitcode)
+                log.warning(
+                    "gateway worker %d exited with %s: starting another", worker.process.pid, worker.process.exitcode
+                )
                 workers[index] = start()
         if not received:  # a worker failed: stop the others
             _signal_all(workers, signal.SIGTERM)

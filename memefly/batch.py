@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.client import Item, ItemResult, MemeflyClient
-from memefly.decoding.options import DecodingOptions
 from gateway.errors import GatewayError
 from gateway.rendering.layout import layout_for
 from gateway.rendering.renderer import Renderer, RenderSpec
 from memefly.batch_results import ResultsFile
+from memefly.decoding.options import DecodingOptions
 
 
 @dataclass
@@ -44,8 +44,9 @@ class BatchSummary:
     render_errors: int = 0  # written with their memes, but not drawn
 
     def line(self) -> str:
-        text = (f"{self.total} images: {self.written} written ({self.errors} errors), "
-                f"{self.skipped} already in the results")
+        text = (
+            f"{self.total} images: {self.written} written ({self.errors} errors), {self.skipped} already in the results"
+        )
         if self.render_errors:
             text += f", {self.render_errors} not drawn (see render_error)"
         if self.failed:
@@ -58,9 +59,17 @@ def is_images_fault(status: int) -> bool:
     return status < 500
 
 
-async def run_batch(paths: Iterable[Path], results: ResultsFile, client: MemeflyClient, options: DecodingOptions,
-                    summary: BatchSummary, *, concurrency: int, render: RenderTo | None = None,
-                    progress=None) -> BatchSummary:
+async def run_batch(
+    paths: Iterable[Path],
+    results: ResultsFile,
+    client: MemeflyClient,
+    options: DecodingOptions,
+    summary: BatchSummary,
+    *,
+    concurrency: int,
+    render: RenderTo | None = None,
+    progress=None,
+) -> BatchSummary:
     pending: dict[str, tuple[str, bytes]] = {}  # path -> (sha256, bytes) of the images in flight
 
     def advance() -> None:

@@ -19,7 +19,9 @@ def _has_magic(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def expand(inputs: Iterable[str], lists: Iterable[str] = (), extensions: Iterable[str] = IMAGE_EXTENSIONS) -> Iterator[Path]:
+def expand(
+    inputs: Iterable[str], lists: Iterable[str] = (), extensions: Iterable[str] = IMAGE_EXTENSIONS
+) -> Iterator[Path]:
     """Absolute paths, each once, in the order given (folders and globs sorted). Files named
     outright are taken whatever their extension (the user asked for them); folders and globs
     yield only files with an image extension. Raises InputError for an input naming nothing."""

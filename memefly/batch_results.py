@@ -18,7 +18,7 @@ class ResultsFile:
         self.repaired_bytes = 0
         self._file = None
 
-    def __enter__(self) -> "ResultsFile":
+    def __enter__(self) -> ResultsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._load()
         self._file = open(self.path, "ab", buffering=0)  # unbuffered: each line is one write() call
@@ -45,8 +45,9 @@ class ResultsFile:
                 record = json.loads(line)
                 self.done.add((record["path"], record.get("sha256")))
             except (ValueError, KeyError, TypeError):
-                raise ValueError(f"{self.path}:{number} is not a `memefly batch` result line; "
-                                 "choose another --out") from None
+                raise ValueError(
+                    f"{self.path}:{number} is not a `memefly batch` result line; choose another --out"
+                ) from None
 
     def has(self, path: str, sha256: str | None) -> bool:
         return (path, sha256) in self.done

@@ -84,8 +84,10 @@ def _cmd_data_download(args) -> int:
     except (DownloadError, OSError) as e:  # unreachable, a bad checksum, or a folder we cannot write
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"template images in {report.folder}: {len(report.fetched)} downloaded "
-          f"({report.bytes_fetched / 1e6:.1f} MB), {len(report.present)} already there and intact")
+    print(
+        f"template images in {report.folder}: {len(report.fetched)} downloaded "
+        f"({report.bytes_fetched / 1e6:.1f} MB), {len(report.present)} already there and intact"
+    )
     return 0
 
 
@@ -160,8 +162,13 @@ def _cmd_evaluate(args) -> int:
         print(f"error: --options: {e}", file=sys.stderr)
         return 2
     metrics = evaluate_run(
-        args.run, prepared=args.prepared, per_template=args.per_template, max_test=args.max_test, seed=args.seed,
-        panels=Layouts.shipped().panels, options=options,
+        args.run,
+        prepared=args.prepared,
+        per_template=args.per_template,
+        max_test=args.max_test,
+        seed=args.seed,
+        panels=Layouts.shipped().panels,
+        options=options,
     )
     print(json.dumps(metrics, indent=1) if args.json else format_metrics(metrics))
     return 0
@@ -319,8 +326,14 @@ def _cmd_batch(args) -> int:
     try:
         paths = list(expand(args.inputs, args.list, args.ext.split(",")))
         options = _decoding_options(args)
-        settings = client_settings(args.encoder, args.decoder, models_dir=args.models, settings=Settings.from_env(),
-                                   model_version=args.model_version, encoder_max_batch=args.batch_size)
+        settings = client_settings(
+            args.encoder,
+            args.decoder,
+            models_dir=args.models,
+            settings=Settings.from_env(),
+            model_version=args.model_version,
+            encoder_max_batch=args.batch_size,
+        )
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -334,26 +347,45 @@ def _cmd_batch(args) -> int:
             return 2
     render = None
     if args.render:
-        render = RenderTo(Path(args.render), Renderer(cache_bytes=0, templates_dir=settings.templates_dir),
-                          args.render_format, args.render_count, settings.render_max_side, settings.render_jpeg_quality)
+        render = RenderTo(
+            Path(args.render),
+            Renderer(cache_bytes=0, templates_dir=settings.templates_dir),
+            args.render_format,
+            args.render_count,
+            settings.render_max_side,
+            settings.render_jpeg_quality,
+        )
     summary = BatchSummary(total=len(paths))
 
     async def run(results, progress):
         async with MemeflyClient(settings=settings, max_in_flight=args.concurrency) as client:
-            await run_batch(paths, results, client, options, summary, concurrency=args.concurrency,
-                            render=render, progress=progress)
+            await run_batch(
+                paths, results, client, options, summary, concurrency=args.concurrency, render=render, progress=progress
+            )
 
     try:
-        with ResultsFile(Path(args.out)) as results, \
-                tqdm(total=len(paths), unit="img", disable=True if args.no_progress else None,
-                     dynamic_ncols=True, file=sys.stderr) as progress:
+        with (
+            ResultsFile(Path(args.out)) as results,
+            tqdm(
+                total=len(paths),
+                unit="img",
+                disable=True if args.no_progress else None,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            ) as progress,
+        ):
             if results.repaired_bytes:
-                print(f"{args.out}: dropped a cut-off last line ({results.repaired_bytes} bytes); "
-                      "that image is done again", file=sys.stderr)
+                print(
+                    f"{args.out}: dropped a cut-off last line ({results.repaired_bytes} bytes); "
+                    "that image is done again",
+                    file=sys.stderr,
+                )
             asyncio.run(run(results, progress))
     except KeyboardInterrupt:
-        print(f"interrupted: {summary.line()}; {args.out} holds whole lines only, and the same command "
-              "carries on", file=sys.stderr)
+        print(
+            f"interrupted: {summary.line()}; {args.out} holds whole lines only, and the same command carries on",
+            file=sys.stderr,
+        )
         return 130
     except ValueError as e:  # --out is some other file
         print(f"error: {e}", file=sys.stderr)
@@ -374,8 +406,11 @@ def _decoding_options(args):
 
     if args.beams is not None and (args.sample or args.temperature is not None or args.seed is not None):
         raise ValueError("--beams is beam search: --sample, --temperature and --seed are for sampling")
-    fields = {"num_return_sequences": args.n, "safe": not args.unsafe,
-              "allow_training_captions": args.allow_training_captions}
+    fields = {
+        "num_return_sequences": args.n,
+        "safe": not args.unsafe,
+        "allow_training_captions": args.allow_training_captions,
+    }
     if args.beams is not None:
         fields["num_beams"] = max(args.beams, args.n)
     if args.sample:
@@ -386,15 +421,23 @@ def _decoding_options(args):
 
 def _add_decoding_flags(parser) -> None:
     parser.add_argument("--n", type=int, default=5, help="memes per image (default: %(default)s)")
-    parser.add_argument("--beams", type=int, help="beam search with this width, at least --n (default: the API's "
-                        "default strategy: sampled candidates, the best distinct ones kept)")
-    parser.add_argument("--sample", action="store_true", help="plain sampling: --n samples, no candidates to choose from")
+    parser.add_argument(
+        "--beams",
+        type=int,
+        help="beam search with this width, at least --n (default: the API's "
+        "default strategy: sampled candidates, the best distinct ones kept)",
+    )
+    parser.add_argument(
+        "--sample", action="store_true", help="plain sampling: --n samples, no candidates to choose from"
+    )
     parser.add_argument("--temperature", type=float, help="sampling creativity (default: 0.8; 1.0 with --sample)")
-    parser.add_argument("--seed", type=int, help="the same seed, the same memes (default: seeded by the image; "
-                        "random with --sample)")
+    parser.add_argument(
+        "--seed", type=int, help="the same seed, the same memes (default: seeded by the image; random with --sample)"
+    )
     parser.add_argument("--unsafe", action="store_true", help="allow words the offensive-word list flags")
-    parser.add_argument("--allow-training-captions", action="store_true",
-                        help="may return a caption of the training data verbatim")
+    parser.add_argument(
+        "--allow-training-captions", action="store_true", help="may return a caption of the training data verbatim"
+    )
 
 
 def _print_results(results, as_json: bool) -> int:
@@ -421,8 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memefly", description="Memefly: image in, meme text out.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="prepare caption data; download template images", formatter_class=formatter,
-                          epilog="examples:\n  memefly data prepare --help\n  memefly data download --help")
+    data = sub.add_parser(
+        "data",
+        help="prepare caption data; download template images",
+        formatter_class=formatter,
+        epilog="examples:\n  memefly data prepare --help\n  memefly data download --help",
+    )
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser(
         "prepare", help="read, clean and split captions", epilog=EXAMPLES["data prepare"], formatter_class=formatter
@@ -436,13 +483,21 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
     prep.set_defaults(func=_cmd_data_prepare)
     dl = data_sub.add_parser(
-        "download", help="fetch the template images (resumable, checksummed)", epilog=EXAMPLES["data download"],
+        "download",
+        help="fetch the template images (resumable, checksummed)",
+        epilog=EXAMPLES["data download"],
         formatter_class=formatter,
     )
-    dl.add_argument("--to", default=str(paths.templates_download_dir()),
-                    help="folder for <Name>.jpg|png (default: $MEMEFLY_TEMPLATES_DIR or %(default)s)")
-    dl.add_argument("--url", default=paths.templates_url(),
-                    help="where the images are (default: $MEMEFLY_TEMPLATES_URL or %(default)s)")
+    dl.add_argument(
+        "--to",
+        default=str(paths.templates_download_dir()),
+        help="folder for <Name>.jpg|png (default: $MEMEFLY_TEMPLATES_DIR or %(default)s)",
+    )
+    dl.add_argument(
+        "--url",
+        default=paths.templates_url(),
+        help="where the images are (default: $MEMEFLY_TEMPLATES_URL or %(default)s)",
+    )
     dl.add_argument("--quiet", action="store_true", help="no progress bar")
     dl.set_defaults(func=_cmd_data_download)
 
@@ -466,15 +521,29 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--exclude-offensive", action="store_true", help="train without flagged captions")
     tr.add_argument("--max-train-captions", type=int, help="a seeded subset, for quick runs")
     tr.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
-    tr.add_argument("--lr-decay-patience", type=int, default=1,
-                    help="halve the learning rate after this many epochs without a better validation loss (0: off)")
-    tr.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default="tensorflow",
-                    help="Keras backend to train with; jax/torch tokenize into RUN/tokens.npz first, then train from "
-                         "the arrays (model_export.train_arrays) (default: %(default)s)")
-    tr.add_argument("--tokenize-only", action="store_true",
-                    help="only write RUN/tokens.npz, to train on another machine (docs/training.md: the GPU path)")
-    tr.add_argument("--init-from", metavar="RUN",
-                    help="start from this trained run's weights (same vocabulary and templates), e.g. the shipped default")
+    tr.add_argument(
+        "--lr-decay-patience",
+        type=int,
+        default=1,
+        help="halve the learning rate after this many epochs without a better validation loss (0: off)",
+    )
+    tr.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax", "torch"],
+        default="tensorflow",
+        help="Keras backend to train with; jax/torch tokenize into RUN/tokens.npz first, then train from "
+        "the arrays (model_export.train_arrays) (default: %(default)s)",
+    )
+    tr.add_argument(
+        "--tokenize-only",
+        action="store_true",
+        help="only write RUN/tokens.npz, to train on another machine (docs/training.md: the GPU path)",
+    )
+    tr.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start from this trained run's weights (same vocabulary and templates), e.g. the shipped default",
+    )
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(func=_cmd_train)
 
@@ -487,8 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-test", type=int, help="cap on test captions for perplexity (default: all)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", action="store_true", help="print metrics as JSON")
-    ev.add_argument("--options", metavar="JSON", help="decoding options for the generated captions, as POST /memes "
-                    "takes them (default: its defaults), e.g. '{\"num_beams\": 5}'")
+    ev.add_argument(
+        "--options",
+        metavar="JSON",
+        help="decoding options for the generated captions, as POST /memes "
+        "takes them (default: its defaults), e.g. '{\"num_beams\": 5}'",
+    )
     ev.set_defaults(func=_cmd_evaluate)
 
     ex = sub.add_parser(
@@ -496,8 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which = ex.add_mutually_exclusive_group()
     which.add_argument("--run", default=str(paths.runs_dir() / "default"), help="training run (default: %(default)s)")
-    which.add_argument("--default-model", action="store_true",
-                       help="the default model shipped with memefly (what `memefly serve` builds from) instead of a run")
+    which.add_argument(
+        "--default-model",
+        action="store_true",
+        help="the default model shipped with memefly (what `memefly serve` builds from) instead of a run",
+    )
     ex.add_argument("--models-dir", default=str(paths.models_dir()), help="model root (default: %(default)s)")
     ex.add_argument("--version", type=int, required=True, help="version number of both models")
     ex.add_argument(
@@ -509,23 +585,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(paths.templates_dir()),
         help="template images, <Name>.jpg|png (default: $MEMEFLY_TEMPLATES_DIR or %(default)s)",
     )
-    ex.add_argument("--download-templates", action="store_true",
-                    help="first fetch the template images that --templates-dir lacks (checked against their checksums; "
-                         "from $MEMEFLY_TEMPLATES_URL or the public ImgFlip575K repository)")
+    ex.add_argument(
+        "--download-templates",
+        action="store_true",
+        help="first fetch the template images that --templates-dir lacks (checked against their checksums; "
+        "from $MEMEFLY_TEMPLATES_URL or the public ImgFlip575K repository)",
+    )
     ex.add_argument("--fit-views", type=int, default=20, help="views per template to fit the template head")
-    ex.add_argument("--non-template-views", type=int, default=120,
-                    help="generated images that are no template, to choose the known-template threshold on "
-                         "(as many again to check it)")
-    ex.add_argument("--top-k", type=int, default=contract.TOP_K, help="candidates per decoder step (default: %(default)s)")
+    ex.add_argument(
+        "--non-template-views",
+        type=int,
+        default=120,
+        help="generated images that are no template, to choose the known-template threshold on "
+        "(as many again to check it)",
+    )
+    ex.add_argument(
+        "--top-k", type=int, default=contract.TOP_K, help="candidates per decoder step (default: %(default)s)"
+    )
     ex.add_argument("--overwrite", action="store_true", help="replace an existing version")
     ex.set_defaults(func=_cmd_export)
 
-    sv = sub.add_parser("serve", help="run the HTTP gateway (POST /memes)", epilog=EXAMPLES["serve"],
-                        formatter_class=formatter)
+    sv = sub.add_parser(
+        "serve", help="run the HTTP gateway (POST /memes)", epilog=EXAMPLES["serve"], formatter_class=formatter
+    )
     sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     sv.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     sv.add_argument("--backend", choices=["inprocess", "grpc"], help="default: $MEMEFLY_BACKEND or inprocess")
-    sv.add_argument("--models-dir", help="in-process backend: exported models (default: $MEMEFLY_MODELS_DIR or models/)")
+    sv.add_argument(
+        "--models-dir", help="in-process backend: exported models (default: $MEMEFLY_MODELS_DIR or models/)"
+    )
     sv.add_argument("--model-version", type=int, help="pin this version of both models (default: the newest)")
     sv.add_argument("--encoder-target", help="grpc backend: host:port of the encoder's TF Serving")
     sv.add_argument("--decoder-target", help="grpc backend: host:port of the decoder's TF Serving")
@@ -534,10 +622,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sv.set_defaults(func=_cmd_serve)
 
-    gen = sub.add_parser("generate", help="memes for local images, no server needed", epilog=EXAMPLES["generate"],
-                         formatter_class=formatter,
-                         description="Memes for each --template, then for each image, in the order given. "
-                                     "Exit code 1 if any input failed (its error is printed in its place).")
+    gen = sub.add_parser(
+        "generate",
+        help="memes for local images, no server needed",
+        epilog=EXAMPLES["generate"],
+        formatter_class=formatter,
+        description="Memes for each --template, then for each image, in the order given. "
+        "Exit code 1 if any input failed (its error is printed in its place).",
+    )
     gen.add_argument("images", nargs="*", help="image files (JPEG, PNG, GIF, BMP, WebP)")
     gen.add_argument("--template", action="append", default=[], help="a template name instead of an image (repeatable)")
     _add_decoding_flags(gen)
@@ -545,19 +637,36 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="JSON: one object per input, as POST /memes answers")
     gen.set_defaults(func=_cmd_generate)
 
-    bt = sub.add_parser("batch", help="memes for many images into a resumable JSONL file", epilog=EXAMPLES["batch"],
-                        formatter_class=formatter,
-                        description="Memes for every image given, straight from the models (TF Serving over gRPC, "
-                                    "or in-process): images batched into encoder calls, beams into decoder calls.")
+    bt = sub.add_parser(
+        "batch",
+        help="memes for many images into a resumable JSONL file",
+        epilog=EXAMPLES["batch"],
+        formatter_class=formatter,
+        description="Memes for every image given, straight from the models (TF Serving over gRPC, "
+        "or in-process): images batched into encoder calls, beams into decoder calls.",
+    )
     bt.add_argument("inputs", nargs="*", help="image files, folders (recursive) or globs ('**' works)")
-    bt.add_argument("--list", action="append", default=[], metavar="FILE",
-                    help="a text file of paths (or folders, globs), one per line (repeatable)")
+    bt.add_argument(
+        "--list",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a text file of paths (or folders, globs), one per line (repeatable)",
+    )
     bt.add_argument("--out", required=True, help="the results file (JSON Lines); appended to, and resumed from")
-    bt.add_argument("--ext", default="jpg,jpeg,png,gif,bmp,webp",
-                    help="image extensions looked for in folders and globs (default: %(default)s)")
+    bt.add_argument(
+        "--ext",
+        default="jpg,jpeg,png,gif,bmp,webp",
+        help="image extensions looked for in folders and globs (default: %(default)s)",
+    )
     bt.add_argument("--encoder", metavar="HOST:PORT", help="the encoder's TF Serving (gRPC)")
     bt.add_argument("--decoder", metavar="HOST:PORT", help="the decoder's TF Serving (gRPC)")
-    bt.add_argument("--models", type=Path, metavar="DIR", help="in-process: exported models (default: $MEMEFLY_MODELS_DIR or models/)")
+    bt.add_argument(
+        "--models",
+        type=Path,
+        metavar="DIR",
+        help="in-process: exported models (default: $MEMEFLY_MODELS_DIR or models/)",
+    )
     bt.add_argument("--model-version", type=int, help="pin this version of both models (default: the newest)")
     bt.add_argument("--concurrency", type=int, default=64, help="images in flight (default: %(default)s)")
     bt.add_argument("--batch-size", type=int, default=32, help="most images per encoder call (default: %(default)s)")
@@ -565,7 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--render", metavar="DIR", help="also write the memes drawn on the images into DIR")
     bt.add_argument("--render-format", choices=["png", "jpeg", "webp"], default="png", help="(default: %(default)s)")
     bt.add_argument("--render-count", type=int, default=1, help="the best N memes of each image (default: %(default)s)")
-    bt.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when not on a terminal)")
+    bt.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is off anyway when not on a terminal)"
+    )
     bt.set_defaults(func=_cmd_batch)
     return parser
 

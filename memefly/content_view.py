@@ -55,8 +55,12 @@ def content_box(image: Image.Image) -> tuple[int, int, int, int] | None:
         return None
     scale_x, scale_y = image.width / small.width, image.height / small.height
     left, top, right, bottom = box
-    return (round(left * scale_x), round(top * scale_y), min(image.width, round(right * scale_x)),
-            min(image.height, round(bottom * scale_y)))
+    return (
+        round(left * scale_x),
+        round(top * scale_y),
+        min(image.width, round(right * scale_x)),
+        min(image.height, round(bottom * scale_y)),
+    )
 
 
 def _box(grey: np.ndarray) -> tuple[int, int, int, int] | None:

@@ -41,11 +41,14 @@ FEATURE_DIM = 2048
 INIT_SIGNATURE = "init"  # template_probs [N, T] -> STATE [N, H], CONTEXT [N, C]
 STEP_SIGNATURE = "serving_default"  # TOKEN int32 [N], STATE, CONTEXT -> TOP_IDS, TOP_LOG_PROBS, STATE
 # The same step with STATE and CONTEXT as float16 on the wire (cast in the graph, computed in
-# float32): requests half the size, replies 40% smaller (top ids and log-probs stay 4 bytes). Metadata WIRE_DTYPES lists what the decoder offers.
+# float32): requests half the size, replies 40% smaller (top ids and log-probs stay 4 bytes).
+# Metadata WIRE_DTYPES lists what the decoder offers.
 STEP_FLOAT16_SIGNATURE = "step_float16"
 WIRE_DTYPES = "wire_dtypes"  # "float32" or "float32,float16" (models exported before: "")
 VOCABULARY_SIGNATURE = "vocabulary"  # IDS int32 [N] -> TOKENS string [N]
-TEMPLATES_SIGNATURE = "templates"  # IDS int32 [N] -> NAMES string [N], BOX_COUNTS int32 [N], ALLOWED_BOX_COUNTS int32 [N]
+TEMPLATES_SIGNATURE = (
+    "templates"  # IDS int32 [N] -> NAMES string [N], BOX_COUNTS int32 [N], ALLOWED_BOX_COUNTS int32 [N]
+)
 # Fingerprints of the training captions (memefly.decoding.distinct.fingerprint), sorted, in rows
 # of FINGERPRINT_ROW (padded with 0): IDS int32 [N] (row numbers) -> FINGERPRINTS int64 [N, FINGERPRINT_ROW].
 # The gateway refuses to return a training caption verbatim. Metadata TRAINING_CAPTIONS: how many.

@@ -54,10 +54,16 @@ class MemeAnswer:
     request_id: str | None = None
 
     @classmethod
-    def from_json(cls, body: dict[str, Any], request_id: str | None = None) -> "MemeAnswer":
-        return cls(memes=[Meme(**m) for m in body["memes"]], template=TemplateMatch(**body["template"]),
-                   templates=[TemplateMatch(**t) for t in body["templates"]], model=body["model"],
-                   timings_ms=body["timings_ms"], image_sha256=body["image_sha256"], request_id=request_id)
+    def from_json(cls, body: dict[str, Any], request_id: str | None = None) -> MemeAnswer:
+        return cls(
+            memes=[Meme(**m) for m in body["memes"]],
+            template=TemplateMatch(**body["template"]),
+            templates=[TemplateMatch(**t) for t in body["templates"]],
+            model=body["model"],
+            timings_ms=body["timings_ms"],
+            image_sha256=body["image_sha256"],
+            request_id=request_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -100,8 +106,9 @@ def _meme_body(image: Image | None, template: str | None, options: dict[str, Any
     return body
 
 
-def _render_body(image: Image | None, template: str | None, boxes: list[str], format: str,
-                 options: dict[str, Any]) -> dict[str, Any]:
+def _render_body(
+    image: Image | None, template: str | None, boxes: list[str], format: str, options: dict[str, Any]
+) -> dict[str, Any]:
     body = _meme_body(image, template, options)
     body.update(boxes=list(boxes), format=format)
     return body
@@ -115,8 +122,12 @@ def _checked(response: httpx.Response) -> httpx.Response:
     except ValueError:
         detail = response.text
     retry_after = response.headers.get("retry-after")
-    raise MemeflyError(response.status_code, detail, response.headers.get("x-request-id"),
-                       float(retry_after) if retry_after and retry_after.isdigit() else None)
+    raise MemeflyError(
+        response.status_code,
+        detail,
+        response.headers.get("x-request-id"),
+        float(retry_after) if retry_after and retry_after.isdigit() else None,
+    )
 
 
 def _headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, str]:
@@ -129,20 +140,41 @@ def _headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, s
 class Client:
     """Synchronous client. `api_key` is sent as a Bearer token; `transport` is httpx's (tests)."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None, timeout: float = 60.0,
-                 headers: dict[str, str] | None = None, transport: httpx.BaseTransport | None = None):
-        self._http = httpx.Client(base_url=base_url, headers=_headers(api_key, headers), timeout=timeout,
-                                  transport=transport)
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        headers: dict[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self._http = httpx.Client(
+            base_url=base_url, headers=_headers(api_key, headers), timeout=timeout, transport=transport
+        )
 
-    def memes(self, image: Image | None = None, *, template: str | None = None, request_id: str | None = None,
-              **options: Any) -> MemeAnswer:
+    def memes(
+        self, image: Image | None = None, *, template: str | None = None, request_id: str | None = None, **options: Any
+    ) -> MemeAnswer:
         """Memes for an image (bytes or a path) or a named template; options as POST /memes takes them."""
-        response = _checked(self._http.post("/memes", json=_meme_body(image, template, options),
-                                            headers={"X-Request-ID": request_id} if request_id else None))
+        response = _checked(
+            self._http.post(
+                "/memes",
+                json=_meme_body(image, template, options),
+                headers={"X-Request-ID": request_id} if request_id else None,
+            )
+        )
         return MemeAnswer.from_json(response.json(), response.headers.get("x-request-id"))
 
-    def render(self, image: Image | None = None, *, template: str | None = None, boxes: list[str],
-               format: str = "png", **options: Any) -> bytes:
+    def render(
+        self,
+        image: Image | None = None,
+        *,
+        template: str | None = None,
+        boxes: list[str],
+        format: str = "png",
+        **options: Any,
+    ) -> bytes:
         """The boxes drawn onto an image or a template's blank image: the image's bytes."""
         return _checked(self._http.post("/render", json=_render_body(image, template, boxes, format, options))).content
 
@@ -159,7 +191,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -169,19 +201,40 @@ class Client:
 class AsyncClient:
     """The same calls, awaited."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, api_key: str | None = None, timeout: float = 60.0,
-                 headers: dict[str, str] | None = None, transport: httpx.AsyncBaseTransport | None = None):
-        self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key, headers), timeout=timeout,
-                                       transport=transport)
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        headers: dict[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self._http = httpx.AsyncClient(
+            base_url=base_url, headers=_headers(api_key, headers), timeout=timeout, transport=transport
+        )
 
-    async def memes(self, image: Image | None = None, *, template: str | None = None, request_id: str | None = None,
-                    **options: Any) -> MemeAnswer:
-        response = _checked(await self._http.post("/memes", json=_meme_body(image, template, options),
-                                                  headers={"X-Request-ID": request_id} if request_id else None))
+    async def memes(
+        self, image: Image | None = None, *, template: str | None = None, request_id: str | None = None, **options: Any
+    ) -> MemeAnswer:
+        response = _checked(
+            await self._http.post(
+                "/memes",
+                json=_meme_body(image, template, options),
+                headers={"X-Request-ID": request_id} if request_id else None,
+            )
+        )
         return MemeAnswer.from_json(response.json(), response.headers.get("x-request-id"))
 
-    async def render(self, image: Image | None = None, *, template: str | None = None, boxes: list[str],
-                     format: str = "png", **options: Any) -> bytes:
+    async def render(
+        self,
+        image: Image | None = None,
+        *,
+        template: str | None = None,
+        boxes: list[str],
+        format: str = "png",
+        **options: Any,
+    ) -> bytes:
         response = await self._http.post("/render", json=_render_body(image, template, boxes, format, options))
         return _checked(response).content
 
@@ -197,7 +250,7 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -15,8 +15,4 @@ def repeated_ngram_bans(history: Sequence[int], n: int) -> list[int]:
     prefix = history[len(history) - k :]
     first = prefix[0]
     # Compare the first token before slicing: this runs for every beam at every step.
-    return [
-        history[i + k]
-        for i in range(len(history) - k)
-        if history[i] == first and history[i : i + k] == prefix
-    ]
+    return [history[i + k] for i in range(len(history) - k) if history[i] == first and history[i : i + k] == prefix]

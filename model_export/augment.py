@@ -18,10 +18,15 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 KINDS = ("crop", "caption", "caption_band", "screenshot", "greyscale", "jpeg", "colour", "sticker", "perspective")
 
-_WORDS = ("when you me my the finally nobody that moment gets it is this why not so much wow such "
-          "teacher test code works friday monday boss weekend homework cat dog mom dad coffee").split()
-_BOLD_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "DejaVuSans-Bold.ttf",
-               "/usr/share/fonts/truetype/roboto/unhinted/RobotoTTF/Roboto-Black.ttf")
+_WORDS = (
+    "when you me my the finally nobody that moment gets it is this why not so much wow such "
+    "teacher test code works friday monday boss weekend homework cat dog mom dad coffee"
+).split()
+_BOLD_FONTS = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+    "DejaVuSans-Bold.ttf",
+    "/usr/share/fonts/truetype/roboto/unhinted/RobotoTTF/Roboto-Black.ttf",
+)
 
 
 @lru_cache(maxsize=64)
@@ -109,8 +114,11 @@ def _caption_band(img: Image.Image, rng: random.Random) -> Image.Image:
 def _screenshot(img: Image.Image, rng: random.Random) -> Image.Image:
     """A phone screenshot of a post: bars, the poster, text, the picture, actions and replies."""
     dark = rng.random() < 0.4
-    background = rng.choice([(0, 0, 0), (21, 32, 43), (24, 25, 26)]) if dark else \
-        rng.choice([(255, 255, 255), (240, 242, 245), (250, 250, 250)])
+    background = (
+        rng.choice([(0, 0, 0), (21, 32, 43), (24, 25, 26)])
+        if dark
+        else rng.choice([(255, 255, 255), (240, 242, 245), (250, 250, 250)])
+    )
     ink, faint = ((231, 233, 234), (113, 118, 123)) if dark else ((15, 20, 25), (101, 119, 134))
     width = rng.randint(600, 1000)
     canvas = Image.new("RGB", (width, int(width * rng.uniform(1.3, 2.2))), background)
@@ -174,12 +182,19 @@ def _sticker(img: Image.Image, rng: random.Random) -> Image.Image:
         size = int(min(w, h) * rng.uniform(0.1, 0.25))
         x, y = rng.randint(0, w - size), rng.randint(0, h - size)
         colour = rng.choice([(255, 204, 77), (255, 90, 90), (120, 200, 255), (255, 255, 255)])
-        (draw.ellipse if rng.random() < 0.6 else draw.rectangle)((x, y, x + size, y + size), fill=colour,
-                                                                  outline=(0, 0, 0), width=max(1, size // 20))
+        (draw.ellipse if rng.random() < 0.6 else draw.rectangle)(
+            (x, y, x + size, y + size), fill=colour, outline=(0, 0, 0), width=max(1, size // 20)
+        )
     font = text_font(max(8, int(h * 0.035)), bold=False)
     mark = rng.choice(["imgflip.com", "9GAG", "@memes", "reddit"])
-    draw.text((w * rng.choice([0.02, 0.7]), h * 0.95), mark, font=font, fill=(255, 255, 255),
-              stroke_width=1, stroke_fill=(0, 0, 0))
+    draw.text(
+        (w * rng.choice([0.02, 0.7]), h * 0.95),
+        mark,
+        font=font,
+        fill=(255, 255, 255),
+        stroke_width=1,
+        stroke_fill=(0, 0, 0),
+    )
     return img
 
 
@@ -187,12 +202,18 @@ def _perspective(img: Image.Image, rng: random.Random) -> Image.Image:
     """A phone photo of a screen: the picture seen at an angle on a dark surround, soft and with glare."""
     w, h = img.size
     margin = 0.12
-    canvas = Image.new("RGB", (int(w * (1 + 2 * margin)), int(h * (1 + 2 * margin))), rng.choice([(20, 20, 20), (60, 55, 50)]))
+    canvas = Image.new(
+        "RGB", (int(w * (1 + 2 * margin)), int(h * (1 + 2 * margin))), rng.choice([(20, 20, 20), (60, 55, 50)])
+    )
     canvas.paste(img, (int(w * margin), int(h * margin)))
     cw, ch = canvas.size
     jitter = [rng.uniform(-0.08, 0.08) for _ in range(8)]
-    corners = [(cw * (0 + jitter[0]), ch * (0 + jitter[1])), (cw * (1 + jitter[2]), ch * (0 + jitter[3])),
-               (cw * (1 + jitter[4]), ch * (1 + jitter[5])), (cw * (0 + jitter[6]), ch * (1 + jitter[7]))]
+    corners = [
+        (cw * (0 + jitter[0]), ch * (0 + jitter[1])),
+        (cw * (1 + jitter[2]), ch * (0 + jitter[3])),
+        (cw * (1 + jitter[4]), ch * (1 + jitter[5])),
+        (cw * (0 + jitter[6]), ch * (1 + jitter[7])),
+    ]
     data = [c for corner in corners for c in corner]
     warped = canvas.transform((cw, ch), Image.QUAD, data, resample=Image.BILINEAR)
     warped = warped.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))

@@ -45,9 +45,7 @@ class RawDataset:
             "records_skipped": dict(self.skipped),
             "templates": len(self.templates),
             "templates_without_captions": sorted(set(self.templates) - with_captions),
-            "templates_without_image": sorted(
-                name for name in with_captions if not self.templates[name].image
-            ),
+            "templates_without_image": sorted(name for name in with_captions if not self.templates[name].image),
         }
 
 
@@ -176,7 +174,7 @@ def _csv_rows(lines: list[str]):
     while start < len(lines):
         fields, used = _csv_record(lines, start)
         if fields != []:  # [] is a blank line
-            yield start + 1, dict(zip(header, fields)) if fields and len(fields) == len(header) else None
+            yield start + 1, dict(zip(header, fields, strict=True)) if fields and len(fields) == len(header) else None
         start += used
 
 

@@ -14,7 +14,6 @@ import tensorflow as tf
 from memefly import contract as c
 from model_export.encoder import Untracked, metadata_table, tracked_variables
 
-
 TOP_K_CHUNK = 32
 
 
@@ -35,8 +34,9 @@ def top_k(values: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
     blocks = tf.reshape(padded, [rows, chunks, TOP_K_CHUNK])
     best = tf.math.top_k(tf.reduce_max(blocks, axis=2), k=k).indices  # [rows, k] chunk ids
     candidates = tf.reshape(tf.gather(blocks, best, batch_dims=1), [rows, k * TOP_K_CHUNK])
-    candidate_ids = tf.reshape(best[:, :, None] * TOP_K_CHUNK + tf.range(TOP_K_CHUNK)[None, None, :],
-                               [rows, k * TOP_K_CHUNK])
+    candidate_ids = tf.reshape(
+        best[:, :, None] * TOP_K_CHUNK + tf.range(TOP_K_CHUNK)[None, None, :], [rows, k * TOP_K_CHUNK]
+    )
     top = tf.math.top_k(candidates, k=k)
     return top.values, tf.gather(candidate_ids, top.indices, batch_dims=1)
 
@@ -56,8 +56,15 @@ def fingerprint_rows(fingerprints: np.ndarray | None) -> np.ndarray:
 
 
 class DecoderServing(tf.Module):
-    def __init__(self, model, tokenizer, templates: list[dict], metadata: dict[str, str], top_k: int,
-                 training_captions: np.ndarray | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        templates: list[dict],
+        metadata: dict[str, str],
+        top_k: int,
+        training_captions: np.ndarray | None = None,
+    ):
         super().__init__(name="memefly_decoder")
         self._model = Untracked(model)
         self.model_variables = tracked_variables(model)
@@ -74,9 +81,13 @@ class DecoderServing(tf.Module):
 
         probs_spec = tf.TensorSpec([None, num_templates], tf.float32, name=c.TEMPLATE_PROBS)
         self.init = tf.function(self._init, input_signature=[probs_spec])
+
         def step_specs(dtype):
-            return [tf.TensorSpec([None], tf.int32, name=c.TOKEN), tf.TensorSpec([None, hidden], dtype, name=c.STATE),
-                    tf.TensorSpec([None, context], dtype, name=c.CONTEXT)]
+            return [
+                tf.TensorSpec([None], tf.int32, name=c.TOKEN),
+                tf.TensorSpec([None, hidden], dtype, name=c.STATE),
+                tf.TensorSpec([None, context], dtype, name=c.CONTEXT),
+            ]
 
         self.step = tf.function(self._step, input_signature=step_specs(tf.float32))
         self.step_float16 = tf.function(self._step_float16, input_signature=step_specs(tf.float16))
@@ -119,8 +130,11 @@ class DecoderServing(tf.Module):
         return {c.TOKENS: tf.gather(self.vocabulary_tokens, ids)}
 
     def _templates(self, ids):
-        return {c.NAMES: tf.gather(self.template_names, ids), c.BOX_COUNTS: tf.gather(self.template_box_counts, ids),
-                c.ALLOWED_BOX_COUNTS: tf.gather(self.template_allowed_box_counts, ids)}
+        return {
+            c.NAMES: tf.gather(self.template_names, ids),
+            c.BOX_COUNTS: tf.gather(self.template_box_counts, ids),
+            c.ALLOWED_BOX_COUNTS: tf.gather(self.template_allowed_box_counts, ids),
+        }
 
     def _training_captions(self, ids):
         return {c.FINGERPRINTS: tf.gather(self.fingerprint_rows, ids)}

@@ -48,8 +48,10 @@ def manifest(names: list[str] | None = None, path: Path | None = None) -> list[I
     known = {f.name: f for f in files}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise DownloadError(f"no template image on record for {', '.join(unknown[:5])}: "
-                            "they cannot be downloaded; put <Name>.jpg for each into MEMEFLY_TEMPLATES_DIR")
+        raise DownloadError(
+            f"no template image on record for {', '.join(unknown[:5])}: "
+            "they cannot be downloaded; put <Name>.jpg for each into MEMEFLY_TEMPLATES_DIR"
+        )
     return [known[n] for n in names]
 
 
@@ -65,8 +67,15 @@ def intact(path: Path, expected: ImageFile) -> bool:
     return path.is_file() and path.stat().st_size == expected.bytes and sha256_of(path) == expected.sha256
 
 
-def download_templates(folder: Path, base_url: str, names: list[str] | None = None, *, progress: bool = True,
-                       timeout_s: float = 30.0, manifest_path: Path | None = None) -> DownloadReport:
+def download_templates(
+    folder: Path,
+    base_url: str,
+    names: list[str] | None = None,
+    *,
+    progress: bool = True,
+    timeout_s: float = 30.0,
+    manifest_path: Path | None = None,
+) -> DownloadReport:
     """Fetch the missing template images into `folder`. Raises DownloadError, saying what to do,
     when the repository cannot be reached or a file does not match its checksum."""
     import httpx
@@ -83,9 +92,12 @@ def download_templates(folder: Path, base_url: str, names: list[str] | None = No
     base_url = base_url if base_url.endswith("/") else base_url + "/"
     already = sum(min(_part(folder, i).stat().st_size, i.bytes) for i in missing if _part(folder, i).exists())
     total = sum(i.bytes for i in missing)
-    with httpx.Client(timeout=timeout_s, follow_redirects=True) as client, \
-            tqdm(total=total, initial=already, unit="B", unit_scale=True, desc="template images",
-                 disable=not progress) as bar:
+    with (
+        httpx.Client(timeout=timeout_s, follow_redirects=True) as client,
+        tqdm(
+            total=total, initial=already, unit="B", unit_scale=True, desc="template images", disable=not progress
+        ) as bar,
+    ):
         for image in missing:
             report.bytes_fetched += _fetch(client, base_url + image.file, image, folder, bar)
             report.fetched.append(image.name)
@@ -115,9 +127,11 @@ def _fetch(client, url: str, image: ImageFile, folder: Path, bar) -> int:
                     bar.update(-offset)
                     offset = 0
                 elif response.status_code not in (200, 206):
-                    raise DownloadError(f"{url} answered HTTP {response.status_code}; set MEMEFLY_TEMPLATES_URL to a "
-                                        "copy of the repository's dataset/templates/img/, or MEMEFLY_TEMPLATES_DIR "
-                                        "to a folder that holds the images")
+                    raise DownloadError(
+                        f"{url} answered HTTP {response.status_code}; set MEMEFLY_TEMPLATES_URL to a "
+                        "copy of the repository's dataset/templates/img/, or MEMEFLY_TEMPLATES_DIR "
+                        "to a folder that holds the images"
+                    )
                 with part.open("ab" if offset else "wb") as out:
                     for chunk in response.iter_bytes():  # as it arrives: a drop keeps what came
                         out.write(chunk)
@@ -127,10 +141,13 @@ def _fetch(client, url: str, image: ImageFile, folder: Path, bar) -> int:
             raise DownloadError(
                 f"could not download {url} ({type(error).__name__}: {error or 'no answer'}). Run `memefly data "
                 "download` again to resume, or, offline, set MEMEFLY_TEMPLATES_DIR to a folder holding the "
-                "template images (e.g. ImgFlip575K's dataset/templates/img)") from None
+                "template images (e.g. ImgFlip575K's dataset/templates/img)"
+            ) from None
     if not intact(part, image):
         part.unlink()
-        raise DownloadError(f"{image.file} from {url} does not match its checksum (sha256 {image.sha256[:12]}..., "
-                            f"{image.bytes} bytes) and was deleted: the source differs from the recorded dataset")
+        raise DownloadError(
+            f"{image.file} from {url} does not match its checksum (sha256 {image.sha256[:12]}..., "
+            f"{image.bytes} bytes) and was deleted: the source differs from the recorded dataset"
+        )
     part.replace(folder / image.file)
     return received

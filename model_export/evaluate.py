@@ -116,8 +116,9 @@ class DecoderCaptionModel:
         return generate_served(self.captioner, step, state, context, template_ids, self.num_templates, n, self.options)
 
 
-def generate_served(captioner, step, state, context, template_ids, num_templates: int, n: int,
-                    options: dict | None = None) -> list[list[list[int]]]:
+def generate_served(
+    captioner, step, state, context, template_ids, num_templates: int, n: int, options: dict | None = None
+) -> list[list[list[int]]]:
     """N captions per template with the served search: CAPTIONER's rules, OPTIONS as a request
     gives them (default: POST /memes' defaults), seeded as the gateway seeds a named template.
     STEP(tokens, state, context) -> (top_ids, top_log_probs, state) like the decoder's serving step."""
@@ -126,8 +127,10 @@ def generate_served(captioner, step, state, context, template_ids, num_templates
 
     request = DecodingOptions(**{**(options or {}), "num_return_sequences": n})
     probs = np.eye(num_templates, dtype=np.float32)
-    searches = [captioner.search(state[i], context[i], probs[t], request, template_input_key(int(t)))
-                for i, t in enumerate(template_ids)]
+    searches = [
+        captioner.search(state[i], context[i], probs[t], request, template_input_key(int(t)))
+        for i, t in enumerate(template_ids)
+    ]
     run_searches(searches, step)
     return [[list(h.ids) for h in search.results()] for search in searches]
 
@@ -151,8 +154,7 @@ def evaluate_caption_model(model: m.CaptionModel, data: EvaluationData, per_temp
         "perplexity_wrong_template": ppl_wrong,
         "conditioning_gain": ppl_wrong / ppl if ppl_wrong else None,
         "recognition": recognition,
-        "generation": m.generation_metrics(generated, data.training_captions, data.box_counts,
-                                           data.allowed_box_counts),
+        "generation": m.generation_metrics(generated, data.training_captions, data.box_counts, data.allowed_box_counts),
         "samples": {
             data.template_names[t]: [" / ".join(tokens_to_boxes(c)) for c in captions]
             for t, captions in generated.items()
@@ -171,8 +173,15 @@ def served_captioner(run: rd.TrainedRun, training_captions: CaptionSet, panels=l
     return Captioner(run.vocabulary, counts, training_captions, offensive_token_ids(run.vocabulary))
 
 
-def evaluate_run(run_path, prepared=None, per_template: int = 20, max_test: int | None = None, seed: int = 0,
-                 panels=lambda name: None, options=None) -> dict:
+def evaluate_run(
+    run_path,
+    prepared=None,
+    per_template: int = 20,
+    max_test: int | None = None,
+    seed: int = 0,
+    panels=lambda name: None,
+    options=None,
+) -> dict:
     """PANELS(template name) -> the panel count of its multi-panel layout, or None (the
     gateway's layouts; the caller passes them, model code does not read the gateway's files).
     OPTIONS: decoding options as a request gives them (default: POST /memes' defaults)."""

@@ -78,7 +78,9 @@ def find_template_images(names: list[str], templates_dir: Path) -> dict[str, Pat
     return found
 
 
-def _views(images: dict[str, "Image.Image"], names: list[str], count_kinds, seed: int) -> tuple[list[bytes], list[int], list[str]]:
+def _views(
+    images: dict[str, Image.Image], names: list[str], count_kinds, seed: int
+) -> tuple[list[bytes], list[int], list[str]]:
     """Encoded perturbed views: (bytes, template index, kind). count_kinds(rng, index) yields a
     template's kinds."""
     from model_export.augment import perturb
@@ -120,8 +122,11 @@ def encode_as_served(extractor, matcher, images: list[bytes], progress: bool, de
     inside = [content_view(Image.open(io.BytesIO(data))) for data in images]
     extra = [(index, view) for index, view in enumerate(inside) if view is not None]
     views = list(images) + [view for _, view in extra]
-    return Encoded(extractor(views, progress, desc), matcher(views),
-                   np.array(list(range(len(images))) + [index for index, _ in extra]))
+    return Encoded(
+        extractor(views, progress, desc),
+        matcher(views),
+        np.array(list(range(len(images))) + [index for index, _ in extra]),
+    )
 
 
 def fit_head(extractor, matcher, images, names, config: ExportConfig, log):
@@ -130,22 +135,45 @@ def fit_head(extractor, matcher, images, names, config: ExportConfig, log):
     against generated images that are no template; checked on held-out ones of each."""
     from model_export.augment import KINDS, to_png
     from model_export.non_templates import non_template_images
-    from model_export.template_head import TEMPERATURES, choose_match_weight, fit_template_head, known_score, served_probs
+    from model_export.template_head import (
+        TEMPERATURES,
+        choose_match_weight,
+        fit_template_head,
+        known_score,
+        served_probs,
+    )
 
     if config.non_template_views < 1:
         raise ExportError("--non-template-views must be at least 1: the known-template threshold is chosen on them")
-    fit = _views(images, names, lambda rng, _: ["original"] + [rng.choice(KINDS) for _ in range(config.fit_views - 1)], config.seed)
+    fit = _views(
+        images,
+        names,
+        lambda rng, _: ["original"] + [rng.choice(KINDS) for _ in range(config.fit_views - 1)],
+        config.seed,
+    )
     # Held-out means held out: a calibration or test view identical to a fitted one is dropped.
     fitted = {hashlib.sha256(b).digest() for b in fit[0]}
-    calib = _unseen(_views(images, names, lambda rng, _: [rng.choice(KINDS) for _ in range(config.calibration_views)], config.seed + 1), fitted)
-    test = _unseen(_views(images, names, lambda _, index: _kinds_in_turn(index, config.test_views), config.seed + 2), fitted)
+    calib = _unseen(
+        _views(
+            images, names, lambda rng, _: [rng.choice(KINDS) for _ in range(config.calibration_views)], config.seed + 1
+        ),
+        fitted,
+    )
+    test = _unseen(
+        _views(images, names, lambda _, index: _kinds_in_turn(index, config.test_views), config.seed + 2), fitted
+    )
     templates = [images[n] for n in names]
     calib_other = non_template_images(config.non_template_views, config.seed + 3, templates)
     test_other = non_template_images(config.non_template_views, config.seed + 4, templates)
 
     fit_x = extractor(fit[0], config.progress, "features (fit views)")
-    head = fit_template_head(fit_x, np.array(fit[1]), extractor(calib[0], config.progress, "features (calibration views)"),
-                             np.array(calib[1]), len(names))
+    head = fit_template_head(
+        fit_x,
+        np.array(fit[1]),
+        extractor(calib[0], config.progress, "features (calibration views)"),
+        np.array(calib[1]),
+        len(names),
+    )
     if head.temperature in (TEMPERATURES[0], TEMPERATURES[-1]):
         log(f"warning: the calibrated temperature {head.temperature:.3g} is at the edge of the search grid")
 
@@ -164,22 +192,34 @@ def fit_head(extractor, matcher, images, names, config: ExportConfig, log):
     accuracy = {k: float(np.mean(predicted[kinds == k] == labels[kinds == k])) for k in KINDS if np.any(kinds == k)}
     accuracy["all"] = float(np.mean(predicted == labels))
     features_only = float(np.mean(head.logits(test_served.features[: len(labels)]).argmax(axis=1) == labels))
-    log(f"template head: temperature {head.temperature:.4g}, pixel-match weight {head.match_weight:g}, fitted on "
-        f"{len(fit[0])} views, calibrated on {len(calib[0])}, tested on {len(test[0])} held-out views")
-    log("recognition on held-out views, as served: " + "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
-        + f"  (features of the view alone: {features_only:.3f})")
+    log(
+        f"template head: temperature {head.temperature:.4g}, pixel-match weight {head.match_weight:g}, fitted on "
+        f"{len(fit[0])} views, calibrated on {len(calib[0])}, tested on {len(test[0])} held-out views"
+    )
+    log(
+        "recognition on held-out views, as served: "
+        + "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
+        + f"  (features of the view alone: {features_only:.3f})"
+    )
 
     known = known_score(test_probs) >= threshold
     other_kinds = np.array([kind for kind, _ in test_other])
     unknown = known_score(served_probs(head, test_other_served)) < threshold
-    report = {"threshold": threshold, "match_weight": head.match_weight,
-              "known_rate": {str(k): float(known[kinds == k].mean()) for k in dict.fromkeys(kinds)},
-              "unknown_rate": {str(k): float(unknown[other_kinds == k].mean()) for k in dict.fromkeys(other_kinds)}}
+    report = {
+        "threshold": threshold,
+        "match_weight": head.match_weight,
+        "known_rate": {str(k): float(known[kinds == k].mean()) for k in dict.fromkeys(kinds)},
+        "unknown_rate": {str(k): float(unknown[other_kinds == k].mean()) for k in dict.fromkeys(other_kinds)},
+    }
     report["known_rate"]["all"], report["unknown_rate"]["all"] = float(known.mean()), float(unknown.mean())
-    log(f"known-template threshold {threshold:.6g} (top probability), chosen on {len(calib[0])} views and "
-        f"{config.non_template_views} non-template images")
+    log(
+        f"known-template threshold {threshold:.6g} (top probability), chosen on {len(calib[0])} views and "
+        f"{config.non_template_views} non-template images"
+    )
     log("held-out views called known: " + "  ".join(f"{k} {v:.3f}" for k, v in report["known_rate"].items()))
-    log("held-out non-templates called unknown: " + "  ".join(f"{k} {v:.3f}" for k, v in report["unknown_rate"].items()))
+    log(
+        "held-out non-templates called unknown: " + "  ".join(f"{k} {v:.3f}" for k, v in report["unknown_rate"].items())
+    )
     return head, accuracy, report
 
 
@@ -203,7 +243,9 @@ def _encoder_cases(backbone, head, descriptors, images: list, metadata: dict) ->
     TensorFlow and the numpy head."""
     from model_export.template_match import match_scores
 
-    pixels = np.stack([np.asarray(img.convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE))) for img in images]).astype(np.uint8)
+    pixels = np.stack([np.asarray(img.convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE))) for img in images]).astype(
+        np.uint8
+    )
     features = backbone.predict(pixels.astype(np.float32) / 127.5 - 1.0, verbose=0)
     match = match_scores(pixels.astype(np.float32), descriptors).numpy()
     probs = head.probs(features.astype(np.float64), match.astype(np.float64))
@@ -219,7 +261,9 @@ def _encoder_cases(backbone, head, descriptors, images: list, metadata: dict) ->
     }
     # A small JPEG per row keeps the file small; the graph resizes it to 299x299 all the same.
     small = _jpeg(images[0].convert("RGB").resize((64, 64)))
-    warmup = [(c.ENCODER_BYTES_SIGNATURE, {c.IMAGE_BYTES: np.array([small] * n, dtype=object)}) for n in ENCODER_BATCH_SIZES]
+    warmup = [
+        (c.ENCODER_BYTES_SIGNATURE, {c.IMAGE_BYTES: np.array([small] * n, dtype=object)}) for n in ENCODER_BATCH_SIZES
+    ]
     # The pixels signature shares every convolution with serving_default; two sizes suffice.
     warmup += [(c.ENCODER_PIXELS_SIGNATURE, {c.IMAGES: np.resize(pixels, (n, *pixels.shape[1:]))}) for n in (1, 8)]
     warmup.append((c.METADATA_SIGNATURE, {c.KEYS: cases[f"{c.METADATA_SIGNATURE}/in/{c.KEYS}"]}))
@@ -235,8 +279,10 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
     rng = np.random.default_rng(seed)
     model, num_templates, vocab = run.model, len(run.templates), len(run.vocabulary)
     probs = np.concatenate(
-        [np.eye(num_templates, dtype=np.float32)[rng.integers(0, num_templates, 3)],
-         rng.dirichlet(np.ones(num_templates), size=3).astype(np.float32)]
+        [
+            np.eye(num_templates, dtype=np.float32)[rng.integers(0, num_templates, 3)],
+            rng.dirichlet(np.ones(num_templates), size=3).astype(np.float32),
+        ]
     )
     state, context = (x.numpy() for x in model.init(probs))
     token = rng.integers(1, vocab, size=len(probs)).astype(np.int32)
@@ -262,7 +308,9 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
         f"{c.TEMPLATES_SIGNATURE}/in/{c.IDS}": template_ids,
         f"{c.TEMPLATES_SIGNATURE}/out/{c.NAMES}": utf8(run.template_names),
         f"{c.TEMPLATES_SIGNATURE}/out/{c.BOX_COUNTS}": np.array([t["box_count"] or 1 for t in run.templates], np.int32),
-        f"{c.TEMPLATES_SIGNATURE}/out/{c.ALLOWED_BOX_COUNTS}": np.array(allowed_box_count_bits(run.templates), np.int32),
+        f"{c.TEMPLATES_SIGNATURE}/out/{c.ALLOWED_BOX_COUNTS}": np.array(
+            allowed_box_count_bits(run.templates), np.int32
+        ),
         f"{c.TRAINING_CAPTIONS_SIGNATURE}/in/{c.IDS}": np.arange(len(fingerprints), dtype=np.int32),
         f"{c.TRAINING_CAPTIONS_SIGNATURE}/out/{c.FINGERPRINTS}": fingerprints,
         f"{c.SCORE_SIGNATURE}/in/{c.TEMPLATE_PROBS}": score_probs,
@@ -272,20 +320,33 @@ def _decoder_cases(run, top_k: int, metadata: dict, seed: int) -> tuple[dict, li
         **metadata_case,
     }
     hidden, ctx = state.shape[1], context.shape[1]
-    warmup = [(c.INIT_SIGNATURE, {c.TEMPLATE_PROBS: np.resize(probs, (n, num_templates))}) for n in DECODER_BATCH_SIZES[:3]]
+    warmup = [
+        (c.INIT_SIGNATURE, {c.TEMPLATE_PROBS: np.resize(probs, (n, num_templates))}) for n in DECODER_BATCH_SIZES[:3]
+    ]
     for beams in DECODER_BATCH_SIZES:  # continuous batching sends every live beam in one step call
         for signature, dtype in ((c.STEP_SIGNATURE, np.float32), (c.STEP_FLOAT16_SIGNATURE, np.float16)):
-            warmup.append((signature, {
-                c.TOKEN: np.full(beams, c.START_ID, np.int32),
-                c.STATE: np.resize(state, (beams, hidden)).astype(dtype),
-                c.CONTEXT: np.resize(context, (beams, ctx)).astype(dtype),
-            }))
+            warmup.append(
+                (
+                    signature,
+                    {
+                        c.TOKEN: np.full(beams, c.START_ID, np.int32),
+                        c.STATE: np.resize(state, (beams, hidden)).astype(dtype),
+                        c.CONTEXT: np.resize(context, (beams, ctx)).astype(dtype),
+                    },
+                )
+            )
     smallest = DECODER_BATCH_SIZES[0]
     warmup += [
         (c.VOCABULARY_SIGNATURE, {c.IDS: np.arange(smallest, dtype=np.int32) % vocab}),
         (c.TEMPLATES_SIGNATURE, {c.IDS: np.arange(smallest, dtype=np.int32) % num_templates}),
         (c.TRAINING_CAPTIONS_SIGNATURE, {c.IDS: np.arange(smallest, dtype=np.int32) % len(fingerprints)}),
-        (c.SCORE_SIGNATURE, {c.TEMPLATE_PROBS: np.resize(score_probs, (smallest, num_templates)), c.TEXT: np.resize(utf8(texts), smallest)}),
+        (
+            c.SCORE_SIGNATURE,
+            {
+                c.TEMPLATE_PROBS: np.resize(score_probs, (smallest, num_templates)),
+                c.TEXT: np.resize(utf8(texts), smallest),
+            },
+        ),
         (c.METADATA_SIGNATURE, {c.KEYS: np.resize(metadata_case[f"{c.METADATA_SIGNATURE}/in/{c.KEYS}"], smallest)}),
     ]
     return cases, warmup
@@ -315,7 +376,10 @@ def verify(model_dir: Path, cases: dict, work: Path, atol: float = 1e-4) -> dict
     script = Path(__file__).with_name("tf1_check.py")
     result = subprocess.run(
         [sys.executable, str(script), str(model_dir), str(cases_path), "--atol", str(atol)],
-        capture_output=True, text=True, cwd=work, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     try:
         report = json.loads(result.stdout)
@@ -329,7 +393,9 @@ def verify(model_dir: Path, cases: dict, work: Path, atol: float = 1e-4) -> dict
 def saved_model_cli_show(model_dir: Path) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir", str(model_dir), "--all"],
-        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     return result.stdout + (f"\n(stderr)\n{result.stderr[-2000:]}" if result.returncode else "")
 
@@ -342,7 +408,11 @@ def utf8(strings) -> np.ndarray:
 def _swap_in(tmp: dict[str, Path], finals: dict[str, Path]) -> None:
     """Put both new versions in place together: old ones (--overwrite) are moved aside first
     and restored if a rename fails, so the pair on disk is always old+old or new+new."""
-    aside = {name: final.with_name(f".old-{final.name}-{int(time.time() * 1000)}") for name, final in finals.items() if final.exists()}
+    aside = {
+        name: final.with_name(f".old-{final.name}-{int(time.time() * 1000)}")
+        for name, final in finals.items()
+        if final.exists()
+    }
     for name, path in aside.items():
         finals[name].rename(path)
     moved = []
@@ -384,11 +454,15 @@ def export(config: ExportConfig) -> dict:
     finals = {name: root / name / str(config.version) for name in (c.ENCODER_MODEL, c.DECODER_MODEL)}
     existing = [str(p) for p in finals.values() if p.exists()]
     if existing and not config.overwrite:
-        raise ExportError(f"version {config.version} exists ({', '.join(existing)}): pass --overwrite or another --version")
+        raise ExportError(
+            f"version {config.version} exists ({', '.join(existing)}): pass --overwrite or another --version"
+        )
 
     run = load_run(config.run)
     names = run.template_names
-    images = {n: Image.open(p).convert("RGB") for n, p in find_template_images(names, Path(config.templates_dir)).items()}
+    images = {
+        n: Image.open(p).convert("RGB") for n, p in find_template_images(names, Path(config.templates_dir)).items()
+    }
     wid = weights_id(config.weights, config.seed)
     shared = {
         c.TEMPLATE_FINGERPRINT: template_fingerprint(names),
@@ -402,8 +476,13 @@ def export(config: ExportConfig) -> dict:
     descriptors = template_descriptors([images[n] for n in names])
     head, accuracy, known = fit_head(extractor, MatchScorer(descriptors), images, names, config, log)
 
-    encoder_meta = {**shared, "encoder_weights": wid, "head_temperature": f"{head.temperature:.6g}",
-                    "match_weight": f"{head.match_weight:g}", c.KNOWN_THRESHOLD: f"{known['threshold']:.9g}"}
+    encoder_meta = {
+        **shared,
+        "encoder_weights": wid,
+        "head_temperature": f"{head.temperature:.6g}",
+        "match_weight": f"{head.match_weight:g}",
+        c.KNOWN_THRESHOLD: f"{known['threshold']:.9g}",
+    }
     decoder_meta = {
         **shared,
         c.WEIGHTS_FINGERPRINT: weights_fingerprint(run.model),
@@ -419,14 +498,20 @@ def export(config: ExportConfig) -> dict:
         (root / name).mkdir(parents=True, exist_ok=True)
     tmp = {name: root / name / f".tmp-v{config.version}-{int(time.time() * 1000)}" for name in finals}
     try:
-        tf.saved_model.save(encoder, str(tmp[c.ENCODER_MODEL]), signatures={
-            c.ENCODER_BYTES_SIGNATURE: encoder.serve_bytes,
-            c.ENCODER_PIXELS_SIGNATURE: encoder.serve_pixels,
-            c.METADATA_SIGNATURE: encoder.metadata,
-        })
+        tf.saved_model.save(
+            encoder,
+            str(tmp[c.ENCODER_MODEL]),
+            signatures={
+                c.ENCODER_BYTES_SIGNATURE: encoder.serve_bytes,
+                c.ENCODER_PIXELS_SIGNATURE: encoder.serve_pixels,
+                c.METADATA_SIGNATURE: encoder.metadata,
+            },
+        )
         tf.saved_model.save(decoder, str(tmp[c.DECODER_MODEL]), signatures=decoder.signatures())
 
-        sample_images = [images[n] for n in names[:2]] + [Image.fromarray(np.random.default_rng(config.seed).integers(0, 256, (120, 90, 3), dtype=np.uint8))]
+        sample_images = [images[n] for n in names[:2]] + [
+            Image.fromarray(np.random.default_rng(config.seed).integers(0, 256, (120, 90, 3), dtype=np.uint8))
+        ]
         encoder_cases, encoder_warmup = _encoder_cases(backbone, head, descriptors, sample_images, encoder_meta)
         decoder_cases, decoder_warmup = _decoder_cases(run, decoder.top_k, decoder_meta, config.seed)
         write_warmup(tmp[c.ENCODER_MODEL], c.ENCODER_MODEL, encoder_warmup)
@@ -439,11 +524,18 @@ def export(config: ExportConfig) -> dict:
         for name, cases in ((c.ENCODER_MODEL, encoder_cases), (c.DECODER_MODEL, decoder_cases)):
             reports[name] = verify(tmp[name], cases, root / name)
             worst = max(
-                (o.get("max_abs_diff", 0.0) for s in reports[name]["signatures"].values() for o in s.values() if isinstance(o, dict)),
+                (
+                    o.get("max_abs_diff", 0.0)
+                    for s in reports[name]["signatures"].values()
+                    for o in s.values()
+                    if isinstance(o, dict)
+                ),
                 default=0.0,
             )
-            log(f"verified {name} with the TF1 session loader in a fresh process: "
-                f"{len(reports[name]['signatures'])} signatures, max abs diff {worst:.2e}")
+            log(
+                f"verified {name} with the TF1 session loader in a fresh process: "
+                f"{len(reports[name]['signatures'])} signatures, max abs diff {worst:.2e}"
+            )
         cli = {name: saved_model_cli_show(tmp[name]) for name in finals} if config.describe else {}
 
         _swap_in(tmp, finals)

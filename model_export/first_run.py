@@ -65,8 +65,10 @@ def run_fingerprint(run: Path) -> str:
     digest = hashlib.sha256()
     for path in (run / rd.CONFIG, run / rd.VOCABULARY, run / rd.TEMPLATES, weights):
         if not path.is_file():
-            raise BuildError(f"{run} is not a trained decoder ({path.name} missing): point MEMEFLY_DECODER_RUN "
-                             "at a `memefly train` run, or unset it for the shipped default model")
+            raise BuildError(
+                f"{run} is not a trained decoder ({path.name} missing): point MEMEFLY_DECODER_RUN "
+                "at a `memefly train` run, or unset it for the shipped default model"
+            )
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     if (run / rd.TRAINING_CAPTIONS).is_file():  # optional: runs made before it have none
         digest.update(rd.TRAINING_CAPTIONS.encode() + b"\0" + (run / rd.TRAINING_CAPTIONS).read_bytes())
@@ -79,10 +81,15 @@ def _wanted(settings: BuildSettings) -> dict:
     try:
         weights = weights_id(settings.weights, settings.seed)
     except OSError:
-        raise BuildError(f"InceptionV3 weights file not found: {settings.weights}: set MEMEFLY_ENCODER_WEIGHTS to "
-                         "an existing no-top weights file, `imagenet` (Keras' download) or `random`") from None
-    return {"decoder_run_fingerprint": run_fingerprint(Path(settings.run)), "encoder_weights": weights,
-            "encoder_recipe": ENCODER_RECIPE}
+        raise BuildError(
+            f"InceptionV3 weights file not found: {settings.weights}: set MEMEFLY_ENCODER_WEIGHTS to "
+            "an existing no-top weights file, `imagenet` (Keras' download) or `random`"
+        ) from None
+    return {
+        "decoder_run_fingerprint": run_fingerprint(Path(settings.run)),
+        "encoder_weights": weights,
+        "encoder_recipe": ENCODER_RECIPE,
+    }
 
 
 def read_record(models_dir: Path, version: int) -> dict | None:
@@ -117,13 +124,20 @@ def ensure_models(settings: BuildSettings, log: Callable[[str], None] = print) -
             record = read_record(models_dir, max(pairs)) if pairs else None
             if pairs and (record is None or all(record.get(k) == v for k, v in wanted.items())):
                 return max(pairs)
-            reason = ("the default model, the encoder weights or how the encoder is built changed" if pairs
-                      else f"no exported models in {models_dir}")
-            log(f"building the serving models ({reason}): decoder {settings.run}, encoder weights "
-                f"{wanted['encoder_weights']}")
+            reason = (
+                "the default model, the encoder weights or how the encoder is built changed"
+                if pairs
+                else f"no exported models in {models_dir}"
+            )
+            log(
+                f"building the serving models ({reason}): decoder {settings.run}, encoder weights "
+                f"{wanted['encoder_weights']}"
+            )
             return _build(settings, wanted)
     except OSError as error:  # a read-only or full models folder
-        raise BuildError(f"cannot build into {models_dir} ({error}): set MEMEFLY_MODELS_DIR to a writable folder") from None
+        raise BuildError(
+            f"cannot build into {models_dir} ({error}): set MEMEFLY_MODELS_DIR to a writable folder"
+        ) from None
 
 
 def _build(settings: BuildSettings, wanted: dict) -> int:
@@ -135,12 +149,21 @@ def _build(settings: BuildSettings, wanted: dict) -> int:
     taken = paths.exported_versions(models_dir, c.ENCODER_MODEL) | paths.exported_versions(models_dir, c.DECODER_MODEL)
     version = max(taken, default=0) + 1
     record = {**wanted, "version": version, "decoder_run": str(settings.run)}
-    config = ExportConfig(run=str(settings.run), models_dir=str(models_dir), version=version, weights=settings.weights,
-                          seed=settings.seed, templates_dir=str(templates_dir), fit_views=FIT_VIEWS,
-                          calibration_views=CALIBRATION_VIEWS, test_views=TEST_VIEWS,
-                          cache_dir=str(settings.cache_dir), progress=settings.progress,
-                          describe=False,  # `memefly export` writes that description; a first start need not wait
-                          extra_assets={RECORD: json.dumps(record, indent=1)})
+    config = ExportConfig(
+        run=str(settings.run),
+        models_dir=str(models_dir),
+        version=version,
+        weights=settings.weights,
+        seed=settings.seed,
+        templates_dir=str(templates_dir),
+        fit_views=FIT_VIEWS,
+        calibration_views=CALIBRATION_VIEWS,
+        test_views=TEST_VIEWS,
+        cache_dir=str(settings.cache_dir),
+        progress=settings.progress,
+        describe=False,  # `memefly export` writes that description; a first start need not wait
+        extra_assets={RECORD: json.dumps(record, indent=1)},
+    )
     try:
         export(config)
     except (ExportError, RuntimeError, OSError) as error:
@@ -172,13 +195,17 @@ def ensure_template_images(settings: BuildSettings, names: list[str]) -> Path:
     try:
         download_templates(settings.download_dir, settings.templates_url, names, progress=settings.progress)
     except (DownloadError, OSError) as error:
-        raise BuildError(f"template images missing in {settings.templates_dir}, and downloading them into "
-                         f"{settings.download_dir} failed: {error}") from None
+        raise BuildError(
+            f"template images missing in {settings.templates_dir}, and downloading them into "
+            f"{settings.download_dir} failed: {error}"
+        ) from None
     return Path(settings.download_dir)
 
 
 def _explain(error: Exception, settings: BuildSettings) -> str:
     if settings.weights == "imagenet" and "ImageNet" in str(error):
-        return ("could not get Keras' ImageNet InceptionV3 weights (offline?): set MEMEFLY_ENCODER_WEIGHTS to a "
-                "local no-top weights file, or to `random` (seeded; templates are still recognised)")
+        return (
+            "could not get Keras' ImageNet InceptionV3 weights (offline?): set MEMEFLY_ENCODER_WEIGHTS to a "
+            "local no-top weights file, or to `random` (seeded; templates are still recognised)"
+        )
     return f"building the serving models failed: {error}"

@@ -76,7 +76,9 @@ def distinct_n(captions: list[list[str]], n: int) -> float:
 
 
 def generation_metrics(
-    generated: dict[int, list[list[str]]], training_captions: CaptionSet, box_counts: dict[int, int],
+    generated: dict[int, list[list[str]]],
+    training_captions: CaptionSet,
+    box_counts: dict[int, int],
     allowed_box_counts: dict[int, list[int]] | None = None,
 ) -> dict:
     """Over the captions generated per template (tokens, as the decoder writes them):

@@ -16,8 +16,10 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 KINDS = ("noise", "gradient", "shapes", "text", "mosaic", "blur")
 
-_WORDS = ("the quick brown fox jumps over lazy dog meeting notes agenda today tomorrow coffee lunch "
-          "project update please see attached thanks regards hello world invoice total due").split()
+_WORDS = (
+    "the quick brown fox jumps over lazy dog meeting notes agenda today tomorrow coffee lunch "
+    "project update please see attached thanks regards hello world invoice total due"
+).split()
 
 
 def _size(rng: random.Random) -> tuple[int, int]:

@@ -47,9 +47,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def prepare(source: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
     raw = read_source(source)
     cleaned, cleaning = clean(raw.captions, progress=progress)
-    prepared = [
-        PreparedCaption(c.id, c.template, c.boxes, assign_split(c.id), c.offensive) for c in cleaned
-    ]
+    prepared = [PreparedCaption(c.id, c.template, c.boxes, assign_split(c.id), c.offensive) for c in cleaned]
     box_counts = typical_box_counts(c for c in prepared if c.split == "train")
     per_split: dict[str, Counter] = defaultdict(Counter)
     for c in prepared:

@@ -1,10 +1,11 @@
 """Make a training run the package's default model: `python -m model_export.ship RUN`.
 
 Copies what loading and serving need (settings, vocabulary, templates with their box
-counts, the training captions' fingerprints, final weights, the training record) into model_export/trained/default/, optionally storing the weights as
-float16, and nothing of the dataset beyond the vocabulary and template names. The run's
-metrics come along when the weights are copied as they are; after a float16 conversion,
-measure exactly what ships (the metrics record the weights' fingerprint):
+counts, the training captions' fingerprints, final weights, the training record) into
+model_export/trained/default/, optionally storing the weights as float16, and nothing of the
+dataset beyond the vocabulary and template names. The run's metrics come along when the
+weights are copied as they are; after a float16 conversion, measure exactly what ships (the
+metrics record the weights' fingerprint):
 
     memefly evaluate model_export/trained/default --prepared data/prepared
     python benchmarks/kn_baseline.py model_export/trained/default
@@ -53,7 +54,11 @@ def ship(run: Path, dest: Path = DEFAULT_DIR, float16: bool = False) -> Path:
     else:
         with h5py.File(tmp / rd.FINAL_WEIGHTS, "r+") as f:
             arrays = []
-            f.visititems(lambda name, obj: arrays.append(name) if isinstance(obj, h5py.Dataset) and obj.dtype == np.float32 else None)
+            f.visititems(
+                lambda name, obj: (
+                    arrays.append(name) if isinstance(obj, h5py.Dataset) and obj.dtype == np.float32 else None
+                )
+            )
             for name in arrays:
                 values = f[name][()].astype(np.float16)
                 del f[name]
@@ -78,8 +83,14 @@ def main(argv=None) -> int:
         return 2
     size = sum(p.stat().st_size for p in dest.iterdir())
     measured = (dest / rd.METRICS).exists()
-    print(f"shipped {args.run} to {dest}: {size / 1e6:.1f} MB; " +
-          ("with the run's metrics (same weights)" if measured else f"now run `memefly evaluate {dest}` and the baseline"))
+    print(
+        f"shipped {args.run} to {dest}: {size / 1e6:.1f} MB; "
+        + (
+            "with the run's metrics (same weights)"
+            if measured
+            else f"now run `memefly evaluate {dest}` and the baseline"
+        )
+    )
     return 0
 
 

@@ -52,7 +52,9 @@ class TemplateHead:
         return p / p.sum(axis=1, keepdims=True)
 
 
-def _ridge(x: np.ndarray, targets: np.ndarray, strength: float, gram: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _ridge(
+    x: np.ndarray, targets: np.ndarray, strength: float, gram: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Ridge weights and bias; GRAM (from _gram) may be passed when solving for several strengths."""
     centred = targets - targets.mean(axis=0)
     gram = _gram(x) if gram is None else gram
@@ -78,7 +80,11 @@ def _smoothed_nll(head: TemplateHead, features, labels) -> float:
 
 
 def fit_template_head(
-    fit_features: np.ndarray, fit_labels: np.ndarray, calib_features: np.ndarray, calib_labels: np.ndarray, num_templates: int
+    fit_features: np.ndarray,
+    fit_labels: np.ndarray,
+    calib_features: np.ndarray,
+    calib_labels: np.ndarray,
+    num_templates: int,
 ) -> TemplateHead:
     fit_features = fit_features.astype(np.float64)
     mean = fit_features.mean(axis=0)
@@ -94,7 +100,9 @@ def fit_template_head(
         if best is None or accuracy > best[0]:
             best = (accuracy, head)
     head = best[1]
-    head.temperature = float(min(TEMPERATURES, key=lambda t: _smoothed_nll(_with(head, t), calib_features, calib_labels)))
+    head.temperature = float(
+        min(TEMPERATURES, key=lambda t: _smoothed_nll(_with(head, t), calib_features, calib_labels))
+    )
     return head
 
 

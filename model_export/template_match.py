@@ -62,10 +62,19 @@ def template_descriptors(images) -> np.ndarray:
     for t, image in enumerate(images):
         grey = image.convert("L")
         square = grey.resize((_BASE, _BASE), Image.BILINEAR)
-        views = [square.resize((MATCH_SIZE, MATCH_SIZE), Image.BILINEAR, box=(x * _BASE, y * _BASE, (x + w) * _BASE, (y + h) * _BASE))
-                 for x, y, w, h in cut]
-        views += [grey.rotate(angle, resample=Image.BILINEAR, expand=True, fillcolor=fill).resize((MATCH_SIZE, MATCH_SIZE), Image.BILINEAR)
-                  for fill in (255, 0) for angle in TILTS]
+        views = [
+            square.resize(
+                (MATCH_SIZE, MATCH_SIZE), Image.BILINEAR, box=(x * _BASE, y * _BASE, (x + w) * _BASE, (y + h) * _BASE)
+            )
+            for x, y, w, h in cut
+        ]
+        views += [
+            grey.rotate(angle, resample=Image.BILINEAR, expand=True, fillcolor=fill).resize(
+                (MATCH_SIZE, MATCH_SIZE), Image.BILINEAR
+            )
+            for fill in (255, 0)
+            for angle in TILTS
+        ]
         out[t] = np.stack([np.asarray(v, np.float32).reshape(-1) for v in views]) / 255.0
     return out.astype(np.float16)
 

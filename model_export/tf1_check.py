@@ -53,7 +53,7 @@ def run(model_dir: str, cases_path: str, atol: float) -> dict:
                 entry["error"] = f"{type(e).__name__}: {e}"[:500]
                 report["ok"] = False
                 continue
-            for name, value in zip(names, values):
+            for name, value in zip(names, values, strict=True):
                 out = {"shape": list(value.shape), "dtype": str(value.dtype)}
                 if name in io["out"]:
                     expected = io["out"][name]
@@ -64,8 +64,11 @@ def run(model_dir: str, cases_path: str, atol: float) -> dict:
                         out["max_abs_diff"] = float(np.max(difference)) if value.size else 0.0
                         # float16 outputs: the float32 results they round may differ in the last
                         # bits, so allow one float16 step of the expected value as well.
-                        slack = np.abs(np.spacing(expected.astype(np.float16))).astype(np.float64) \
-                            if value.dtype == np.float16 else 0.0
+                        slack = (
+                            np.abs(np.spacing(expected.astype(np.float16))).astype(np.float64)
+                            if value.dtype == np.float16
+                            else 0.0
+                        )
                         out["equal"] = bool(np.all(difference <= atol + slack))
                     report["ok"] &= out["equal"]
                 entry[name] = out

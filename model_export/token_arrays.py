@@ -31,7 +31,7 @@ def write_token_arrays(config) -> Path:
     """Create (or reopen) the run for CONFIG (a TrainConfig), then write RUN/tokens.npz."""
     from model_export.prepare import load_captions
     from model_export.text import Tokenizer
-    from model_export.train import prepare_run, split_texts, seeded_subset
+    from model_export.train import prepare_run, seeded_subset, split_texts
 
     config, vocabulary, templates = prepare_run(config)
     index = {t["name"]: i for i, t in enumerate(templates)}

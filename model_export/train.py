@@ -54,7 +54,7 @@ class TrainConfig:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
         data["model"] = ModelConfig(**data.get("model", {}))
         known = {f.name for f in fields(cls)}
@@ -231,8 +231,11 @@ def train(config: TrainConfig, extra_callbacks=(), verbose: int = 1) -> Path:
         *extra_callbacks,
     ]
     if config.lr_decay_patience:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=config.lr_decay_patience, min_lr=1e-5, verbose=verbose))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=config.lr_decay_patience, min_lr=1e-5, verbose=verbose
+            )
+        )
     if config.max_minutes:
         callbacks.append(TimeLimit(config.max_minutes))
 

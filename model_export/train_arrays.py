@@ -28,7 +28,13 @@ from model_export.model import MemeDecoder
 # Run-directory names, as model_export.run_dir has them (that module imports TensorFlow).
 CONFIG, VOCABULARY, TEMPLATES = "config.json", "vocabulary.txt", "templates.json"
 BEST, FINAL, HISTORY, STATS, BACKUP, TOKENS = (
-    "best.weights.h5", "decoder.weights.h5", "history.csv", "train_stats.json", "backup-arrays", "tokens.npz")
+    "best.weights.h5",
+    "decoder.weights.h5",
+    "history.csv",
+    "train_stats.json",
+    "backup-arrays",
+    "tokens.npz",
+)
 START_ID, END_ID, PAD_ID = 1, 2, 0  # memefly.contract's ids (checked by a test)
 # Padded lengths (with <start>/<end>): few shapes, so a compiling backend compiles few programs.
 LENGTHS = (10, 14, 18, 22, 30, 42)
@@ -43,7 +49,9 @@ def template_mixture(template_id: int, rng: np.random.Generator, num_templates: 
     if others_max < 1 or mix_share <= 0 or rng.random() >= mix_share:
         return probs
     true_weight = rng.uniform(0.5, 0.9)
-    others = rng.choice(np.delete(np.arange(num_templates), template_id), rng.integers(1, others_max + 1), replace=False)
+    others = rng.choice(
+        np.delete(np.arange(num_templates), template_id), rng.integers(1, others_max + 1), replace=False
+    )
     share = rng.uniform(0.1, 1.0, len(others))
     probs *= true_weight
     probs[others] = share / share.sum() * (1.0 - true_weight)
@@ -54,8 +62,19 @@ class CaptionBatches(keras.utils.PyDataset):
     """Batches of ({"template_probs": [B, T], "tokens": [B, L]}, targets [B, L]), captions of
     similar length together, padded to a few fixed lengths; reshuffled each epoch."""
 
-    def __init__(self, ids, offsets, templates, *, num_templates: int, batch_size: int, max_len: int,
-                 mix_share: float, seed: int, shuffle: bool):
+    def __init__(
+        self,
+        ids,
+        offsets,
+        templates,
+        *,
+        num_templates: int,
+        batch_size: int,
+        max_len: int,
+        mix_share: float,
+        seed: int,
+        shuffle: bool,
+    ):
         super().__init__()
         self.ids, self.offsets, self.templates = ids, offsets, templates
         self.num_templates, self.batch_size, self.max_len = num_templates, batch_size, max_len
@@ -88,7 +107,7 @@ class CaptionBatches(keras.utils.PyDataset):
             words = self.ids[self.offsets[i] : self.offsets[i + 1]][: self.max_len]
             sequences[row, : len(words) + 2] = np.concatenate([[START_ID], words, [END_ID]])
             probs[row] = template_mixture(int(self.templates[i]), self.rng, self.num_templates, self.mix_share)
-        probs[len(members):, 0] = 1.0  # padding rows: a valid template vector, no targets
+        probs[len(members) :, 0] = 1.0  # padding rows: a valid template vector, no targets
         targets = sequences[:, 1:]
         self.tokens += int((targets != PAD_ID).sum())
         return {"template_probs": probs, "tokens": sequences[:, :-1]}, targets
@@ -124,32 +143,59 @@ def train_arrays(run: Path, verbose: int = 2, max_minutes: float | None = None, 
     arrays = np.load(run / TOKENS)
     keras.utils.set_random_seed(config["seed"])
     common = dict(num_templates=num_templates, batch_size=config["batch_size"], max_len=config["max_len"])
-    train = CaptionBatches(arrays["train_ids"], arrays["train_offsets"], arrays["train_templates"], shuffle=True,
-                           mix_share=config["mix_share"], seed=config["seed"], **common)
-    validation = CaptionBatches(arrays["validation_ids"], arrays["validation_offsets"], arrays["validation_templates"],
-                                shuffle=False, mix_share=0.0, seed=config["seed"], **common)
+    train = CaptionBatches(
+        arrays["train_ids"],
+        arrays["train_offsets"],
+        arrays["train_templates"],
+        shuffle=True,
+        mix_share=config["mix_share"],
+        seed=config["seed"],
+        **common,
+    )
+    validation = CaptionBatches(
+        arrays["validation_ids"],
+        arrays["validation_offsets"],
+        arrays["validation_templates"],
+        shuffle=False,
+        mix_share=0.0,
+        seed=config["seed"],
+        **common,
+    )
 
     model = MemeDecoder(vocabulary_size, num_templates, **config["model"]).build_for()
     if config.get("init_from") and not (run / BACKUP).exists():
         _load_initial(model, Path(config["init_from"]), run)
-    model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"], clipnorm=1.0),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID))
+    model.compile(
+        optimizer=keras.optimizers.Adam(config["learning_rate"], clipnorm=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID),
+    )
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run / BACKUP)),
-        keras.callbacks.ModelCheckpoint(str(run / BEST), monitor="val_loss", save_best_only=True, save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(
+            str(run / BEST), monitor="val_loss", save_best_only=True, save_weights_only=True
+        ),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["patience"], restore_best_weights=True),
         keras.callbacks.CSVLogger(str(run / HISTORY), append=True),
     ]
     if config.get("lr_decay_patience"):
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                                           patience=config["lr_decay_patience"], min_lr=1e-5))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=config["lr_decay_patience"], min_lr=1e-5
+            )
+        )
     minutes = max_minutes if max_minutes is not None else config.get("max_minutes")
     if minutes:
         callbacks.append(TimeLimit(minutes))
     started = time.perf_counter()
-    history = model.fit(train, validation_data=validation, epochs=epochs or config["epochs"],
-                        steps_per_epoch=config.get("steps_per_epoch"), validation_steps=config.get("validation_steps"),
-                        callbacks=callbacks, verbose=verbose)
+    history = model.fit(
+        train,
+        validation_data=validation,
+        epochs=epochs or config["epochs"],
+        steps_per_epoch=config.get("steps_per_epoch"),
+        validation_steps=config.get("validation_steps"),
+        callbacks=callbacks,
+        verbose=verbose,
+    )
     seconds = time.perf_counter() - started
     if (run / BEST).exists():
         model.load_weights(run / BEST)
@@ -181,14 +227,22 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, help="override the run's epochs")
     args = parser.parse_args(argv)
     if not (args.run / TOKENS).exists():
-        print(f"error: no {TOKENS} in {args.run}: run `memefly train --run {args.run} --tokenize-only` first",
-              file=sys.stderr)
+        print(
+            f"error: no {TOKENS} in {args.run}: run `memefly train --run {args.run} --tokenize-only` first",
+            file=sys.stderr,
+        )
         return 2
     if (args.run / FINAL).exists():
         print(f"error: {args.run} is already trained ({FINAL} exists)", file=sys.stderr)
         return 2
-    print(json.dumps(train_arrays(args.run, verbose=1 if sys.stdout.isatty() else 2,
-                                  max_minutes=args.max_minutes, epochs=args.epochs), indent=1))
+    print(
+        json.dumps(
+            train_arrays(
+                args.run, verbose=1 if sys.stdout.isatty() else 2, max_minutes=args.max_minutes, epochs=args.epochs
+            ),
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -32,9 +32,18 @@ def shared_dataset_or_skip() -> Path:
 def _synthetic_captions(name: str, n: int, rng: random.Random) -> list[dict]:
     """Captions with template-specific words, varied enough to survive de-duplication."""
     topics = {
-        "Drake-Hotline-Bling": (["homework", "vegetables", "sleeping early", "taxes"], ["memes", "pizza", "gaming all night", "naps"]),
-        "Grumpy-Cat": (["i had fun once", "they said smile", "monday again"], ["it was awful", "no", "go away", "never"]),
-        "Mocking-Spongebob": (["you should study", "eat your greens", "be on time"], ["yOu ShOuLd StUdY", "wE nEeD tO tAlK", "bE oN tImE"]),
+        "Drake-Hotline-Bling": (
+            ["homework", "vegetables", "sleeping early", "taxes"],
+            ["memes", "pizza", "gaming all night", "naps"],
+        ),
+        "Grumpy-Cat": (
+            ["i had fun once", "they said smile", "monday again"],
+            ["it was awful", "no", "go away", "never"],
+        ),
+        "Mocking-Spongebob": (
+            ["you should study", "eat your greens", "be on time"],
+            ["yOu ShOuLd StUdY", "wE nEeD tO tAlK", "bE oN tImE"],
+        ),
         "Sparta-Leonidas": (["this is", "tonight we dine in", "madness?"], ["sparta!", "madness?", "my house", "hell"]),
     }
     tops, bottoms = topics.get(name, (["top"], ["bottom"]))
@@ -185,7 +194,8 @@ def site(served_models_dir, tiny_dataset):
     """A live gateway on the tiny export, in-process, with the template images for rendering."""
     from gateway_harness import gateway_settings, running_gateway
 
-    settings = gateway_settings(served_models_dir, "inprocess",
-                                templates_dir=tiny_dataset / "dataset" / "templates" / "img")
+    settings = gateway_settings(
+        served_models_dir, "inprocess", templates_dir=tiny_dataset / "dataset" / "templates" / "img"
+    )
     with running_gateway(settings) as running:
         yield running

@@ -28,8 +28,9 @@ SIGTERM or SIGINT):
 Known differences from TF Serving: all versions on disk are loaded (as with the `all {}`
 version policy; TF Serving's default loads the latest only); no version labels are
 configured, no batching, no warm-up replay; Classify, Regress and MultiInference are
-UNIMPLEMENTED, as is ModelService's HandleReloadConfigRequest (GetModelStatus answers); a fed shape that does not fit the placeholder is refused before the graph
-runs (TF Serving would fail inside the graph, also with INVALID_ARGUMENT).
+UNIMPLEMENTED, as is ModelService's HandleReloadConfigRequest (GetModelStatus answers); a fed
+shape that does not fit the placeholder is refused before the graph runs (TF Serving would
+fail inside the graph, also with INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -131,7 +133,9 @@ class Servable:
 Models = dict[str, dict[int, Servable]]  # model name -> version -> servable
 
 
-def load_models(models_dir: str | Path, names: Iterable[str] | None = None, log: Callable[[str], None] | None = None) -> Models:
+def load_models(
+    models_dir: str | Path, names: Iterable[str] | None = None, log: Callable[[str], None] | None = None
+) -> Models:
     """Every numeric version of every model under models_dir (or of `names` only)."""
     root = Path(models_dir)
     wanted = set(names) if names is not None else None
@@ -228,7 +232,8 @@ def _input_feeds(signature, inputs) -> list[tuple[str, object, np.ndarray, int]]
     if sent - expected:
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"Inputs contains invalid name. Used request inputs: {_join(sent & expected)}, request input: {_join(sent)}",
+            f"Inputs contains invalid name. Used request inputs: {_join(sent & expected)}, "
+            f"request input: {_join(sent)}",
         )
     return feeds
 
@@ -296,7 +301,7 @@ class LoopbackServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
-    def start(self) -> "LoopbackServer":
+    def start(self) -> LoopbackServer:
         """Serve (again) on self.port; the first start with port 0 picks a free port and keeps it."""
         with self._lock:
             if self._server is not None:
@@ -331,7 +336,7 @@ class LoopbackServer:
                 for servable in versions.values():
                     servable.close()
 
-    def __enter__(self) -> "LoopbackServer":
+    def __enter__(self) -> LoopbackServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -396,12 +401,15 @@ class LoopbackServer:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
         choice = spec.WhichOneof("version_choice")
         if choice == "version_label":  # labels are allowed by TF Serving, but none is configured
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {spec.version_label}"
+            )
         versions = self.models.get(spec.name, {})
         if choice == "version":
             if spec.version.value not in versions:
                 raise ServingError(
-                    grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific({spec.name}, {spec.version.value})"
+                    grpc.StatusCode.NOT_FOUND,
+                    f"Servable not found for request: Specific({spec.name}, {spec.version.value})",
                 )
             return versions[spec.version.value]
         if not versions:
@@ -436,8 +444,9 @@ class LoopbackServer:
                     f"Expects arg[{index}] to be {_dtype_name(info.dtype)} but {_dtype_name(sent)} is provided",
                 )
         try:
-            values = servable.run([signature.outputs[a].name for a in aliases],
-                                  {info.name: array for _, info, array, _ in feeds})
+            values = servable.run(
+                [signature.outputs[a].name for a in aliases], {info.name: array for _, info, array, _ in feeds}
+            )
         except tf.errors.OpError as e:
             raise ServingError(_GRPC_CODES.get(e.error_code, grpc.StatusCode.UNKNOWN), e.message) from None
         except (ValueError, TypeError) as e:  # Session.run's own feed checks (shape)
@@ -448,7 +457,7 @@ class LoopbackServer:
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = name
         tensor_content = self.tensor_content
-        for alias, value in zip(aliases, values):
+        for alias, value in zip(aliases, values, strict=True):
             response.outputs[alias].CopyFrom(to_tensor_proto(value, tensor_content))
         return response
 
@@ -473,7 +482,6 @@ class LoopbackServer:
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
         return response
 
-
     def get_model_status(self, request: get_model_status_pb2.GetModelStatusRequest):
         """get_model_status_impl.cc: every loaded version, AVAILABLE (this server loads before it listens)."""
         if not request.HasField("model_spec"):
@@ -482,8 +490,9 @@ class LoopbackServer:
         versions = sorted(self.models.get(spec.name, {}))
         if spec.HasField("version"):
             if spec.version.value not in versions:
-                raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Could not find version {spec.version.value} of model {spec.name}")
+                raise ServingError(
+                    grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of model {spec.name}"
+                )
             versions = [spec.version.value]
         elif not versions:
             raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
@@ -535,7 +544,9 @@ class _ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "the loopback server's models are fixed when it starts")
 
 
-def start_loopback_server(models_dir: str | Path | Models, host: str = "127.0.0.1", port: int = 0, **options) -> LoopbackServer:
+def start_loopback_server(
+    models_dir: str | Path | Models, host: str = "127.0.0.1", port: int = 0, **options
+) -> LoopbackServer:
     """Load the models (seconds for the InceptionV3 encoder) and serve them on a background
     thread pool. options: model_names, delay_s, delay_model, tensor_content, max_workers, log."""
     server = LoopbackServer(models_dir, host, port, **options)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from gateway_harness import gateway_settings, running_gateway
 
 from gateway.access import Keys
 from gateway.settings import Settings
-from gateway_harness import gateway_settings, running_gateway
 
 TEMPLATE = {"template": "Grumpy-Cat", "num_beams": 2, "num_return_sequences": 1, "max_length": 4}
 
@@ -15,15 +15,26 @@ TEMPLATE = {"template": "Grumpy-Cat", "num_beams": 2, "num_return_sequences": 1,
 def keyed(served_models_dir, loopback, tmp_path):
     keys_file = tmp_path / "keys"
     keys_file.write_text("# team keys\nteam-key 3/minute\n\nother-key\n")  # at least 8 characters each
-    settings = gateway_settings(served_models_dir, "grpc", loopback.target, api_keys="listed-key",
-                                api_keys_file=str(keys_file), rate_limit="2/minute")
+    settings = gateway_settings(
+        served_models_dir,
+        "grpc",
+        loopback.target,
+        api_keys="listed-key",
+        api_keys_file=str(keys_file),
+        rate_limit="2/minute",
+    )
     with running_gateway(settings) as running:
         yield running
 
 
 def test_without_a_known_key_the_api_says_401(keyed):
     with keyed.client() as client:
-        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic team-key"}):
+        for headers in (
+            {},
+            {"X-API-Key": "wrong"},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Basic team-key"},
+        ):
             response = client.post("/memes", json=TEMPLATE, headers=headers)
             assert response.status_code == 401, headers
             assert response.headers["www-authenticate"].startswith("Bearer")
@@ -48,20 +59,25 @@ def test_probes_metrics_and_the_page_need_no_key(keyed):
 
 def test_each_key_has_its_own_limit_then_429_with_retry_after(keyed):
     with keyed.client() as client:
-        listed = [client.post("/memes", json=TEMPLATE, headers={"X-API-Key": "listed-key"}).status_code for _ in range(3)]
+        listed = [
+            client.post("/memes", json=TEMPLATE, headers={"X-API-Key": "listed-key"}).status_code for _ in range(3)
+        ]
         assert listed == [200, 200, 429]  # the default, 2/minute
         refused = client.post("/memes", json=TEMPLATE, headers={"X-API-Key": "listed-key"})
         assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 60
         assert "2 per 1 minute" in refused.json()["detail"]
         # Another key is counted apart, with its own limit from the keys file (3/minute).
-        team = [client.post("/memes", json=TEMPLATE, headers={"Authorization": "Bearer team-key"}).status_code
-                for _ in range(4)]
+        team = [
+            client.post("/memes", json=TEMPLATE, headers={"Authorization": "Bearer team-key"}).status_code
+            for _ in range(4)
+        ]
         assert team == [200, 200, 200, 429]
 
 
 def test_without_keys_the_limit_counts_posts_per_client_address(served_models_dir, loopback):
-    settings = gateway_settings(served_models_dir, "grpc", loopback.target, rate_limit="1/minute",
-                                forwarded_allow_ips="127.0.0.1")
+    settings = gateway_settings(
+        served_models_dir, "grpc", loopback.target, rate_limit="1/minute", forwarded_allow_ips="127.0.0.1"
+    )
     with running_gateway(settings) as running, running.client() as client:
         assert [client.post("/memes", json=TEMPLATE).status_code for _ in range(2)] == [200, 429]
         # GETs are not counted: the page's template list and thumbnails never hit the limit.
@@ -72,11 +88,14 @@ def test_without_keys_the_limit_counts_posts_per_client_address(served_models_di
 
 
 def test_a_forwarded_address_from_an_untrusted_peer_is_ignored(served_models_dir, loopback):
-    settings = gateway_settings(served_models_dir, "grpc", loopback.target, rate_limit="1/minute",
-                                forwarded_allow_ips="10.9.9.9")
+    settings = gateway_settings(
+        served_models_dir, "grpc", loopback.target, rate_limit="1/minute", forwarded_allow_ips="10.9.9.9"
+    )
     with running_gateway(settings) as running, running.client() as client:
-        answers = [client.post("/memes", json=TEMPLATE, headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code
-                   for i in range(2)]
+        answers = [
+            client.post("/memes", json=TEMPLATE, headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code
+            for i in range(2)
+        ]
         assert answers == [200, 429]  # both counted as this test's own address
 
 
@@ -114,8 +133,9 @@ def test_a_failing_counter_store_lets_requests_through_and_says_so(caplog):
     async def work(request):
         return PlainTextResponse("done")
 
-    middleware = AccessMiddleware(Starlette(routes=[Route("/work", work, methods=["POST"])]), Keys({}), "1/minute",
-                                  "async+memory://")
+    middleware = AccessMiddleware(
+        Starlette(routes=[Route("/work", work, methods=["POST"])]), Keys({}), "1/minute", "async+memory://"
+    )
 
     async def broken(*args, **kwargs):
         raise StorageError(ConnectionError("redis: connection refused"))

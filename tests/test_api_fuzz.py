@@ -13,7 +13,6 @@ import schemathesis
 import schemathesis.checks as checks
 from hypothesis import HealthCheck, given, settings
 
-
 EXAMPLES = 25  # per route: enough to reach every field, few enough for CI
 
 
@@ -30,12 +29,24 @@ def test_every_route_answers_as_documented_and_never_5xx(api_schema):
         operation = result.ok()
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def fuzz(case):
             case.call_and_validate(timeout=60, excluded_checks=[checks.positive_data_acceptance])
 
         fuzz()
         checked.append(operation.label)
-    assert {"POST /memes", "POST /memes/batch", "POST /render", "GET /templates", "GET /templates/{name}/image",
-            "GET /healthz", "GET /readyz"} <= set(checked), checked
+    assert {
+        "POST /memes",
+        "POST /memes/batch",
+        "POST /render",
+        "GET /templates",
+        "GET /templates/{name}/image",
+        "GET /healthz",
+        "GET /readyz",
+    } <= set(checked), checked

@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 
 from gateway.client import Item, MemeflyClient
-from memefly.decoding.options import DecodingOptions
+from memefly import contract as c
 from memefly.batch_inputs import InputError, expand
 from memefly.batch_results import ResultsFile
-from memefly import contract as c
+from memefly.decoding.options import DecodingOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,11 @@ def folder(tmp_path, tiny_dataset) -> dict[str, list[Path]]:
     (root / "nested" / "deeper" / "same-as-photo0.jpg").write_bytes(good[0].read_bytes())
     template = tiny_dataset / "dataset" / "templates" / "img" / "Grumpy-Cat.jpg"
     (root / "nested" / "grumpy.jpg").write_bytes(template.read_bytes())
-    good += [root / "nested" / "shot.PNG", root / "nested" / "deeper" / "same-as-photo0.jpg", root / "nested" / "grumpy.jpg"]
+    good += [
+        root / "nested" / "shot.PNG",
+        root / "nested" / "deeper" / "same-as-photo0.jpg",
+        root / "nested" / "grumpy.jpg",
+    ]
     bad = {root / "cut.jpg": picture(20)[:200], root / "text.png": b"not an image at all", root / "empty.gif": b""}
     for path, data in bad.items():
         path.write_bytes(data)
@@ -60,6 +64,7 @@ def folder(tmp_path, tiny_dataset) -> dict[str, list[Path]]:
 
 
 # ---- inputs and the results file -------------------------------------------------------------
+
 
 def test_inputs_expand_folders_globs_and_lists_once_each(folder, tmp_path, monkeypatch):
     root = folder["root"][0]
@@ -108,6 +113,7 @@ def test_results_file_drops_a_cut_last_line_and_refuses_other_files(tmp_path):
 
 # ---- the library -----------------------------------------------------------------------------
 
+
 def run(coroutine):
     return asyncio.run(coroutine)
 
@@ -125,8 +131,9 @@ def test_client_encodes_and_generates_with_an_error_per_bad_item(backend, loopba
         async with client:
             assert client.settings.backend == backend
             probs = await client.encode([good[0], b"not an image", good[1], picture(1)[:100]])
-            results = await client.generate([good[2], "grumpy cat", Item("broken", image=b"GIF89a"), Item("x", template="nope")],
-                                            options)
+            results = await client.generate(
+                [good[2], "grumpy cat", Item("broken", image=b"GIF89a"), Item("x", template="nope")], options
+            )
             return client.template_names, probs, results
 
     names, probs, results = run(go())
@@ -149,8 +156,11 @@ def test_client_batches_images_into_encoder_calls_over_grpc(loopback, folder):
 
     probs = run(go())
     assert len(probs) == 12 and all(p.shape == (4,) for p in probs)
-    sizes = [call.batch for call in loopback.calls
-             if call.model == c.ENCODER_MODEL and call.signature == c.ENCODER_BYTES_SIGNATURE]
+    sizes = [
+        call.batch
+        for call in loopback.calls
+        if call.model == c.ENCODER_MODEL and call.signature == c.ENCODER_BYTES_SIGNATURE
+    ]
     assert sum(sizes) == 12 and max(sizes) > 1 and max(sizes) <= 4, sizes
 
 
@@ -198,10 +208,18 @@ def test_stream_keeps_to_its_concurrency_and_stops_cleanly(loopback, folder):
 
 # ---- memefly batch ---------------------------------------------------------------------------
 
+
 def batch(*args: str, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "memefly.cli", "batch", *args], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=ROOT, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "memefly.cli", "batch", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+        **kwargs,
+    )
 
 
 def lines(path: Path) -> list[dict]:
@@ -213,8 +231,24 @@ def lines(path: Path) -> list[dict]:
 def test_batch_over_grpc_writes_each_image_once_with_errors_and_renders(loopback, folder, tmp_path):
     loopback.reset()
     out, rendered = tmp_path / "results.jsonl", tmp_path / "rendered"
-    result = batch(str(folder["root"][0]), "--out", str(out), "--encoder", loopback.target, "--decoder", loopback.target,
-                   "--concurrency", "3", "--batch-size", "2", "--n", "3", "--render", str(rendered), "--no-progress")
+    result = batch(
+        str(folder["root"][0]),
+        "--out",
+        str(out),
+        "--encoder",
+        loopback.target,
+        "--decoder",
+        loopback.target,
+        "--concurrency",
+        "3",
+        "--batch-size",
+        "2",
+        "--n",
+        "3",
+        "--render",
+        str(rendered),
+        "--no-progress",
+    )
     assert result.returncode == 1, result.stderr  # some images were bad, and it says so
     records = lines(out)
     by_path = {Path(r["path"]): r for r in records}
@@ -223,7 +257,10 @@ def test_batch_over_grpc_writes_each_image_once_with_errors_and_renders(loopback
         record = by_path[path]
         assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert len(record["memes"]) == 3 and record["templates"] and record["model"]["backend"] == "grpc"
-        assert record["template"]["name"] == record["templates"][0]["name"] and record["template"]["known"] in (True, False)
+        assert record["template"]["name"] == record["templates"][0]["name"] and record["template"]["known"] in (
+            True,
+            False,
+        )
         (drawn,) = record["rendered"]
         assert Image.open(drawn).size == Image.open(path).size
     assert by_path[folder["root"][0] / "nested" / "grumpy.jpg"]["templates"][0]["name"] == "Grumpy-Cat"
@@ -237,11 +274,27 @@ def test_batch_over_grpc_writes_each_image_once_with_errors_and_renders(loopback
     assert lines(out) == records
 
     (folder["root"][0] / "photo1.jpg").write_bytes(picture(99))  # changed: done again, appended
-    changed = batch(str(folder["root"][0] / "photo1.jpg"), "--out", str(out), "--models", "/nonexistent-unused",
-                    "--encoder", loopback.target, "--decoder", loopback.target)
+    changed = batch(
+        str(folder["root"][0] / "photo1.jpg"),
+        "--out",
+        str(out),
+        "--models",
+        "/nonexistent-unused",
+        "--encoder",
+        loopback.target,
+        "--decoder",
+        loopback.target,
+    )
     assert changed.returncode == 2 and "not both" in changed.stderr
-    changed = batch(str(folder["root"][0] / "photo1.jpg"), "--out", str(out), "--encoder", loopback.target,
-                    "--decoder", loopback.target)
+    changed = batch(
+        str(folder["root"][0] / "photo1.jpg"),
+        "--out",
+        str(out),
+        "--encoder",
+        loopback.target,
+        "--decoder",
+        loopback.target,
+    )
     assert changed.returncode == 0, changed.stderr
     assert len(lines(out)) == len(records) + 1
 
@@ -250,11 +303,27 @@ def test_batch_interrupted_then_resumed_has_every_image_exactly_once(loopback, f
     loopback.reset()
     loopback.set_delay(0.05, c.DECODER_MODEL)  # slow enough to be stopped halfway
     out = tmp_path / "results.jsonl"
-    args = [str(folder["root"][0]), "--out", str(out), "--encoder", loopback.target, "--decoder", loopback.target,
-            "--concurrency", "1", "--no-progress"]
+    args = [
+        str(folder["root"][0]),
+        "--out",
+        str(out),
+        "--encoder",
+        loopback.target,
+        "--decoder",
+        loopback.target,
+        "--concurrency",
+        "1",
+        "--no-progress",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen([sys.executable, "-m", "memefly.cli", "batch", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "memefly.cli", "batch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         deadline = time.monotonic() + 300
         while not (out.exists() and out.read_text().count("\n") >= 2):
@@ -321,8 +390,15 @@ def test_a_failed_drawing_keeps_the_memes_and_the_batch_goes_on(loopback, folder
         summary = BatchSummary(total=len(good))
         async with MemeflyClient(loopback.target, loopback.target) as client:
             with ResultsFile(out) as results:
-                await run_batch(good, results, client, DecodingOptions(num_beams=2, num_return_sequences=2), summary,
-                                concurrency=2, render=RenderTo(blocked, font_renderer))
+                await run_batch(
+                    good,
+                    results,
+                    client,
+                    DecodingOptions(num_beams=2, num_return_sequences=2),
+                    summary,
+                    concurrency=2,
+                    render=RenderTo(blocked, font_renderer),
+                )
         return summary
 
     summary = run(go())
@@ -340,8 +416,15 @@ def font_renderer(tmp_path):
 
 def test_batch_usage_errors(tmp_path):
     assert batch("--out", str(tmp_path / "o.jsonl")).returncode == 2
-    missing = batch(str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o.jsonl"), "--encoder", "localhost:1",
-                    "--decoder", "localhost:1")
+    missing = batch(
+        str(tmp_path / "nope.jpg"),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--encoder",
+        "localhost:1",
+        "--decoder",
+        "localhost:1",
+    )
     assert missing.returncode == 2 and "no such file" in missing.stderr
     half = batch(str(tmp_path), "--out", str(tmp_path / "o.jsonl"), "--encoder", "localhost:1")
     assert half.returncode == 2 and "both --encoder" in half.stderr

@@ -40,7 +40,9 @@ def test_each_step_is_counted():
 
 
 def test_short_or_english_slang_is_not_called_foreign():
-    kept, report = clean([_c(i, b) for i, b in enumerate([["yes"], ["NOPE NOPE"], ["when u see it lol"], ["Boy", "Boi"]])])
+    kept, report = clean(
+        [_c(i, b) for i, b in enumerate([["yes"], ["NOPE NOPE"], ["when u see it lol"], ["Boy", "Boi"]])]
+    )
     assert len(kept) == 4 and "non-English" not in report.dropped
 
 

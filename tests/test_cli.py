@@ -16,8 +16,9 @@ def test_cli_module_does_not_import_tensorflow():
     assert out.stdout.split() == ["False", "False"]
 
 
-@pytest.mark.parametrize("argv", [["data", "prepare"], ["data", "download"], ["train"], ["evaluate"], ["export"],
-                                  ["serve"], ["generate"]])
+@pytest.mark.parametrize(
+    "argv", [["data", "prepare"], ["data", "download"], ["train"], ["evaluate"], ["export"], ["serve"], ["generate"]]
+)
 def test_every_subcommand_has_help_with_examples(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--help"])
@@ -36,14 +37,28 @@ def test_serve_starts_the_gateway_on_the_exported_models(served_models_dir, tmp_
     import time
 
     import httpx
-
     from net import free_port
 
     port = free_port()
     env = dict(os.environ, MEMEFLY_BACKEND="grpc")  # the flag must win over the environment
-    process = subprocess.Popen([sys.executable, "-m", "memefly.cli", "serve", "--port", str(port), "--backend", "inprocess",
-                                "--models-dir", str(served_models_dir), "--log-level", "info"], env=env,
-                               stderr=(tmp_path / "serve.log").open("w"))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "memefly.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--backend",
+            "inprocess",
+            "--models-dir",
+            str(served_models_dir),
+            "--log-level",
+            "info",
+        ],
+        env=env,
+        stderr=(tmp_path / "serve.log").open("w"),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -97,8 +112,21 @@ def test_generate_gives_memes_for_images_and_templates_and_errors_per_input(serv
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not an image")
     missing = tmp_path / "missing.jpg"
-    command = [sys.executable, "-m", "memefly.cli", "generate", str(image), str(text_file), str(missing),
-               "--template", "drake hotline bling", "--n", "3", "--models-dir", str(served_models_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "memefly.cli",
+        "generate",
+        str(image),
+        str(text_file),
+        str(missing),
+        "--template",
+        "drake hotline bling",
+        "--n",
+        "3",
+        "--models-dir",
+        str(served_models_dir),
+    ]
     result = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr  # some inputs failed, and said so
     out = json.loads(result.stdout)
@@ -124,7 +152,17 @@ def test_generate_says_when_an_image_is_no_known_template(served_models_dir, tmp
     photo = tmp_path / "holiday.jpg"  # soft colour blobs: no template's picture
     cells = np.random.default_rng(1).integers(0, 255, (45, 60, 3), dtype=np.uint8)
     Image.fromarray(cells).resize((480, 360), Image.Resampling.BICUBIC).save(photo, format="JPEG")
-    command = [sys.executable, "-m", "memefly.cli", "generate", str(photo), "--n", "2", "--models-dir", str(served_models_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "memefly.cli",
+        "generate",
+        str(photo),
+        "--n",
+        "2",
+        "--models-dir",
+        str(served_models_dir),
+    ]
     pretty = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert pretty.returncode == 0, pretty.stderr
     assert "  (not a known template; in the style of: " in pretty.stdout.splitlines()[0]

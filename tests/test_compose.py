@@ -18,15 +18,14 @@ import pytest
 import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+from tf_serving_flags import TF_SERVING_FLAGS, parse_flags
 
 from memefly import contract
 from memefly.cli import build_parser
-from tf_serving_flags import TF_SERVING_FLAGS, parse_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = {"encoder": contract.ENCODER_MODEL, "decoder": contract.DECODER_MODEL}
 VARIANTS = ("gpu", "cpu")
-
 
 
 # --- reading Compose files -------------------------------------------------------------
@@ -180,7 +179,9 @@ def test_models_are_read_only_except_for_export():
         else:
             assert model_mounts == []
     # The export writes the models and the template images it downloads, nothing else.
-    written = {source for source, _, read_only in mounts(services["export"]) if source.startswith(".") and not read_only}
+    written = {
+        source for source, _, read_only in mounts(services["export"]) if source.startswith(".") and not read_only
+    }
     assert written == {"./models", "./data/templates"}
 
 
@@ -314,8 +315,12 @@ def test_the_export_command_builds_what_compose_serves(tmp_path, monkeypatch):
 
 
 def test_one_model_version_default_everywhere():
-    lines = [line for name in ("docker-compose.yml", "docker-compose.cpu.yml")
-             for line in (ROOT / name).read_text().splitlines() if not line.lstrip().startswith("#")]
+    lines = [
+        line
+        for name in ("docker-compose.yml", "docker-compose.cpu.yml")
+        for line in (ROOT / name).read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    ]
     uses = re.findall(r"\$\{MEMEFLY_MODEL_VERSION([^}]*)\}", "\n".join(lines))
     assert uses and set(uses) == {":-1"}
 
@@ -332,12 +337,16 @@ def test_dockerfile():
     # The gateway image stays small: no TensorFlow in what it installs, protos copied in.
     assert "--no-deps" in stages["gateway-build"] and "--from=protos" in stages["gateway-build"]
     assert "tensorflow" not in (ROOT / "docker" / "gateway-requirements.txt").read_text().split("#")[0].lower()
-    requirements = [line for line in (ROOT / "docker" / "gateway-requirements.txt").read_text().splitlines()
-                    if line and not line.startswith("#")]
+    requirements = [
+        line
+        for line in (ROOT / "docker" / "gateway-requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert not [r for r in requirements if r.lower().startswith("tensorflow")]
     assert "slim_serving_protos.py" in stages["protos"]
     # The meme font comes from its Debian package, at the path the renderer looks for.
     from gateway.rendering.fonts import DEBIAN_FONT, DEBIAN_PACKAGE
+
     assert f"apt-get install -y --no-install-recommends {DEBIAN_PACKAGE}" in stages["gateway"]
     assert DEBIAN_FONT.name == "RobotoCondensed-Bold.ttf" and DEBIAN_PACKAGE in (ROOT / ".ci" / "run").read_text()
     ignored = set((ROOT / ".dockerignore").read_text().split())
@@ -359,7 +368,9 @@ def test_the_gateways_default_targets_are_the_ports_compose_publishes():
     settings = Settings()
     services = compose("gpu")["services"]
     for server in SERVERS:
-        published = {int(inside): int(outside) for _, outside, inside in (p.split(":") for p in services[server]["ports"])}
+        published = {
+            int(inside): int(outside) for _, outside, inside in (p.split(":") for p in services[server]["ports"])
+        }
         host, port = getattr(settings, f"{server}_target").rsplit(":", 1)
         assert host in {"localhost", "127.0.0.1"} and int(port) == published[contract.GRPC_PORT], server
 
@@ -411,14 +422,24 @@ def _has_docker_compose() -> bool:
 
 
 @pytest.mark.skipif(not _has_docker_compose(), reason="no Docker Compose here")
-@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.cpu.yml"],
-                                   ["docker-compose.yml", "docker-compose.replicas.yml"]])
+@pytest.mark.parametrize(
+    "files",
+    [
+        ["docker-compose.yml"],
+        ["docker-compose.yml", "docker-compose.cpu.yml"],
+        ["docker-compose.yml", "docker-compose.replicas.yml"],
+    ],
+)
 def test_docker_compose_config_accepts_the_files(files):
-    """The official parser, where Docker Compose is installed (config needs no engine): the files are valid Compose and merge as
-    `merge` above merges them."""
+    """The official parser, where Docker Compose is installed (config needs no engine): the files
+    are valid Compose and merge as `merge` above merges them."""
     args = [a for f in files for a in ("-f", str(ROOT / f))]
-    out = subprocess.run(["docker", "compose", *args, "--profile", "export", "config", "--format", "json"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["docker", "compose", *args, "--profile", "export", "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     services = json.loads(out)["services"]
     ours = compose("cpu" if "docker-compose.cpu.yml" in files else "gpu")
     if "docker-compose.replicas.yml" in files:

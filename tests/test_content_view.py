@@ -7,8 +7,8 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from memefly.content_view import content_box, content_view, most_confident
 from gateway.images import check_image
+from memefly.content_view import content_box, content_view, most_confident
 
 
 def picture(width=500, height=400, seed=0) -> Image.Image:

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import shared_dataset_or_skip
+
 from model_export.datasets import DataSourceError, content_id, read_imgflip575k, read_plain, read_source
 
 
@@ -68,10 +68,10 @@ def test_plain_jsonl(tmp_path):
 def test_plain_csv_with_json_or_pipe_boxes(tmp_path):
     path = tmp_path / "captions.csv"
     path.write_text(
-        'template,image,boxes\n'
+        "template,image,boxes\n"
         'drake,drake.jpg,"[""no"", ""yes""]"\n'
-        'drake,,top text | bottom text\n'
-        ',,orphan\n'
+        "drake,,top text | bottom text\n"
+        ",,orphan\n"
         'cat,,"[broken""]"\n'
     )
     raw = read_source(path)

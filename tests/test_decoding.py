@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memefly.contract import END_ID, PAD_ID, SEP_ID, START_ID, UNK_ID
 from memefly.decoding.constraints import Constraints
 from memefly.decoding.options import DecodingOptions
 from memefly.decoding.search import make_search, normalized
-from memefly.contract import END_ID, PAD_ID, SEP_ID, START_ID, UNK_ID
 from memefly.ngrams import repeated_ngram_bans
 
 WORDS = (5, 6, 7)  # ids after the five special tokens
@@ -45,7 +45,7 @@ class TinyModel:
         k = k or self.vocab
         assert len(tokens) == len(state) == len(context), "rows of token, state and context must match"
         ids, lps, states = [], [], []
-        for token, s in zip(tokens, state[:, 0]):
+        for token, s in zip(tokens, state[:, 0], strict=True):
             history = self.histories[int(s)]
             if token != START_ID:
                 history = history + (int(token),)
@@ -79,8 +79,14 @@ def run(search, model: TinyModel, k: int | None = None, max_steps: int = 100):
 
 
 def new_search(model, options, blocked=(), accept=lambda ids: True, box_counts=None, words=None):
-    constraints = Constraints(model.vocab, blocked, min_length=options.min_length, max_length=options.max_length,
-                              no_repeat_ngram_size=options.no_repeat_ngram_size, box_counts=box_counts)
+    constraints = Constraints(
+        model.vocab,
+        blocked,
+        min_length=options.min_length,
+        max_length=options.max_length,
+        no_repeat_ngram_size=options.no_repeat_ngram_size,
+        box_counts=box_counts,
+    )
     return make_search(np.zeros(1, np.float32), np.zeros(3, np.float32), options, constraints, accept, words)
 
 
@@ -94,8 +100,7 @@ def boxes_of(ids) -> list[tuple[int, ...]]:
 def well_formed(ids, box_counts=None) -> bool:
     """The box rules, stated independently of Constraints: no empty box, no box twice, an allowed count."""
     boxes = boxes_of(ids)
-    return (all(boxes) and len(set(boxes)) == len(boxes)
-            and (box_counts is None or len(boxes) in box_counts))
+    return all(boxes) and len(set(boxes)) == len(boxes) and (box_counts is None or len(boxes) in box_counts)
 
 
 def exhaustive(model: TinyModel, options: DecodingOptions, allowed: tuple[int, ...], box_counts=None):
@@ -122,12 +127,18 @@ def test_wide_beam_finds_the_exact_best(seed, length_penalty, box_counts):
     max_length = 3
     # Width >= every possible prefix: nothing is ever pruned, so the search must be exact.
     beams = len(allowed) ** max_length
-    options = DecodingOptions(num_beams=beams, num_return_sequences=5, max_length=max_length, min_length=1,
-                              length_penalty=length_penalty, no_repeat_ngram_size=0)
+    options = DecodingOptions(
+        num_beams=beams,
+        num_return_sequences=5,
+        max_length=max_length,
+        min_length=1,
+        length_penalty=length_penalty,
+        no_repeat_ngram_size=0,
+    )
     results = [h for h in run(new_search(model, options, blocked=(7,), box_counts=box_counts), model) if h.finished]
     truth = exhaustive(model, options, allowed, box_counts)
     assert [h.ids for h in results] == [ids for _, ids in truth[:5]]
-    for h, (score, _) in zip(results, truth):
+    for h, (score, _) in zip(results, truth, strict=False):  # truth ranks every caption; results are its best five
         assert h.finished
         assert h.score == pytest.approx(score, abs=1e-9)
         assert h.log_prob == pytest.approx(model.sequence_log_prob(h.ids), abs=1e-9)
@@ -136,8 +147,9 @@ def test_wide_beam_finds_the_exact_best(seed, length_penalty, box_counts):
 def test_wide_beam_is_exact_under_no_repeat_and_min_length():
     model = TinyModel(11)
     allowed = WORDS + (SEP_ID,)
-    options = DecodingOptions(num_beams=32, num_return_sequences=3, max_length=4, min_length=2,
-                              length_penalty=0.0, no_repeat_ngram_size=1)
+    options = DecodingOptions(
+        num_beams=32, num_return_sequences=3, max_length=4, min_length=2, length_penalty=0.0, no_repeat_ngram_size=1
+    )
     # no_repeat_ngram_size=1: no token twice, so at most 4*3*2*1 = 24 prefixes of length 4.
     results = run(new_search(model, options), model)
     truth = exhaustive(model, options, allowed)
@@ -147,8 +159,9 @@ def test_wide_beam_is_exact_under_no_repeat_and_min_length():
 def test_greedy_follows_the_argmax():
     model = TinyModel(3, sharpness=4.0)
     # length_penalty=0: a longer caption can never overtake the first finished one.
-    options = DecodingOptions(num_beams=1, num_return_sequences=1, max_length=6, length_penalty=0.0,
-                              no_repeat_ngram_size=0)
+    options = DecodingOptions(
+        num_beams=1, num_return_sequences=1, max_length=6, length_penalty=0.0, no_repeat_ngram_size=0
+    )
     [h] = run(new_search(model, options), model)
     history = ()
     for token in h.ids + ((END_ID,) if h.finished else ()):
@@ -185,8 +198,9 @@ def test_diverse_groups_pick_different_first_tokens():
 
 def test_temperature_sharpens_and_flattens_sampling():
     model = TinyModel(11, sharpness=1.0)
-    base = DecodingOptions(do_sample=True, num_return_sequences=12, max_length=1, min_length=1, seed=3,
-                           no_repeat_ngram_size=0)
+    base = DecodingOptions(
+        do_sample=True, num_return_sequences=12, max_length=1, min_length=1, seed=3, no_repeat_ngram_size=0
+    )
     lp = model.log_probs(()).copy()
     lp[[PAD_ID, START_ID, UNK_ID, END_ID]] = -np.inf
     best = int(np.argmax(lp))
@@ -210,10 +224,24 @@ def test_sampling_is_reproducible_by_seed_and_varies_without_it():
 
 def test_sampling_with_top_k_1_is_greedy():
     model = TinyModel(9, sharpness=1.0)
-    greedy = run(new_search(model, DecodingOptions(num_beams=1, num_return_sequences=1, max_length=6, length_penalty=0.0,
-                                                   no_repeat_ngram_size=0)), model)
-    sampled = run(new_search(model, DecodingOptions(do_sample=True, num_return_sequences=3, top_k=1, max_length=6,
-                                                    seed=1, no_repeat_ngram_size=0)), model)
+    greedy = run(
+        new_search(
+            model,
+            DecodingOptions(
+                num_beams=1, num_return_sequences=1, max_length=6, length_penalty=0.0, no_repeat_ngram_size=0
+            ),
+        ),
+        model,
+    )
+    sampled = run(
+        new_search(
+            model,
+            DecodingOptions(
+                do_sample=True, num_return_sequences=3, top_k=1, max_length=6, seed=1, no_repeat_ngram_size=0
+            ),
+        ),
+        model,
+    )
     # Three samples of the one greedy caption: the first is kept, the copies are refused and redrawn
     # only when the caller refuses duplicates; here all three are accepted.
     assert {h.ids for h in sampled} == {greedy[0].ids}
@@ -221,8 +249,9 @@ def test_sampling_with_top_k_1_is_greedy():
 
 def test_top_p_keeps_only_the_nucleus():
     model = TinyModel(4, sharpness=3.0)
-    options = DecodingOptions(do_sample=True, num_return_sequences=8, top_p=0.3, max_length=1, min_length=1,
-                              seed=0, no_repeat_ngram_size=0)
+    options = DecodingOptions(
+        do_sample=True, num_return_sequences=8, top_p=0.3, max_length=1, min_length=1, seed=0, no_repeat_ngram_size=0
+    )
     results = run(new_search(model, options), model)
     lp = model.log_probs(()).copy()
     lp[[PAD_ID, START_ID, UNK_ID, END_ID]] = -np.inf
@@ -234,15 +263,17 @@ def test_top_p_keeps_only_the_nucleus():
 
 def test_repetition_penalty_steers_away_from_used_words_and_keeps_model_scores():
     model = TinyModel(3, sharpness=0.3)  # flat: a penalty of 50 outweighs any preference
-    options = DecodingOptions(num_beams=4, num_return_sequences=4, max_length=5, min_length=5, length_penalty=0.0,
-                              no_repeat_ngram_size=0)
+    options = DecodingOptions(
+        num_beams=4, num_return_sequences=4, max_length=5, min_length=5, length_penalty=0.0, no_repeat_ngram_size=0
+    )
     plain = run(new_search(model, options), model)
     penalised = run(new_search(model, options.model_copy(update={"repetition_penalty": 50.0})), model)
     words = lambda h: [t for t in h.ids if t != SEP_ID]  # noqa: E731
     assert any(len(set(words(h))) < len(words(h)) for h in plain)
     # Three words, five tokens: a word comes twice only after the other two, or with a box break between.
     assert sum(len(words(h)) - len(set(words(h))) for h in penalised) < sum(
-        len(words(h)) - len(set(words(h))) for h in plain)
+        len(words(h)) - len(set(words(h))) for h in plain
+    )
     for h in penalised:  # the score is the model's, not the penalised one
         assert math.isclose(h.log_prob, model.sequence_log_prob(h.ids, h.finished), abs_tol=1e-6)
 
@@ -283,20 +314,48 @@ def test_invalid_option_combinations_are_refused():
     box_counts=st.sampled_from([None, {1}, {2}, {1, 2}]),
     repetition_penalty=st.sampled_from([1.0, 3.0]),
 )
-def test_properties(seed, num_beams, extra_return, max_length, min_length, length_penalty, no_repeat, groups,
-                    do_sample, k, block, box_counts, repetition_penalty):
+def test_properties(
+    seed,
+    num_beams,
+    extra_return,
+    max_length,
+    min_length,
+    length_penalty,
+    no_repeat,
+    groups,
+    do_sample,
+    k,
+    block,
+    box_counts,
+    repetition_penalty,
+):
     min_length = min(min_length, max_length)
     if do_sample:
-        options = DecodingOptions(do_sample=True, num_return_sequences=num_beams, max_length=max_length,
-                                  min_length=min_length, length_penalty=length_penalty,
-                                  no_repeat_ngram_size=no_repeat, seed=seed, temperature=1.5, top_p=0.9,
-                                  repetition_penalty=repetition_penalty)
+        options = DecodingOptions(
+            do_sample=True,
+            num_return_sequences=num_beams,
+            max_length=max_length,
+            min_length=min_length,
+            length_penalty=length_penalty,
+            no_repeat_ngram_size=no_repeat,
+            seed=seed,
+            temperature=1.5,
+            top_p=0.9,
+            repetition_penalty=repetition_penalty,
+        )
     else:
         num_beams *= groups
-        options = DecodingOptions(num_beams=num_beams, num_return_sequences=max(1, num_beams - extra_return),
-                                  num_beam_groups=groups, diversity_penalty=0.5 * (groups > 1),
-                                  max_length=max_length, min_length=min_length, length_penalty=length_penalty,
-                                  no_repeat_ngram_size=no_repeat, repetition_penalty=repetition_penalty)
+        options = DecodingOptions(
+            num_beams=num_beams,
+            num_return_sequences=max(1, num_beams - extra_return),
+            num_beam_groups=groups,
+            diversity_penalty=0.5 * (groups > 1),
+            max_length=max_length,
+            min_length=min_length,
+            length_penalty=length_penalty,
+            no_repeat_ngram_size=no_repeat,
+            repetition_penalty=repetition_penalty,
+        )
     model = TinyModel(seed)
     results = run(new_search(model, options, blocked=block, box_counts=box_counts), model, k=k)
 

@@ -14,8 +14,16 @@ from memefly.captions import tokens_to_boxes
 from model_export import run_dir as rd
 
 DEFAULT = paths.shipped_model()
-SHIPPED = {rd.CONFIG, rd.VOCABULARY, rd.TEMPLATES, rd.FINAL_WEIGHTS, rd.METRICS, rd.TRAIN_STATS, "baseline_metrics.json",
-           rd.TRAINING_CAPTIONS}
+SHIPPED = {
+    rd.CONFIG,
+    rd.VOCABULARY,
+    rd.TEMPLATES,
+    rd.FINAL_WEIGHTS,
+    rd.METRICS,
+    rd.TRAIN_STATS,
+    "baseline_metrics.json",
+    rd.TRAINING_CAPTIONS,
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +54,8 @@ def test_first_starts_build_from_it(monkeypatch):
 def test_it_writes_a_caption_for_a_named_template(default_run):
     import tensorflow as tf
 
-    from model_export.evaluate import DecoderCaptionModel, served_captioner
     from memefly.decoding.distinct import CaptionSet
+    from model_export.evaluate import DecoderCaptionModel, served_captioner
 
     names = default_run.template_names
     template = names.index("Drake-Hotline-Bling")

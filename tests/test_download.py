@@ -10,10 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from net import unreachable_url
 
 from memefly import paths
 from model_export.download import DownloadError, download_templates, manifest
-from net import unreachable_url
 
 FILES = {f"Template-{i}.jpg": bytes(range(256)) * (40 + i) for i in range(3)}
 
@@ -77,8 +77,11 @@ def server():
 def records(tmp_path) -> Path:
     """A manifest of FILES, as template_images.json records the real images."""
     path = tmp_path / "manifest.json"
-    path.write_text(json.dumps({"files": [{"file": n, "bytes": len(d), "sha256": hashlib.sha256(d).hexdigest()}
-                                          for n, d in FILES.items()]}))
+    path.write_text(
+        json.dumps(
+            {"files": [{"file": n, "bytes": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in FILES.items()]}
+        )
+    )
     return path
 
 

@@ -25,7 +25,9 @@ class TemplateKnower:
         self.num_templates = num_templates
 
     def score(self, sequences, template_ids):
-        return np.array([0.0 if s[0] % self.num_templates == t else -5.0 for s, t in zip(sequences, template_ids)])
+        return np.array(
+            [0.0 if s[0] % self.num_templates == t else -5.0 for s, t in zip(sequences, template_ids, strict=True)]
+        )
 
 
 def test_uniform_model_has_vocabulary_sized_perplexity_and_no_gain():
@@ -58,8 +60,12 @@ def test_generation_metrics():
         1: [["x"], ["x"]],
         2: [["x", "!"]],
     }
-    result = m.generation_metrics(generated, training_captions=CaptionSet.of_captions([["X"]]),
-                                  box_counts={0: 2, 1: 2, 2: 1}, allowed_box_counts={0: [2], 1: [1, 2], 2: [2]})
+    result = m.generation_metrics(
+        generated,
+        training_captions=CaptionSet.of_captions([["X"]]),
+        box_counts={0: 2, 1: 2, 2: 1},
+        allowed_box_counts={0: [2], 1: [1, 2], 2: [2]},
+    )
     assert result["distinct_1"] == pytest.approx((7 / 9 + 1 / 2 + 1) / 3)
     assert result["distinct_2"] == pytest.approx((5 / 6 + 0 + 1) / 3)
     assert result["novelty"] == pytest.approx(3 / 6)  # "x" three times, whatever its punctuation
@@ -86,8 +92,18 @@ def test_evaluate_command_on_a_tiny_run(tiny_run, capsys):
     assert metrics["generation"]["captions"] == 5 * num_templates
     assert len(metrics["samples"]) == num_templates
     generation = metrics["generation"]
-    assert all(0 <= generation[k] <= 1 for k in ("distinct_1", "distinct_2", "novelty", "box_count_match",
-                                                  "box_count_allowed", "repeated_box", "near_duplicate_pairs"))
+    assert all(
+        0 <= generation[k] <= 1
+        for k in (
+            "distinct_1",
+            "distinct_2",
+            "novelty",
+            "box_count_match",
+            "box_count_allowed",
+            "repeated_box",
+            "near_duplicate_pairs",
+        )
+    )
     # The served search's rules hold for the generated captions: no training caption, no box
     # twice, and box counts that the template's real memes use.
     assert generation["novelty"] == 1.0 and generation["repeated_box"] == 0.0

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_export_config
 from PIL import Image
 
-from conftest import tiny_export_config
 from memefly import contract as c
 from memefly.cli import main
 from model_export import export as export_module
@@ -67,7 +67,10 @@ def test_the_encoder_ships_a_known_template_threshold_checked_on_held_out_images
     # still calls most views of the four random-weight templates known.
     assert known["unknown_rate"]["all"] >= 0.9, known
     assert known["known_rate"]["all"] >= 0.6, known
-    assert known["match_weight"] in MATCH_WEIGHTS and tiny_export["metadata"][c.ENCODER_MODEL]["match_weight"] == f"{known['match_weight']:g}"
+    assert (
+        known["match_weight"] in MATCH_WEIGHTS
+        and tiny_export["metadata"][c.ENCODER_MODEL]["match_weight"] == f"{known['match_weight']:g}"
+    )
     assert "known-template threshold" in (Path(tiny_export["log"]).read_text())
 
 
@@ -137,7 +140,9 @@ def test_tf1_loader_drives_every_encoder_signature(tiny_export, tiny_dataset, tm
     assert out["template_probs"]["shape"][0] == 2 and out["template_probs"]["dtype"] == "float32"
 
 
-@pytest.mark.parametrize("name,signatures", [(c.ENCODER_MODEL, ENCODER_SIGNATURES), (c.DECODER_MODEL, DECODER_SIGNATURES)])
+@pytest.mark.parametrize(
+    "name,signatures", [(c.ENCODER_MODEL, ENCODER_SIGNATURES), (c.DECODER_MODEL, DECODER_SIGNATURES)]
+)
 def test_signatures_match_the_contract_with_no_scalar_inputs(tiny_export, name, signatures):
     loaded = tf.saved_model.load(str(model_dir(tiny_export, name)))
     for signature, (inputs, outputs) in signatures.items():
@@ -158,7 +163,9 @@ def test_score_equals_the_sum_of_served_steps(tiny_export, tiny_run):
     total, words = 0.0, []
     for _ in range(30):  # follow the 3rd-best word, a caption the model would not pick itself
         out = sig[c.STEP_SIGNATURE](token=token, state=state, context=context)
-        candidates = dict(zip(out["top_ids"].numpy()[0].tolist(), out["top_log_probs"].numpy()[0].tolist()))
+        candidates = dict(
+            zip(out["top_ids"].numpy()[0].tolist(), out["top_log_probs"].numpy()[0].tolist(), strict=True)
+        )
         if len(words) >= 3 and c.END_ID in candidates:
             total += candidates[c.END_ID]
             break
@@ -197,9 +204,14 @@ def test_the_float16_step_follows_the_float32_step(tiny_export, tiny_run):
 
 def test_bytes_and_pixels_signatures_agree(tiny_export, tiny_dataset):
     encoder = tf.saved_model.load(str(model_dir(tiny_export, c.ENCODER_MODEL)))
-    images = [Image.open(p).convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE)) for p in sorted((tiny_dataset / "dataset" / "templates" / "img").iterdir())]
+    images = [
+        Image.open(p).convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE))
+        for p in sorted((tiny_dataset / "dataset" / "templates" / "img").iterdir())
+    ]
     from_bytes = encoder.signatures[c.ENCODER_BYTES_SIGNATURE](image_bytes=tf.constant([to_png(i) for i in images]))
-    from_pixels = encoder.signatures[c.ENCODER_PIXELS_SIGNATURE](images=tf.constant(np.stack([np.asarray(i) for i in images])))
+    from_pixels = encoder.signatures[c.ENCODER_PIXELS_SIGNATURE](
+        images=tf.constant(np.stack([np.asarray(i) for i in images]))
+    )
     for key in (c.FEATURES, c.TEMPLATE_PROBS):
         assert np.abs(from_bytes[key].numpy() - from_pixels[key].numpy()).max() < 1e-5
     assert np.allclose(from_pixels[c.TEMPLATE_PROBS].numpy().sum(axis=1), 1.0, atol=1e-5)
@@ -251,7 +263,9 @@ def test_existing_version_is_not_overwritten(tiny_export, tiny_run, tiny_dataset
     assert (models / c.DECODER_MODEL / "1" / "saved_model.pb").stat().st_mtime_ns == before
 
 
-def test_overwrite_replaces_both_models_and_leaves_nothing_aside(tiny_run, tiny_dataset, feature_cache, tmp_path, monkeypatch):
+def test_overwrite_replaces_both_models_and_leaves_nothing_aside(
+    tiny_run, tiny_dataset, feature_cache, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # a relative models folder, as `--models-dir models` gives: verification runs elsewhere
     models = Path("models")
     first = export(tiny_export_config(tiny_run, tiny_dataset, models, feature_cache, version=2))
@@ -274,8 +288,21 @@ def test_a_failed_export_leaves_no_version_behind(tiny_run, tiny_dataset, featur
 
 
 def test_cli_names_the_setting_for_missing_template_images(tiny_run, tmp_path, capsys):
-    code = main(["export", "--run", str(tiny_run), "--version", "1", "--weights", "random",
-                 "--templates-dir", str(tmp_path), "--models-dir", str(tmp_path / "models")])
+    code = main(
+        [
+            "export",
+            "--run",
+            str(tiny_run),
+            "--version",
+            "1",
+            "--weights",
+            "random",
+            "--templates-dir",
+            str(tmp_path),
+            "--models-dir",
+            str(tmp_path / "models"),
+        ]
+    )
     assert code == 2
     assert "--templates-dir" in capsys.readouterr().err
 

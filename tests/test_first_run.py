@@ -14,19 +14,28 @@ from pathlib import Path
 
 import httpx
 import pytest
+from net import free_port, unreachable_url
 
 from memefly import contract as c
 from memefly import paths
 from model_export import first_run
 from model_export.first_run import BuildError, BuildSettings, ensure_models, read_record
-from net import free_port, unreachable_url
 
 
 @pytest.fixture
 def settings(tiny_run, tiny_dataset, feature_cache, tmp_path) -> BuildSettings:
     images = tiny_dataset / "dataset" / "templates" / "img"
-    return BuildSettings(models_dir=tmp_path / "models", run=tiny_run, weights="random", seed=0, templates_dir=images,
-                         download_dir=images, templates_url=unreachable_url(), cache_dir=feature_cache, progress=False)
+    return BuildSettings(
+        models_dir=tmp_path / "models",
+        run=tiny_run,
+        weights="random",
+        seed=0,
+        templates_dir=images,
+        download_dir=images,
+        templates_url=unreachable_url(),
+        cache_dir=feature_cache,
+        progress=False,
+    )
 
 
 def no_build(monkeypatch):
@@ -134,12 +143,22 @@ def test_imagenet_weights_offline_say_which_setting(settings, monkeypatch):
 
 def test_serve_builds_on_first_start_and_serves(settings, tmp_path):
     port = free_port()
-    env = dict(os.environ, MEMEFLY_MODELS_DIR=str(settings.models_dir), MEMEFLY_DECODER_RUN=str(settings.run),
-               MEMEFLY_ENCODER_WEIGHTS="random", MEMEFLY_TEMPLATES_DIR=str(settings.templates_dir),
-               MEMEFLY_CACHE_DIR=str(settings.cache_dir), MEMEFLY_BACKEND="inprocess")
+    env = dict(
+        os.environ,
+        MEMEFLY_MODELS_DIR=str(settings.models_dir),
+        MEMEFLY_DECODER_RUN=str(settings.run),
+        MEMEFLY_ENCODER_WEIGHTS="random",
+        MEMEFLY_TEMPLATES_DIR=str(settings.templates_dir),
+        MEMEFLY_CACHE_DIR=str(settings.cache_dir),
+        MEMEFLY_BACKEND="inprocess",
+    )
     log = tmp_path / "serve.log"
-    process = subprocess.Popen([sys.executable, "-m", "memefly.cli", "serve", "--port", str(port),
-                                "--log-level", "warning"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "memefly.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -162,11 +181,22 @@ def test_serve_builds_on_first_start_and_serves(settings, tmp_path):
 
 
 def test_serve_offline_without_images_exits_with_the_setting_to_change(settings, tmp_path):
-    env = dict(os.environ, MEMEFLY_MODELS_DIR=str(tmp_path / "empty"), MEMEFLY_DECODER_RUN=str(settings.run),
-               MEMEFLY_ENCODER_WEIGHTS="random", MEMEFLY_TEMPLATES_DIR=str(tmp_path / "no_images"),
-               MEMEFLY_TEMPLATES_URL=unreachable_url(), MEMEFLY_BACKEND="inprocess")
-    result = subprocess.run([sys.executable, "-m", "memefly.cli", "serve", "--port", str(free_port())], env=env,
-                            capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        MEMEFLY_MODELS_DIR=str(tmp_path / "empty"),
+        MEMEFLY_DECODER_RUN=str(settings.run),
+        MEMEFLY_ENCODER_WEIGHTS="random",
+        MEMEFLY_TEMPLATES_DIR=str(tmp_path / "no_images"),
+        MEMEFLY_TEMPLATES_URL=unreachable_url(),
+        MEMEFLY_BACKEND="inprocess",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "memefly.cli", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "MEMEFLY_TEMPLATES_DIR" in result.stderr and "Traceback" not in result.stderr
 

@@ -11,9 +11,9 @@ import re
 import httpx
 import numpy as np
 import pytest
+from gateway_harness import gateway_settings, running_gateway
 from PIL import Image
 
-from gateway_harness import gateway_settings, running_gateway
 from memefly import contract as c
 
 TEMPLATES = ["Drake-Hotline-Bling", "Grumpy-Cat", "Mocking-Spongebob", "Sparta-Leonidas"]
@@ -47,8 +47,9 @@ def png(image: Image.Image) -> bytes:
 
 
 def upload(client, data: bytes, name="meme.jpg", **fields):
-    return client.post("/memes", files={"image": (name, data, "application/octet-stream")},
-                       data={k: str(v) for k, v in fields.items()})
+    return client.post(
+        "/memes", files={"image": (name, data, "application/octet-stream")}, data={k: str(v) for k, v in fields.items()}
+    )
 
 
 def test_health_and_readiness(client, gateway):
@@ -103,7 +104,7 @@ def test_default_memes_are_distinct_fit_the_template_and_are_not_training_captio
         memes = client.post("/memes", json={"template": name}).json()["memes"]
         assert len(memes) == 5
         keys = [caption_words(m["boxes"]) for m in memes]
-        assert not any(near_duplicate(a, b) for i, a in enumerate(keys) for b in keys[i + 1:]), name
+        assert not any(near_duplicate(a, b) for i, a in enumerate(keys) for b in keys[i + 1 :]), name
         for meme, key in zip(memes, keys, strict=True):
             assert len(set(key)) == len(key), meme  # no box twice
             assert len(key) in templates[name]["box_counts"], (name, meme)
@@ -163,7 +164,9 @@ def test_a_template_name_needs_no_encoder(client, gateway):
     if gateway.loopback:
         work = [call for call in gateway.loopback.calls if call.signature != c.METADATA_SIGNATURE]  # not health checks
         assert work and {(call.model, call.signature) for call in work} <= {
-            (c.DECODER_MODEL, c.INIT_SIGNATURE), (c.DECODER_MODEL, c.STEP_SIGNATURE)}
+            (c.DECODER_MODEL, c.INIT_SIGNATURE),
+            (c.DECODER_MODEL, c.STEP_SIGNATURE),
+        }
 
 
 def test_repeated_images_come_from_the_cache(client, gateway):
@@ -174,8 +177,11 @@ def test_repeated_images_come_from_the_cache(client, gateway):
     assert gateway.service.cache.hits == hits + 1
     assert first["templates"] == second["templates"] and first["memes"] == second["memes"]
     if gateway.loopback:
-        encodes = [call for call in gateway.loopback.calls
-                   if (call.model, call.signature) == (c.ENCODER_MODEL, c.ENCODER_BYTES_SIGNATURE)]
+        encodes = [
+            call
+            for call in gateway.loopback.calls
+            if (call.model, call.signature) == (c.ENCODER_MODEL, c.ENCODER_BYTES_SIGNATURE)
+        ]
         assert len(encodes) == 1
     assert re.search(r"memefly_template_cache_hits_total [1-9]", client.get("/metrics").text)
 
@@ -242,8 +248,11 @@ def test_offensive_list_flags_words_not_their_innocent_neighbours():
 
 
 def test_batch_answers_each_image(client, template_jpeg):
-    files = [("images", ("a.jpg", template_jpeg, "image/jpeg")), ("images", ("b.txt", b"not an image", "text/plain")),
-             ("images", ("c.png", png(Image.new("RGB", (50, 50), "red")), "image/png"))]
+    files = [
+        ("images", ("a.jpg", template_jpeg, "image/jpeg")),
+        ("images", ("b.txt", b"not an image", "text/plain")),
+        ("images", ("c.png", png(Image.new("RGB", (50, 50), "red")), "image/png")),
+    ]
     response = client.post("/memes/batch", files=files, data={"num_beams": "2", "num_return_sequences": "2"})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -251,8 +260,14 @@ def test_batch_answers_each_image(client, template_jpeg):
     assert len(results[0]["result"]["memes"]) == 2 and results[0]["error"] is None
     assert results[1]["error"]["status"] == 415 and results[1]["result"] is None
     assert len(results[2]["result"]["memes"]) == 2
-    as_json = client.post("/memes/batch", json={"images_base64": [base64.b64encode(template_jpeg).decode(), "@@@"],
-                                                "num_beams": 2, "num_return_sequences": 2}).json()["results"]
+    as_json = client.post(
+        "/memes/batch",
+        json={
+            "images_base64": [base64.b64encode(template_jpeg).decode(), "@@@"],
+            "num_beams": 2,
+            "num_return_sequences": 2,
+        },
+    ).json()["results"]
     assert as_json[0]["result"]["memes"] == results[0]["result"]["memes"]
     assert as_json[1]["error"]["status"] == 400
 
@@ -263,9 +278,21 @@ def test_concurrent_requests_share_decoder_calls(gateway):
 
     async def burst():
         async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
-            return await asyncio.gather(*(client.post("/memes", json={"template": t, "num_beams": 3, "num_return_sequences": 3,
-                                                                     "max_length": 10, "min_length": 10})
-                                          for t in TEMPLATES * 2))
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        "/memes",
+                        json={
+                            "template": t,
+                            "num_beams": 3,
+                            "num_return_sequences": 3,
+                            "max_length": 10,
+                            "min_length": 10,
+                        },
+                    )
+                    for t in TEMPLATES * 2
+                )
+            )
 
     responses = asyncio.run(burst())
     assert all(r.status_code == 200 for r in responses)
@@ -308,15 +335,19 @@ def rotated_exif() -> Image.Exif:
     return exif
 
 
-@pytest.mark.parametrize("data", [
-    encoded(Image.new("RGB", (80, 40), (200, 30, 30)), "JPEG", exif=rotated_exif()),
-    encoded(Image.new("RGB", (80, 40), (200, 30, 30)), "WEBP"),
-    encoded(Image.new("1", (80, 40), 1), "BMP"),  # 1-bit: TensorFlow's BMP decoder cannot read it
-    encoded(Image.new("P", (80, 40), 3), "BMP"),
-    encoded(Image.new("RGB", (80, 40), (200, 30, 30)), "GIF"),
-    encoded(Image.new("CMYK", (80, 40), (0, 200, 30, 0)), "JPEG"),
-    encoded(Image.new("I;16", (80, 40), 3000), "PNG"),
-], ids=["exif-rotated-jpeg", "webp", "1-bit-bmp", "palette-bmp", "gif", "cmyk-jpeg", "16-bit-png"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        encoded(Image.new("RGB", (80, 40), (200, 30, 30)), "JPEG", exif=rotated_exif()),
+        encoded(Image.new("RGB", (80, 40), (200, 30, 30)), "WEBP"),
+        encoded(Image.new("1", (80, 40), 1), "BMP"),  # 1-bit: TensorFlow's BMP decoder cannot read it
+        encoded(Image.new("P", (80, 40), 3), "BMP"),
+        encoded(Image.new("RGB", (80, 40), (200, 30, 30)), "GIF"),
+        encoded(Image.new("CMYK", (80, 40), (0, 200, 30, 0)), "JPEG"),
+        encoded(Image.new("I;16", (80, 40), 3000), "PNG"),
+    ],
+    ids=["exif-rotated-jpeg", "webp", "1-bit-bmp", "palette-bmp", "gif", "cmyk-jpeg", "16-bit-png"],
+)
 def test_every_accepted_kind_of_image_gets_memes(client, data):
     response = upload(client, data)
     assert response.status_code == 200, response.text
@@ -401,8 +432,10 @@ def test_a_client_that_leaves_mid_upload_is_499_in_one_info_line(gateway, caplog
     part = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n\xff\xd8\xff' + b"a" * 5000
     with caplog.at_level(logging.INFO):
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(b"POST /memes HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xyz\r\n"
-                         b"Content-Length: 1000000\r\n\r\n" + part)
+            sock.sendall(
+                b"POST /memes HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xyz\r\n"
+                b"Content-Length: 1000000\r\n\r\n" + part
+            )
             time.sleep(0.3)  # the gateway is reading the body when the client goes
         deadline = time.monotonic() + 10
         with gateway.client() as client:

@@ -10,12 +10,23 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = ROOT / "gateway"
 # Import name -> the requirement line that provides it in the gateway image.
 PROVIDED_BY = {
-    "fastapi": "fastapi", "fastapi_offline": "fastapi-offline", "starlette": "fastapi", "pydantic": "fastapi", "uvicorn": "uvicorn", "grpc": "grpcio",
-    "numpy": "numpy", "PIL": "pillow", "httpx": "httpx", "prometheus_client": "prometheus-client",
-    "pyobscenity": "pyobscenity", "google": "protobuf", "asgi_correlation_id": "asgi-correlation-id",
+    "fastapi": "fastapi",
+    "fastapi_offline": "fastapi-offline",
+    "starlette": "fastapi",
+    "pydantic": "fastapi",
+    "uvicorn": "uvicorn",
+    "grpc": "grpcio",
+    "numpy": "numpy",
+    "PIL": "pillow",
+    "httpx": "httpx",
+    "prometheus_client": "prometheus-client",
+    "pyobscenity": "pyobscenity",
+    "google": "protobuf",
+    "asgi_correlation_id": "asgi-correlation-id",
     "limits": "limits",
     # Generated protos only, copied in by docker/slim_serving_protos.py.
-    "tensorflow": None, "tensorflow_serving": None,
+    "tensorflow": None,
+    "tensorflow_serving": None,
 }
 
 
@@ -40,20 +51,26 @@ def test_the_gateway_never_imports_training_code():
 
 
 def test_the_grpc_gateway_imports_only_what_its_image_installs():
-    requirements = {line.split(">=")[0].split("==")[0].strip().lower()
-                    for line in (ROOT / "docker" / "gateway-requirements.txt").read_text().splitlines()
-                    if line.strip() and not line.startswith("#")}
+    requirements = {
+        line.split(">=")[0].split("==")[0].strip().lower()
+        for line in (ROOT / "docker" / "gateway-requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for path in gateway_modules():
         if path.name == "inprocess.py":  # the in-process backend runs where TensorFlow is installed
             continue
         for name in imports(path) - set(sys.stdlib_module_names) - {"gateway", "memefly", "__future__"}:
             assert name in PROVIDED_BY, f"{path.relative_to(ROOT)} imports {name}: add it to the gateway image"
             if PROVIDED_BY[name]:
-                assert PROVIDED_BY[name] in requirements, f"{name} needs {PROVIDED_BY[name]} in gateway-requirements.txt"
+                assert PROVIDED_BY[name] in requirements, (
+                    f"{name} needs {PROVIDED_BY[name]} in gateway-requirements.txt"
+                )
 
 
 def test_tensorflow_itself_is_only_used_by_the_inprocess_backend():
     for path in gateway_modules():
         tree = ast.parse(path.read_text())
-        uses_tf = any(isinstance(n, ast.Import) and any(a.name == "tensorflow" for a in n.names) for n in ast.walk(tree))
+        uses_tf = any(
+            isinstance(n, ast.Import) and any(a.name == "tensorflow" for a in n.names) for n in ast.walk(tree)
+        )
         assert not uses_tf or path.name == "inprocess.py", f"{path.relative_to(ROOT)} imports TensorFlow itself"

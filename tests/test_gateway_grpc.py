@@ -9,10 +9,10 @@ import time
 import grpc
 import numpy as np
 import pytest
-
-from gateway.backends.grpc_backend import GrpcBackend
 from gateway_harness import gateway_settings, running_gateway
 from loopback_serving import start_loopback_server
+
+from gateway.backends.grpc_backend import GrpcBackend
 from memefly import contract as c
 
 TEMPLATE = {"template": "Grumpy-Cat", "num_beams": 2, "num_return_sequences": 2, "max_length": 6}
@@ -50,8 +50,10 @@ def test_unavailable_is_retried(served_models_dir, serving):
 
 
 def test_persistent_unavailability_is_503_with_retry_after(served_models_dir, serving):
-    with running_gateway(settings_for(served_models_dir, serving, retries=1, retry_after_s=7)) as gateway, \
-            gateway.client() as client:
+    with (
+        running_gateway(settings_for(served_models_dir, serving, retries=1, retry_after_s=7)) as gateway,
+        gateway.client() as client,
+    ):
         serving.fail_next(grpc.StatusCode.UNAVAILABLE, count=2, model=c.DECODER_MODEL, rpc="Predict")
         response = client.post("/memes", json=TEMPLATE)
         assert response.status_code == 503
@@ -61,8 +63,9 @@ def test_persistent_unavailability_is_503_with_retry_after(served_models_dir, se
 
 def test_model_side_errors_are_502_never_500(served_models_dir, serving, caplog):
     with running_gateway(settings_for(served_models_dir, serving)) as gateway, gateway.client() as client:
-        serving.fail_next(grpc.StatusCode.INVALID_ARGUMENT, count=1, model=c.DECODER_MODEL, rpc="Predict",
-                          details="bad tensor")
+        serving.fail_next(
+            grpc.StatusCode.INVALID_ARGUMENT, count=1, model=c.DECODER_MODEL, rpc="Predict", details="bad tensor"
+        )
         response = client.post("/memes", json=TEMPLATE)
         assert response.status_code == 502
         detail = response.json()["detail"]
@@ -99,8 +102,10 @@ def test_a_client_that_disconnects_frees_its_beams(served_models_dir, serving):
         host, port = gateway.url.removeprefix("http://").split(":")
         body = b'{"template": "Grumpy-Cat", "max_length": 30, "min_length": 30}'
         with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(b"POST /memes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            sock.sendall(
+                b"POST /memes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
             assert eventually(lambda: gateway.service.scheduler.depth == 1)
         # Gone long before its 31 steps (>= 3 s at 0.1 s a step) could have finished.
         assert eventually(lambda: gateway.service.scheduler.depth == 0, timeout_s=2.0)
@@ -149,8 +154,10 @@ class MismatchedTemplates(GrpcBackend):
         out = await super().predict(model, signature, inputs, outputs)
         if model == c.ENCODER_MODEL and signature == c.METADATA_SIGNATURE:
             keys = [k.decode() for k in inputs[c.KEYS]]
-            out[c.VALUES] = np.array([b"0" * 64 if k == c.TEMPLATE_FINGERPRINT else v
-                                      for k, v in zip(keys, out[c.VALUES])], dtype=object)
+            out[c.VALUES] = np.array(
+                [b"0" * 64 if k == c.TEMPLATE_FINGERPRINT else v for k, v in zip(keys, out[c.VALUES], strict=True)],
+                dtype=object,
+            )
         return out
 
 
@@ -175,7 +182,9 @@ def test_unpinned_version_pins_the_decoders_newest(served_models_dir, serving):
     async def pinned():
         backend = GrpcBackend(settings_for(served_models_dir, serving, model_version=None))
         await backend.start()
-        out = await backend.predict(c.ENCODER_MODEL, c.METADATA_SIGNATURE, {c.KEYS: np.array([b"model_version"], dtype=object)})
+        out = await backend.predict(
+            c.ENCODER_MODEL, c.METADATA_SIGNATURE, {c.KEYS: np.array([b"model_version"], dtype=object)}
+        )
         await backend.close()
         return backend.version, out[c.VALUES][0]
 
@@ -189,9 +198,13 @@ def test_warm_up_runs_before_ready(served_models_dir, serving):
     with running_gateway(settings_for(served_models_dir, serving)):
         # No request was made: every call so far is start-up's, and readiness waited for them.
         called = {(call.model, call.signature) for call in serving.calls}
-    assert {(c.ENCODER_MODEL, c.ENCODER_BYTES_SIGNATURE), (c.DECODER_MODEL, c.INIT_SIGNATURE),
-            (c.DECODER_MODEL, c.STEP_SIGNATURE), (c.DECODER_MODEL, c.VOCABULARY_SIGNATURE),
-            (c.DECODER_MODEL, c.TEMPLATES_SIGNATURE)} <= called
+    assert {
+        (c.ENCODER_MODEL, c.ENCODER_BYTES_SIGNATURE),
+        (c.DECODER_MODEL, c.INIT_SIGNATURE),
+        (c.DECODER_MODEL, c.STEP_SIGNATURE),
+        (c.DECODER_MODEL, c.VOCABULARY_SIGNATURE),
+        (c.DECODER_MODEL, c.TEMPLATES_SIGNATURE),
+    } <= called
 
 
 def test_one_overloaded_call_does_not_take_the_gateway_out_of_rotation(served_models_dir, serving):

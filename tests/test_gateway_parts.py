@@ -9,16 +9,16 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
+from gateway.admission import Overloaded
 from gateway.batcher import MicroBatcher
 from gateway.cache import LruCache
 from gateway.errors import BadImage, ImageTooLarge, ModelUnavailable, UnsupportedImage
 from gateway.images import check_image, sniff_format
-from gateway.admission import Overloaded
 from gateway.scheduler import DecodeScheduler
 from gateway.settings import Settings
 from gateway.tensors import from_proto, to_proto
-from tensorflow.core.framework import tensor_pb2, types_pb2
 
 
 class CountingSearch:
@@ -212,7 +212,9 @@ def test_admission_learns_how_much_later_arrivals_slow_a_search_down():
             # Each one admitted alone, then joined by seven more: 4 calls a step, not 1.
             first = asyncio.ensure_future(scheduler.run(CountingSearch(rows=4, steps=10, tag=10)))
             await asyncio.sleep(0.005)
-            later = [asyncio.ensure_future(scheduler.run(CountingSearch(rows=4, steps=10, tag=20 + i))) for i in range(3)]
+            later = [
+                asyncio.ensure_future(scheduler.run(CountingSearch(rows=4, steps=10, tag=20 + i))) for i in range(3)
+            ]
             await asyncio.gather(first, *later)
             assert scheduler.correction.factor > 1.5  # learnt: the next estimates allow for it
         finally:
@@ -333,14 +335,17 @@ def test_cache_is_a_bounded_lru_with_counters():
     assert "b" not in cache and "a" in cache and (cache.hits, cache.misses) == (3, 1)  # peeking counts nothing
 
 
-@pytest.mark.parametrize("value", [
-    np.arange(12, dtype=np.float32).reshape(3, 4),
-    np.array([1, -2, 3], dtype=np.int32),
-    np.zeros((0, 5), dtype=np.float32),
-    np.array([b"caf\xc3\xa9", b""], dtype=object),
-    np.arange(6, dtype=np.uint8).reshape(1, 2, 3),
-    np.array([[0.5, -2.0], [65504.0, 1e-3]], dtype=np.float16),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.array([1, -2, 3], dtype=np.int32),
+        np.zeros((0, 5), dtype=np.float32),
+        np.array([b"caf\xc3\xa9", b""], dtype=object),
+        np.arange(6, dtype=np.uint8).reshape(1, 2, 3),
+        np.array([[0.5, -2.0], [65504.0, 1e-3]], dtype=np.float16),
+    ],
+)
 def test_tensor_protos_round_trip(value):
     back = from_proto(to_proto(value))
     assert back.shape == value.shape
@@ -372,8 +377,9 @@ def test_strings_packed_in_tensor_content_are_read_as_tensorflow_reads_them():
     the varint lengths, then the bytes); TensorFlow's C++ parser is the reference."""
     import tensorflow as tf
 
-    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
-                                   tensor_content=b"\x00\x05\xac\x02" + b"Drake" + b"x" * 300)
+    proto = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING, tensor_content=b"\x00\x05\xac\x02" + b"Drake" + b"x" * 300
+    )
     proto.tensor_shape.dim.add(size=3)
     expected = [b"", b"Drake", b"x" * 300]
     assert tf.io.parse_tensor(proto.SerializeToString(), tf.string).numpy().tolist() == expected
@@ -385,8 +391,15 @@ def test_strings_packed_in_tensor_content_are_read_as_tensorflow_reads_them():
 
 
 def test_settings_come_from_the_environment():
-    settings = Settings.from_env({"MEMEFLY_BACKEND": "grpc", "MEMEFLY_MODEL_VERSION": "3", "MEMEFLY_DECODER_MAX_ROWS": "256",
-                                  "MEMEFLY_CONTINUOUS_BATCHING": "false", "MEMEFLY_MODELS_DIR": "/srv/models"})
+    settings = Settings.from_env(
+        {
+            "MEMEFLY_BACKEND": "grpc",
+            "MEMEFLY_MODEL_VERSION": "3",
+            "MEMEFLY_DECODER_MAX_ROWS": "256",
+            "MEMEFLY_CONTINUOUS_BATCHING": "false",
+            "MEMEFLY_MODELS_DIR": "/srv/models",
+        }
+    )
     assert settings.backend == "grpc" and settings.model_version == 3 and settings.decoder_max_rows == 256
     assert settings.continuous_batching is False and str(settings.models_dir) == "/srv/models"
     assert Settings.from_env({"MEMEFLY_MODEL_VERSION": "latest"}).model_version is None
@@ -472,8 +485,14 @@ def gateway_without_models(tmp_path, **settings):
 
     from gateway_harness import running_gateway
 
-    settings = dataclasses.replace(Settings.from_env({}), backend="grpc", encoder_target="127.0.0.1:1",
-                                   decoder_target="127.0.0.1:1", templates_dir=tmp_path, **settings)
+    settings = dataclasses.replace(
+        Settings.from_env({}),
+        backend="grpc",
+        encoder_target="127.0.0.1:1",
+        decoder_target="127.0.0.1:1",
+        templates_dir=tmp_path,
+        **settings,
+    )
     with running_gateway(settings, wait=False) as gateway:
         yield gateway, int(gateway.url.rsplit(":", 1)[1])
 
@@ -518,8 +537,10 @@ def test_a_body_that_trickles_in_gets_408_and_the_connection_is_freed(tmp_path):
 
     with gateway_without_models(tmp_path, body_timeout_s=1.0) as (gateway, port):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(b"POST /render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 1000\r\n\r\n" + b'{"boxes": ["a"], ')
+            sock.sendall(
+                b"POST /render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b'{"boxes": ["a"], '
+            )
             started = time.monotonic()
             answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer

@@ -9,9 +9,8 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from gateway_harness import gateway_settings, running_gateway
+from PIL import Image
 
 TEMPLATE = "Grumpy-Cat"
 
@@ -24,8 +23,9 @@ def templates_dir(tiny_dataset):
 @pytest.fixture(scope="module", params=["inprocess", "grpc"])
 def gateway(request, served_models_dir, loopback, templates_dir):
     target = loopback.target if request.param == "grpc" else None
-    settings = gateway_settings(served_models_dir, request.param, target, templates_dir=templates_dir,
-                                render_max_side=800)
+    settings = gateway_settings(
+        served_models_dir, request.param, target, templates_dir=templates_dir, render_max_side=800
+    )
     with running_gateway(settings) as running:
         yield running
 
@@ -53,8 +53,9 @@ def test_memes_render_returns_the_ranked_meme_drawn_on_the_upload(client):
     fields = {"num_beams": "5", "num_return_sequences": "5"}
     listed = client.post("/memes", files={"image": ("a.jpg", upload)}, data=fields).json()["memes"]
     for rank, kind, pillow in ((1, "png", "PNG"), (3, "jpeg", "JPEG"), (2, "webp", "WEBP")):
-        response = client.post("/memes", files={"image": ("a.jpg", upload)},
-                               data={**fields, "render": kind, "rank": str(rank)})
+        response = client.post(
+            "/memes", files={"image": ("a.jpg", upload)}, data={**fields, "render": kind, "rank": str(rank)}
+        )
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] == f"image/{kind}"
         assert json.loads(unquote(response.headers["x-memefly-boxes"])) == listed[rank - 1]["boxes"]
@@ -86,14 +87,23 @@ def test_memes_render_refuses_bad_rank_and_size(client):
 
 def test_render_draws_given_boxes_on_an_upload_or_a_template(client, templates_dir):
     upload = jpeg(500, 500)
-    multipart = client.post("/render", files={"image": ("a.jpg", upload)},
-                            data={"boxes": ["one does not simply", "draw memes"], "format": "jpeg", "quality": "90"})
+    multipart = client.post(
+        "/render",
+        files={"image": ("a.jpg", upload)},
+        data={"boxes": ["one does not simply", "draw memes"], "format": "jpeg", "quality": "90"},
+    )
     assert multipart.status_code == 200, multipart.text
     assert multipart.headers["content-type"] == "image/jpeg" and picture(multipart).size == (500, 500)
 
-    as_json = client.post("/render", json={"image_base64": base64.b64encode(upload).decode(),
-                                           "boxes": ["one does not simply", "draw memes"], "format": "jpeg",
-                                           "quality": 90})
+    as_json = client.post(
+        "/render",
+        json={
+            "image_base64": base64.b64encode(upload).decode(),
+            "boxes": ["one does not simply", "draw memes"],
+            "format": "jpeg",
+            "quality": 90,
+        },
+    )
     assert as_json.content == multipart.content, "the same request, either encoding, the same image"
 
     template = client.post("/render", json={"template": "grumpy cat", "boxes": ["no"], "max_size": 100})
@@ -109,7 +119,9 @@ def test_render_sends_an_etag_renders_once_and_knows_what_the_client_has(client)
     assert second.headers["x-render-cache"] == "hit" and second.content == first.content
     # RFC 9110: a matching If-None-Match on POST is 412 (304 is for GET), with no image.
     unchanged = client.post("/render", json=request, headers={"If-None-Match": f'"x", {first.headers["etag"]}'})
-    assert unchanged.status_code == 412 and unchanged.content == b"" and unchanged.headers["etag"] == first.headers["etag"]
+    assert (
+        unchanged.status_code == 412 and unchanged.content == b"" and unchanged.headers["etag"] == first.headers["etag"]
+    )
     other = client.post("/render", json={**request, "case": "keep"}, headers={"If-None-Match": first.headers["etag"]})
     assert other.status_code == 200 and other.headers["etag"] != first.headers["etag"]
 
@@ -121,8 +133,9 @@ def test_an_upload_the_client_has_is_not_even_decoded(client, gateway):
     broken = jpeg()[:300]  # would be 400 if decoded
     spec = RenderSpec(("x",), None, "png", "upper", 800, 85)
     etag = gateway.app.state.renderer.etag(sha256(broken), spec)
-    answer = client.post("/render", files={"image": ("a.jpg", broken)}, data={"boxes": "x"},
-                         headers={"If-None-Match": etag})
+    answer = client.post(
+        "/render", files={"image": ("a.jpg", broken)}, data={"boxes": "x"}, headers={"If-None-Match": etag}
+    )
     assert answer.status_code == 412, answer.text
     assert client.post("/render", files={"image": ("a.jpg", broken)}, data={"boxes": "x"}).status_code == 400
 
@@ -137,8 +150,13 @@ def test_memes_render_has_an_etag_too(client):
 
 def test_render_with_a_layout_on_an_upload(client):
     upload = jpeg(600, 600)
-    drake = picture(client.post("/render", files={"image": ("a.jpg", upload)},
-                                data={"boxes": ["no", "yes"], "layout": "drake hotline bling"}))
+    drake = picture(
+        client.post(
+            "/render",
+            files={"image": ("a.jpg", upload)},
+            data={"boxes": ["no", "yes"], "layout": "drake hotline bling"},
+        )
+    )
     plain = picture(client.post("/render", files={"image": ("a.jpg", upload)}, data={"boxes": ["no", "yes"]}))
     blank = np.asarray(Image.open(io.BytesIO(upload)).convert("RGB"), np.int16)
 
@@ -149,17 +167,20 @@ def test_render_with_a_layout_on_an_upload(client):
     assert drawn(plain)[:, :290].any(), "the default layout spans the width"
 
 
-@pytest.mark.parametrize("kwargs, status, message", [
-    ({"json": {"boxes": ["x"]}}, 422, "send an image"),
-    ({"json": {"template": TEMPLATE}}, 422, "boxes"),
-    ({"json": {"template": TEMPLATE, "boxes": []}}, 422, "boxes"),
-    ({"json": {"template": TEMPLATE, "boxes": ["x"] * 11}}, 422, "boxes"),
-    ({"json": {"template": TEMPLATE, "boxes": ["x" * 501]}}, 422, "longer than 500"),
-    ({"json": {"template": "No-Such-Meme", "boxes": ["x"]}}, 404, "no image for template"),
-    ({"json": {"template": TEMPLATE, "boxes": ["x"], "format": "bmp"}}, 422, "format"),
-    ({"files": {"image": ("notes.txt", b"hello, not an image")}, "data": {"boxes": "x"}}, 415, "not an image type"),
-    ({"files": {"image": ("cut.jpg", jpeg()[:300])}, "data": {"boxes": "x"}}, 400, "JPEG data"),
-])
+@pytest.mark.parametrize(
+    "kwargs, status, message",
+    [
+        ({"json": {"boxes": ["x"]}}, 422, "send an image"),
+        ({"json": {"template": TEMPLATE}}, 422, "boxes"),
+        ({"json": {"template": TEMPLATE, "boxes": []}}, 422, "boxes"),
+        ({"json": {"template": TEMPLATE, "boxes": ["x"] * 11}}, 422, "boxes"),
+        ({"json": {"template": TEMPLATE, "boxes": ["x" * 501]}}, 422, "longer than 500"),
+        ({"json": {"template": "No-Such-Meme", "boxes": ["x"]}}, 404, "no image for template"),
+        ({"json": {"template": TEMPLATE, "boxes": ["x"], "format": "bmp"}}, 422, "format"),
+        ({"files": {"image": ("notes.txt", b"hello, not an image")}, "data": {"boxes": "x"}}, 415, "not an image type"),
+        ({"files": {"image": ("cut.jpg", jpeg()[:300])}, "data": {"boxes": "x"}}, 400, "JPEG data"),
+    ],
+)
 def test_render_refuses_bad_input_clearly(client, kwargs, status, message):
     response = client.post("/render", **kwargs)
     assert response.status_code == status, response.text
@@ -173,7 +194,10 @@ def test_memes_render_on_a_template_without_an_image_is_404_before_generating(cl
     renderer.rescan_templates()
     try:
         metrics = gateway.service.metrics
-        lookups = lambda: metrics.cache_hits._value.get() + metrics.cache_misses._value.get()  # one per generation
+
+        def lookups():  # one per generation
+            return metrics.cache_hits._value.get() + metrics.cache_misses._value.get()
+
         before = lookups()
         response = client.post("/memes", json={"template": TEMPLATE, "render": "png"})
         assert response.status_code == 404 and "no image for template" in response.text

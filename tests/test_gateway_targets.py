@@ -8,14 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from gateway_harness import gateway_settings, running_gateway
+from loopback_serving import start_loopback_server
+from net import free_port
 
 from gateway.backends.grpc_backend import check_targets_now
 from gateway.errors import WrongTarget
 from gateway.settings import Settings
-from gateway_harness import gateway_settings, running_gateway
-from loopback_serving import start_loopback_server
 from memefly import contract as c
-from net import free_port
 
 TEMPLATE = {"template": "Grumpy-Cat", "num_beams": 2, "num_return_sequences": 2, "max_length": 6}
 
@@ -79,8 +79,9 @@ def test_a_misnamed_model_is_refused_naming_the_model_setting(served_models_dir,
 
 
 def test_model_names_are_settings(served_models_dir, kserve_named):
-    settings = gateway_settings(served_models_dir, "grpc", kserve_named.target,
-                                encoder_model="memefly-encoder", decoder_model="memefly-decoder")
+    settings = gateway_settings(
+        served_models_dir, "grpc", kserve_named.target, encoder_model="memefly-encoder", decoder_model="memefly-decoder"
+    )
     check_targets_now(settings)
     kserve_named.reset()
     with running_gateway(settings) as gateway, gateway.client() as client:
@@ -89,8 +90,9 @@ def test_model_names_are_settings(served_models_dir, kserve_named):
     assert {call.model for call in kserve_named.calls} == {"memefly-encoder", "memefly-decoder"}
 
 
-def test_a_target_that_does_not_answer_is_left_to_readiness_with_the_setting_logged(served_models_dir, split_servers,
-                                                                                    caplog):
+def test_a_target_that_does_not_answer_is_left_to_readiness_with_the_setting_logged(
+    served_models_dir, split_servers, caplog
+):
     encoder, _ = split_servers
     silent = f"127.0.0.1:{free_port()}"
     settings = gateway_settings(served_models_dir, "grpc", encoder_target=encoder.target, decoder_target=silent)
@@ -111,10 +113,14 @@ def test_a_target_swapped_later_makes_the_gateway_not_ready(served_models_dir, s
 def test_serve_exits_at_once_with_the_setting_to_fix(split_servers):
     encoder, _ = split_servers
     env = dict(os.environ, MEMEFLY_ENCODER_TARGET=encoder.target, MEMEFLY_DECODER_TARGET=encoder.target)
-    result = subprocess.run([sys.executable, "-m", "memefly.cli", "serve", "--backend", "grpc", "--port", str(free_port())],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "memefly.cli", "serve", "--backend", "grpc", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and f"MEMEFLY_DECODER_TARGET={encoder.target}" in last
     assert f"it serves {c.ENCODER_MODEL}" in last
-

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from hostile.cases import CASES, TIME_LIMIT_S
 
 

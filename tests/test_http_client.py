@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from gateway_harness import gateway_settings, running_gateway
 from PIL import Image
 
-from gateway_harness import gateway_settings, running_gateway
 from memefly.http import AsyncClient, Client, MemeAnswer, MemeflyError, Readiness, Template
 
 TEMPLATE = "Grumpy-Cat"
@@ -18,8 +18,9 @@ TEMPLATE = "Grumpy-Cat"
 
 @pytest.fixture(scope="module")
 def gateway(served_models_dir, loopback):
-    settings = gateway_settings(served_models_dir, "grpc", loopback.target, api_keys="client-test-key",
-                                rate_limit="1000/minute")
+    settings = gateway_settings(
+        served_models_dir, "grpc", loopback.target, api_keys="client-test-key", rate_limit="1000/minute"
+    )
     with running_gateway(settings) as running:
         yield running
 
@@ -32,8 +33,9 @@ def png(color=(200, 30, 30)) -> bytes:
 
 def test_memes_for_a_template_and_for_an_image(gateway, tmp_path):
     with Client(gateway.url, api_key="client-test-key") as memefly:
-        answer = memefly.memes(template=TEMPLATE, num_beams=3, num_return_sequences=2, max_length=6,
-                               request_id="from-the-client")
+        answer = memefly.memes(
+            template=TEMPLATE, num_beams=3, num_return_sequences=2, max_length=6, request_id="from-the-client"
+        )
         assert isinstance(answer, MemeAnswer) and answer.request_id == "from-the-client"
         assert len(answer.memes) == 2 and [m.rank for m in answer.memes] == [1, 2]
         assert all(m.boxes and m.text == "\n".join(m.boxes) for m in answer.memes)
@@ -77,8 +79,9 @@ def test_errors_carry_status_detail_request_id_and_retry_after(gateway, served_m
 def test_the_async_client_does_the_same(gateway):
     async def run():
         async with AsyncClient(gateway.url, api_key="client-test-key") as memefly:
-            answers = await asyncio.gather(*(memefly.memes(template=TEMPLATE, num_beams=2, num_return_sequences=1,
-                                                           max_length=4) for _ in range(3)))
+            answers = await asyncio.gather(
+                *(memefly.memes(template=TEMPLATE, num_beams=2, num_return_sequences=1, max_length=4) for _ in range(3))
+            )
             return answers, await memefly.templates(), await memefly.ready()
 
     answers, templates, state = asyncio.run(run())

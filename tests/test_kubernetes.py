@@ -21,11 +21,11 @@ import pytest
 import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+from tf_serving_flags import TF_SERVING_FLAGS, parse_flags
 
 from gateway.settings import Settings
 from memefly import contract as c
 from memefly.cli import build_parser
-from tf_serving_flags import TF_SERVING_FLAGS, parse_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -33,8 +33,14 @@ VARIANTS = {"base": K8S / "base", "gpu": K8S / "overlays" / "gpu", "kserve": K8S
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # the oldest with every API used here still served, the newest known
 ROLES = {"encoder": c.ENCODER_MODEL, "decoder": c.DECODER_MODEL}
 # The lists Kubernetes merges by a key in a strategic-merge patch; other lists are replaced.
-MERGE_KEYS = {"containers": "name", "initContainers": "name", "volumes": "name", "volumeMounts": "name",
-              "env": "name", "ports": "containerPort"}
+MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "volumes": "name",
+    "volumeMounts": "name",
+    "env": "name",
+    "ports": "containerPort",
+}
 
 
 # --- a kustomize build, as far as these files need it ------------------------------------
@@ -73,8 +79,15 @@ def _env_file(path: Path) -> dict[str, str]:
 
 def build_here(directory: Path) -> list[dict]:
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    assert set(kustomization) <= {"apiVersion", "kind", "resources", "configMapGenerator", "patches", "images",
-                                  "configurations"}, f"{directory}: a kustomize feature this test does not build"
+    assert set(kustomization) <= {
+        "apiVersion",
+        "kind",
+        "resources",
+        "configMapGenerator",
+        "patches",
+        "images",
+        "configurations",
+    }, f"{directory}: a kustomize feature this test does not build"
     objects: list[dict] = []
     for resource in kustomization.get("resources", []):
         path = directory / resource
@@ -89,13 +102,18 @@ def build_here(directory: Path) -> list[dict]:
         if generator.get("behavior") == "merge":
             find(objects, "ConfigMap", generator["name"])["data"].update(data)
             continue
-        metadata = {"name": generator["name"], **({"labels": generator["options"]["labels"]}
-                                                   if "labels" in generator.get("options", {}) else {})}
+        metadata = {
+            "name": generator["name"],
+            **({"labels": generator["options"]["labels"]} if "labels" in generator.get("options", {}) else {}),
+        }
         objects.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
     for patch in kustomization.get("patches", []):
         change = yaml.safe_load((directory / patch["path"]).read_text())
-        (index,) = [i for i, o in enumerate(objects)
-                    if (o["kind"], o["metadata"]["name"]) == (change["kind"], change["metadata"]["name"])]
+        (index,) = [
+            i
+            for i, o in enumerate(objects)
+            if (o["kind"], o["metadata"]["name"]) == (change["kind"], change["metadata"]["name"])
+        ]
         objects[index] = _merge(objects[index], change)
     for image in kustomization.get("images", []):
         for obj in objects:
@@ -117,9 +135,16 @@ def build(directory: Path) -> list[dict]:
 
 def find(objects: list[dict], kind: str, name: str | None = None) -> list[dict] | dict:
     """Objects of a kind, or the one named (a generated ConfigMap's name may carry kustomize's hash)."""
-    found = [o for o in objects if o["kind"] == kind and (
-        name is None or o["metadata"]["name"] == name
-        or (kind == "ConfigMap" and re.fullmatch(rf"{re.escape(name)}-[a-z0-9]{{10}}", o["metadata"]["name"])))]
+    found = [
+        o
+        for o in objects
+        if o["kind"] == kind
+        and (
+            name is None
+            or o["metadata"]["name"] == name
+            or (kind == "ConfigMap" and re.fullmatch(rf"{re.escape(name)}-[a-z0-9]{{10}}", o["metadata"]["name"]))
+        )
+    ]
     if name is None:
         return found
     assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
@@ -153,7 +178,9 @@ def mounted(objects: list[dict], pod: dict, container: dict, path: str) -> tuple
 def read_mounted(objects, pod, container, path: str) -> str:
     source, key = mounted(objects, pod, container, path)
     assert source.startswith("configMap:"), f"{path} should come from a ConfigMap"
-    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == source.split(":", 1)[1]]
+    (config_map,) = [
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == source.split(":", 1)[1]
+    ]
     data = config_map["data"]
     assert key in data, f"{path}: no key {key} in {source}"
     return data[key]
@@ -163,7 +190,9 @@ def health_script(role: str, port: int = c.REST_PORT, name: str | None = None) -
     """Compose's model-server health check (docker-compose.yml), for another port or name."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     script = compose["services"][role]["healthcheck"]["test"][-1]
-    return script.replace(f"/{c.REST_PORT} ", f"/{port} ").replace(f"/v1/models/{ROLES[role]} ", f"/v1/models/{name or ROLES[role]} ")
+    return script.replace(f"/{c.REST_PORT} ", f"/{port} ").replace(
+        f"/v1/models/{ROLES[role]} ", f"/v1/models/{name or ROLES[role]} "
+    )
 
 
 # --- every object ---------------------------------------------------------------------------
@@ -203,7 +232,9 @@ def test_every_config_map_and_claim_reference_resolves(variant):
         pod = spec if obj["kind"] == "ServingRuntime" else spec.get("template", {}).get("spec", {})
         references += [v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v]
         references += [e["configMapRef"]["name"] for c in pod.get("containers", []) for e in c.get("envFrom", [])]
-        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v]
+        claims = [
+            v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v
+        ]
         assert set(claims) <= {"memefly-models"}
     assert references and set(references) <= config_maps, set(references) - config_maps
     assert not find(objects, "PersistentVolumeClaim")
@@ -273,7 +304,12 @@ def test_model_server_deployment(name, role):
     args = parse_flags(container["args"])
     assert set(args) <= TF_SERVING_FLAGS, set(args) - TF_SERVING_FLAGS
     assert int(args["port"]) == c.GRPC_PORT and int(args["rest_api_port"]) == c.REST_PORT
-    assert args["enable_batching"] == args["enable_model_warmup"] == args["enable_serialization_as_tensor_content"] == "true"
+    assert (
+        args["enable_batching"]
+        == args["enable_model_warmup"]
+        == args["enable_serialization_as_tensor_content"]
+        == "true"
+    )
     # The same files as compose, through the ConfigMaps.
     kind = "gpu" if name == "gpu" else "cpu"
     assert args["batching_parameters_file"] == f"/config/batching_{kind}.txt"
@@ -295,8 +331,10 @@ def test_model_server_deployment(name, role):
     for probe in ("startupProbe", "readinessProbe"):
         assert container[probe]["exec"]["command"] == ["bash", "-c", health_script(role)]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (str(c.REST_PORT),
-                                                                                     "/monitoring/prometheus/metrics")
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (
+        str(c.REST_PORT),
+        "/monitoring/prometheus/metrics",
+    )
     # The gateway's target is this Deployment's headless Service on the gRPC port.
     settings = gateway_settings(objects)
     host, port = getattr(settings, f"{role}_target").rsplit(":", 1)
@@ -342,7 +380,12 @@ def test_kserve_runtime_and_inference_services():
     args = parse_flags(container["args"])
     assert set(args) <= TF_SERVING_FLAGS, set(args) - TF_SERVING_FLAGS
     assert args["model_base_path"] == "/mnt/models"  # where KServe puts the storageUri
-    assert args["enable_batching"] == args["enable_model_warmup"] == args["enable_serialization_as_tensor_content"] == "true"
+    assert (
+        args["enable_batching"]
+        == args["enable_model_warmup"]
+        == args["enable_serialization_as_tensor_content"]
+        == "true"
+    )
     (port,) = container["ports"]
     assert (port["name"], port["containerPort"]) == ("h2c", int(args["port"]))  # gRPC through KServe
     assert "grpc-v1" in runtime["spec"]["protocolVersions"]
@@ -366,8 +409,11 @@ def test_kserve_runtime_and_inference_services():
         files = {flag: value.replace("{{.Name}}", name) for flag, value in args.items() if value.startswith("/config/")}
         assert set(files) == {"batching_parameters_file", "monitoring_config_file"}
         pod = {"volumes": runtime["spec"]["volumes"]}
-        for flag, path in files.items():
-            assert read_mounted(objects, pod, container, path) == (ROOT / f"{role}_service" / PurePosixPath(path).name).read_text()
+        for path in files.values():
+            assert (
+                read_mounted(objects, pod, container, path)
+                == (ROOT / f"{role}_service" / PurePosixPath(path).name).read_text()
+            )
         assert PurePosixPath(files["batching_parameters_file"]).name == "batching_gpu.txt"
         assert model["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert model["resources"]["requests"]["cpu"] == model["resources"]["limits"]["cpu"] == "4"  # not KServe's 1
@@ -375,8 +421,11 @@ def test_kserve_runtime_and_inference_services():
         assert args["model_name"] == "{{.Name}}"
         assert getattr(settings, f"{role}_model") == name
         assert getattr(settings, f"{role}_target") == f"{name}-predictor:80"
-        assert model["readinessProbe"]["exec"]["command"] == ["bash", "-c",
-                                                               health_script(role, int(args["rest_api_port"]), name)]
+        assert model["readinessProbe"]["exec"]["command"] == [
+            "bash",
+            "-c",
+            health_script(role, int(args["rest_api_port"]), name),
+        ]
 
 
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed here: the tests above use build_here")

@@ -17,10 +17,10 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from loopback_serving import GRPC_OPTIONS, Call, start_loopback_server, to_tensor_proto  # tests/ is on sys.path
 from PIL import Image
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from loopback_serving import GRPC_OPTIONS, Call, start_loopback_server, to_tensor_proto  # tests/ is on sys.path
 from memefly import contract as c
 
 ENCODER, DECODER = c.ENCODER_MODEL, c.DECODER_MODEL
@@ -260,7 +260,8 @@ def test_output_filter_selects_outputs_and_refuses_unknown_ones(stub, tiny_expor
     error = rpc_error(predict, stub, DECODER, c.STEP_SIGNATURE, inputs, output_filter=[c.TOP_IDS, "bogus"])
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == (
-        "output tensor alias not found in signature: bogus Outputs expected to be in the set {state,top_ids,top_log_probs}."
+        "output tensor alias not found in signature: bogus "
+        "Outputs expected to be in the set {state,top_ids,top_log_probs}."
     )
 
 

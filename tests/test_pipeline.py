@@ -11,7 +11,10 @@ from model_export.text import Tokenizer, build_vocabulary
 def test_mixtures_follow_the_recipe():
     num_templates = 10
     probs = np.stack(
-        [template_mixture(tf.constant(3), tf.constant(seed, tf.int64), num_templates, 0.5).numpy() for seed in range(400)]
+        [
+            template_mixture(tf.constant(3), tf.constant(seed, tf.int64), num_templates, 0.5).numpy()
+            for seed in range(400)
+        ]
     )
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     mixed = probs[probs[:, 3] < 1.0]
@@ -36,7 +39,7 @@ def test_batches_hold_shifted_targets_and_padding():
     for inputs, targets in ds:
         tokens, targets = inputs["tokens"].numpy(), targets.numpy()
         assert np.all(tokens[:, 0] == START_ID)
-        for row_in, row_out in zip(tokens, targets):
+        for row_in, row_out in zip(tokens, targets, strict=True):
             n = int((row_out != PAD_ID).sum())
             assert row_out[n - 1] == END_ID  # each target ends with <end>, then padding
             assert np.array_equal(row_in[1:n], row_out[: n - 1])  # targets are inputs shifted by one
@@ -50,11 +53,13 @@ def test_same_seed_same_batches():
     tokenizer = Tokenizer(build_vocabulary(texts, min_count=1))
 
     def first_batch(seed):
-        ds = caption_dataset(texts, [i % 5 for i in range(50)], tokenizer, num_templates=5, batch_size=16, mix_share=0.5, seed=seed)
+        ds = caption_dataset(
+            texts, [i % 5 for i in range(50)], tokenizer, num_templates=5, batch_size=16, mix_share=0.5, seed=seed
+        )
         inputs, _ = next(iter(ds))
         return inputs["tokens"].numpy(), inputs["template_probs"].numpy()
 
     a, b, c = first_batch(3), first_batch(3), first_batch(4)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     same = a[0].shape == c[0].shape and np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1])
     assert not same

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gateway.errors import NotFound
 from gateway.rendering.draw import clean, draw_captions, fit, panel_style, stroke_for
 from gateway.rendering.fonts import MemeFont, font_file
 from gateway.rendering.layout import Layouts, default_layout
 from gateway.rendering.output import open_for_drawing
-from gateway.errors import NotFound
 from gateway.rendering.renderer import LIST_AGAIN_AFTER_S, Renderer, RenderSpec
 
 BACKGROUND = (70, 110, 150)  # a colour neither the fill (white) nor the outline (black) is near
@@ -79,7 +79,7 @@ def test_text_sits_at_the_top_of_a_top_box_and_the_bottom_of_a_bottom_box(font):
     mask = changed(image)
     top_rect, bottom_rect = top.pixels(500, 500), bottom.pixels(500, 500)
     _, ink_top, _, _ = bounds(mask[: top_rect[3]])
-    _, _, _, ink_bottom = bounds(mask[bottom_rect[1]:])
+    _, _, _, ink_bottom = bounds(mask[bottom_rect[1] :])
     assert ink_top - top_rect[1] <= 3
     assert bottom_rect[3] - (bottom_rect[1] + ink_bottom) <= 3
 
@@ -100,8 +100,15 @@ def test_long_text_shrinks_and_wraps_instead_of_overflowing(font):
     assert inside(changed(image), box.pixels(320, 240)), "a word wider than the box is broken, not cut"
 
 
-@pytest.mark.parametrize("text", ["😀🔥 café ñandú 日本語 עברית \u200b\u0000\x07 tab\there", "👨\u200d👩\u200d👧\ufe0f",
-                                  "\U0010ffff \udcff", "\u202eright to left \u0301\u0301"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "😀🔥 café ñandú 日本語 עברית \u200b\u0000\x07 tab\there",
+        "👨\u200d👩\u200d👧\ufe0f",
+        "\U0010ffff \udcff",
+        "\u202eright to left \u0301\u0301",
+    ],
+)
 def test_any_unicode_draws_without_error_and_stays_inside(font, text):
     image = blank(300, 300)
     boxes = default_layout(1)
@@ -175,7 +182,9 @@ def test_shipped_layouts_are_inside_the_image_and_used_by_template_name():
     drake = layouts.for_caption("Drake Hotline Bling", 2)
     assert [box.x for box in drake] == [0.51, 0.51], "any spelling of the name"
     assert drake[0].y < drake[1].y
-    assert layouts.for_caption("Two-Buttons", 2) == layouts.for_caption("two_buttons", 3)[:2], "fewer boxes: the first ones"
+    assert layouts.for_caption("Two-Buttons", 2) == layouts.for_caption("two_buttons", 3)[:2], (
+        "fewer boxes: the first ones"
+    )
     assert layouts.for_caption("Drake-Hotline-Bling", 4) == default_layout(4), "more boxes than declared: the default"
     assert layouts.for_caption("Success-Kid", 2) == default_layout(2)
     assert layouts.for_caption(None, 1) == default_layout(1)
@@ -211,8 +220,10 @@ def test_output_keeps_the_size_or_shrinks_to_the_limit_in_each_format(font, tmp_
     small = Image.open(io.BytesIO(renderer.render_now(source, RenderSpec(("hi",), max_side=320))))
     assert small.size == (320, 240)
     photo = Image.effect_noise((640, 480), 60).convert("RGB")
-    low, high = (renderer.render_now(png_bytes(photo, format="PNG"), RenderSpec(("hi",), format="jpeg", quality=q))
-                 for q in (20, 95))
+    low, high = (
+        renderer.render_now(png_bytes(photo, format="PNG"), RenderSpec(("hi",), format="jpeg", quality=q))
+        for q in (20, 95)
+    )
     assert len(low) < len(high), "quality is applied"
 
 
@@ -240,8 +251,9 @@ def test_renders_that_would_finish_after_the_deadline_are_refused_at_once(font, 
             return super().render_now(source, spec)
 
     async def scenario():
-        renderer = SlowRenderer(cache_bytes=10_000_000, templates_dir=tmp_path, font=font,
-                                pool=WorkerPool(1, deadline_s=0.5, name="render"))
+        renderer = SlowRenderer(
+            cache_bytes=10_000_000, templates_dir=tmp_path, font=font, pool=WorkerPool(1, deadline_s=0.5, name="render")
+        )
         source = png_bytes(blank(200, 200), format="PNG")
         spec = RenderSpec(("top",))
         await renderer.render(source, "a", spec)  # measured: about 0.3 s a render
@@ -291,8 +303,14 @@ def test_the_same_render_in_flight_is_drawn_once(font, tmp_path):
 
 def test_etag_changes_with_the_layouts(font, tmp_path):
     shipped = Renderer(cache_bytes=0, templates_dir=tmp_path, font=font)
-    edited = Renderer(cache_bytes=0, templates_dir=tmp_path, font=font, layouts=Layouts.parse(
-        {"templates": {"Drake-Hotline-Bling": {"boxes": [{"x": 0.5, "y": 0.0, "width": 0.5, "height": 0.5}]}}}))
+    edited = Renderer(
+        cache_bytes=0,
+        templates_dir=tmp_path,
+        font=font,
+        layouts=Layouts.parse(
+            {"templates": {"Drake-Hotline-Bling": {"boxes": [{"x": 0.5, "y": 0.0, "width": 0.5, "height": 0.5}]}}}
+        ),
+    )
     spec = RenderSpec(("a",), layout="Drake-Hotline-Bling")
     assert shipped.etag("sha", spec) != edited.etag("sha", spec)
     assert shipped.etag("sha", spec) == Renderer(cache_bytes=0, templates_dir=tmp_path, font=font).etag("sha", spec)

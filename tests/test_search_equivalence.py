@@ -8,13 +8,12 @@ import itertools
 
 import numpy as np
 import pytest
+from test_decoding import TinyModel, run
 
 from memefly.contract import END_ID, SEP_ID, START_ID
 from memefly.decoding.constraints import Constraints
 from memefly.decoding.options import DecodingOptions
 from memefly.decoding.search import SampleSearch, _Sample
-
-from test_decoding import TinyModel, run
 
 VOCAB = 12
 
@@ -91,20 +90,38 @@ def searches(options: DecodingOptions, *, box_counts=None, word_ids=None, blocke
         def accept(ids, seen=seen):  # refuses every n-th finished caption: restarts happen
             seen.append(ids)
             return not refuse_every or len(seen) % refuse_every
-        constraints = Constraints(VOCAB, blocked, min_length=options.min_length, max_length=options.max_length,
-                                  no_repeat_ngram_size=options.no_repeat_ngram_size, box_counts=box_counts,
-                                  word_ids=word_ids)
+
+        constraints = Constraints(
+            VOCAB,
+            blocked,
+            min_length=options.min_length,
+            max_length=options.max_length,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
+            box_counts=box_counts,
+            word_ids=word_ids,
+        )
         made.append(kind(np.zeros(1, np.float32), np.zeros(3, np.float32), options, constraints, accept))
     return made
 
 
-CASES = list(itertools.product(
-    [0, 1, 2],  # model seed
-    [dict(), dict(temperature=0.5, top_k=3), dict(top_p=0.6), dict(temperature=1.7, top_p=0.9, top_k=6),
-     dict(repetition_penalty=2.0, top_p=0.95)],
-    [dict(), dict(box_counts={2}, no_repeat_ngram_size=2), dict(blocked=(6, 7), min_length=3, max_length=6),
-     dict(box_counts={1, 3}, word_ids=True, refuse_every=3)],
-))
+CASES = list(
+    itertools.product(
+        [0, 1, 2],  # model seed
+        [
+            dict(),
+            dict(temperature=0.5, top_k=3),
+            dict(top_p=0.6),
+            dict(temperature=1.7, top_p=0.9, top_k=6),
+            dict(repetition_penalty=2.0, top_p=0.95),
+        ],
+        [
+            dict(),
+            dict(box_counts={2}, no_repeat_ngram_size=2),
+            dict(blocked=(6, 7), min_length=3, max_length=6),
+            dict(box_counts={1, 3}, word_ids=True, refuse_every=3),
+        ],
+    )
+)
 
 
 @pytest.mark.parametrize("seed, sampling, rules", CASES)
@@ -115,14 +132,20 @@ def test_vectorised_sampling_draws_exactly_what_row_by_row_sampling_drew(seed, s
     if rules.pop("word_ids", False):
         word_ids = np.ones(VOCAB, dtype=bool)
         word_ids[[8, 9]] = False  # punctuation-like tokens: not words
-    options = DecodingOptions(do_sample=True, num_candidates=12, num_return_sequences=4, seed=seed,
-                              **{**dict(no_repeat_ngram_size=0, max_length=8), **sampling, **rules})
+    options = DecodingOptions(
+        do_sample=True,
+        num_candidates=12,
+        num_return_sequences=4,
+        seed=seed,
+        **{**dict(no_repeat_ngram_size=0, max_length=8), **sampling, **rules},
+    )
     new, reference = searches(options, word_ids=word_ids, **search_rules)
     k = 6 if seed == 1 else None  # a top-K narrower than the vocabulary: <end> may be missing
     got = run(new, TinyModel(seed, VOCAB), k=k)
     expected = run(reference, TinyModel(seed, VOCAB), k=k)
-    assert [(h.ids, h.log_prob, h.score, h.finished) for h in new.finished] == \
-           [(h.ids, h.log_prob, h.score, h.finished) for h in reference.finished]
+    assert [(h.ids, h.log_prob, h.score, h.finished) for h in new.finished] == [
+        (h.ids, h.log_prob, h.score, h.finished) for h in reference.finished
+    ]
     assert got == expected
     assert new.rng.random() == reference.rng.random()  # the same number of draws
 
@@ -134,7 +157,9 @@ def test_repeated_words_match_the_row_by_row_check():
         constraints = Constraints(VOCAB, word_ids=words)
         histories = [tuple(rng.integers(0, VOCAB, rng.integers(0, 9)).tolist()) for _ in range(40)] + [(), (SEP_ID,)]
         top_ids = rng.integers(0, VOCAB, (len(histories), 7)).astype(np.int32)
-        assert np.array_equal(constraints.repeated(histories, top_ids), reference_repeated(constraints, histories, top_ids))
+        assert np.array_equal(
+            constraints.repeated(histories, top_ids), reference_repeated(constraints, histories, top_ids)
+        )
     assert not Constraints(VOCAB).repeated([(), ()], np.full((2, 3), START_ID, np.int32)).any()
 
 
@@ -177,10 +202,15 @@ def reference_forbidden(constraints: Constraints, histories, top_ids: np.ndarray
     return mask
 
 
-@pytest.mark.parametrize("settings", [
-    dict(), dict(no_repeat_ngram_size=2, box_counts={2}), dict(no_repeat_ngram_size=3, box_counts={1, 3}, words=True),
-    dict(min_length=4, max_length=7, blocked=(5,), no_repeat_ngram_size=1),
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(),
+        dict(no_repeat_ngram_size=2, box_counts={2}),
+        dict(no_repeat_ngram_size=3, box_counts={1, 3}, words=True),
+        dict(min_length=4, max_length=7, blocked=(5,), no_repeat_ngram_size=1),
+    ],
+)
 def test_forbidden_candidates_match_the_row_by_row_rules(settings):
     settings = dict(settings)
     rng = np.random.default_rng(len(str(settings)))
@@ -195,7 +225,9 @@ def test_forbidden_candidates_match_the_row_by_row_rules(settings):
         top_ids = rng.integers(0, VOCAB, (len(histories), 8)).astype(np.int32)
         top_ids[:, 0] = END_ID
         top_ids[:, 1] = SEP_ID
-        assert np.array_equal(constraints.forbidden(histories, top_ids), reference_forbidden(constraints, histories, top_ids))
+        assert np.array_equal(
+            constraints.forbidden(histories, top_ids), reference_forbidden(constraints, histories, top_ids)
+        )
     fresh = Constraints(VOCAB, word_ids=words, **settings)  # no cached parents: from the whole history
     assert np.array_equal(fresh.forbidden(histories, top_ids), reference_forbidden(fresh, histories, top_ids))
 

@@ -6,14 +6,15 @@ an unknown field, so every file is parsed strictly into its message type here.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
+from serving_protos import message_class  # tests/ is on sys.path under pytest
 from tensorflow_serving.config import model_server_config_pb2
 
 from memefly import contract
-from serving_protos import message_class  # tests/ is on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"encoder": contract.ENCODER_MODEL, "decoder": contract.DECODER_MODEL}
@@ -57,7 +58,7 @@ def test_batching_parameters(service, variant):
     sizes = list(params.allowed_batch_sizes)
     assert sizes, "allowed_batch_sizes bounds the shapes to warm up"
     assert sizes[0] >= 1
-    assert all(a < b for a, b in zip(sizes, sizes[1:])), "allowed_batch_sizes must increase"
+    assert all(a < b for a, b in pairwise(sizes)), "allowed_batch_sizes must increase"
     assert sizes[-1] == max_batch, "TF Serving requires the last allowed size to equal max_batch_size"
     assert max_batch >= GATEWAY_ROWS_PER_CALL[service]
     # A few milliseconds at most (the batching guide's range for online serving).
@@ -101,7 +102,9 @@ def test_config_files_explain_themselves(service):
 
 def test_strict_parser_rejects_unknown_fields():
     with pytest.raises(text_format.ParseError):
-        text_format.Parse("max_batch_size { value: 8 } max_batch_sise { value: 8 }", message_class("BatchingParameters")())
+        text_format.Parse(
+            "max_batch_size { value: 8 } max_batch_sise { value: 8 }", message_class("BatchingParameters")()
+        )
 
 
 @pytest.mark.parametrize("service", SERVICES)

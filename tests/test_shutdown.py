@@ -14,21 +14,42 @@ import time
 
 import httpx
 import pytest
+from net import free_port
 from PIL import Image
 
 from memefly import contract as c
-from net import free_port
 
 IN_FLIGHT = 6
 
 
 def start_serve(loopback, grace_s: float, log_path, *flags: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = dict(os.environ, MEMEFLY_SHUTDOWN_GRACE_S=str(grace_s), MEMEFLY_CALL_TIMEOUT_S="30",
-               MEMEFLY_REQUEST_TIMEOUT_S="60", MEMEFLY_HEALTH_INTERVAL_S="30")
-    process = subprocess.Popen([sys.executable, "-m", "memefly.cli", "serve", "--port", str(port), "--backend", "grpc",
-                                "--encoder-target", loopback.target, "--decoder-target", loopback.target, *flags],
-                               env=env, stderr=log_path.open("w"))
+    env = dict(
+        os.environ,
+        MEMEFLY_SHUTDOWN_GRACE_S=str(grace_s),
+        MEMEFLY_CALL_TIMEOUT_S="30",
+        MEMEFLY_REQUEST_TIMEOUT_S="60",
+        MEMEFLY_HEALTH_INTERVAL_S="30",
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "memefly.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--backend",
+            "grpc",
+            "--encoder-target",
+            loopback.target,
+            "--decoder-target",
+            loopback.target,
+            *flags,
+        ],
+        env=env,
+        stderr=log_path.open("w"),
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -57,7 +78,9 @@ def distinct_png(i: int) -> bytes:
     return buffer.getvalue()
 
 
-def stop_under_load(process: subprocess.Popen, url: str, loopback, encoder_delay_s: float, stop, settle_s: float) -> list:
+def stop_under_load(
+    process: subprocess.Popen, url: str, loopback, encoder_delay_s: float, stop, settle_s: float
+) -> list:
     """Requests in flight (each waits ENCODER_DELAY_S for the encoder), then STOP() signals; the
     server drains meanwhile. The answers, once the server has exited."""
     loopback.set_delay(encoder_delay_s, model=c.ENCODER_MODEL)
@@ -77,7 +100,9 @@ def send_in_flight(url: str) -> tuple[list, list[threading.Thread]]:
 
     def one(i):
         try:
-            answers[i] = httpx.post(url + "/memes", files={"image": ("x.png", distinct_png(i), "image/png")}, timeout=60)
+            answers[i] = httpx.post(
+                url + "/memes", files={"image": ("x.png", distinct_png(i), "image/png")}, timeout=60
+            )
         except httpx.HTTPError as error:
             answers[i] = error
 
@@ -91,8 +116,9 @@ def send_in_flight(url: str) -> tuple[list, list[threading.Thread]]:
 def test_sigterm_drains_in_flight_requests(loopback, tmp_path, grace_s, encoder_delay_s):
     process, url = start_serve(loopback, grace_s, tmp_path / "serve.log")
     try:
-        answers = stop_under_load(process, url, loopback, encoder_delay_s,
-                                  lambda: process.send_signal(signal.SIGTERM), settle_s=0.3)
+        answers = stop_under_load(
+            process, url, loopback, encoder_delay_s, lambda: process.send_signal(signal.SIGTERM), settle_s=0.3
+        )
     finally:
         loopback.set_delay(0.0)
         if process.poll() is None:
@@ -161,6 +187,7 @@ def test_workers_share_the_port_are_replaced_when_they_die_and_drain_on_sigterm(
         while (tmp_path / "serve.log").read_text().count("Application startup complete.") < 3:
             assert time.monotonic() < deadline
             time.sleep(0.2)
+
         # As systemd stops a service: the signal reaches every process at once, and the parent
         # passes it on as well; each worker must drain once, not take the second copy as "now".
         def systemd_stop():

@@ -29,7 +29,8 @@ app = gateway.app.create_app(gateway.settings.Settings(backend="grpc"))
 assert memefly.cli.main(["batch", "--out", "unused.jsonl", "--encoder", "h:1", "--decoder", "h:1"]) == 2
 tops = {name.split(".")[0] for name in sys.modules}
 owners = importlib.metadata.packages_distributions()
-print(json.dumps({"modules": sorted(sys.modules), "distributions": sorted({d for t in tops for d in owners.get(t, [])})}))
+distributions = sorted({d for t in tops for d in owners.get(t, [])})
+print(json.dumps({"modules": sorted(sys.modules), "distributions": distributions}))
 """
 
 
@@ -66,8 +67,13 @@ def with_dependencies(names: set[str]) -> set[str]:
 
 
 def test_gateway_image_commands_need_no_tensorflow_and_only_listed_packages(tmp_path):
-    result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout.splitlines()[-1])
     heavy = [m for m in found["modules"] if m.startswith(("tensorflow.python", "keras", "model_export"))]

@@ -99,7 +99,9 @@ def test_a_match_that_tells_nothing_gets_no_weight_and_a_fused_head_needs_the_ma
     x, labels = clustered_views(rng, centers, 200)
     others = rng.normal(size=(200, 32)) * 3
     noise = rng.uniform(0.2, 0.6, (200, 6))  # the same kind of scores for templates and others
-    weight, _ = choose_match_weight(head, Encoded.single(x, noise), labels, Encoded.single(others, rng.uniform(0.2, 0.6, (200, 6))))
+    weight, _ = choose_match_weight(
+        head, Encoded.single(x, noise), labels, Encoded.single(others, rng.uniform(0.2, 0.6, (200, 6)))
+    )
     assert weight == 0.0
     head.match_weight = 4.0
     with pytest.raises(ValueError, match="match"):
@@ -116,8 +118,8 @@ def test_non_template_images_are_seeded_and_cover_every_kind():
     again = non_template_images(len(KINDS) * 2, seed=5, templates=templates)
     other = non_template_images(len(KINDS) * 2, seed=6, templates=templates)
     assert [k for k, _ in made] == list(KINDS) * 2
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for (_, a), (_, b) in zip(made, again))
-    assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for (_, a), (_, b) in zip(made, other))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for (_, a), (_, b) in zip(made, again, strict=True))
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for (_, a), (_, b) in zip(made, other, strict=True))
     for _, image in made:
         assert image.mode == "RGB" and min(image.size) >= 200
 
@@ -157,10 +159,14 @@ def test_a_tie_between_views_keeps_the_images_own_view():
 
     # features count for nothing here: the probabilities are softmax(atanh(match))
     head = TemplateHead(np.zeros(2), np.ones(2), np.zeros((2, 3)), np.zeros(3), 1.0, match_weight=1.0)
-    match = np.array([[0.5, 0.1, 0.0],   # image 0, its own view
-                      [0.2, 0.2, 0.2],   # image 1, its own view
-                      [0.5, 0.0, 0.1],   # image 0, second view: as sure, other probabilities
-                      [0.9, 0.0, 0.0]])  # image 1, second view: surer
+    match = np.array(
+        [
+            [0.5, 0.1, 0.0],  # image 0, its own view
+            [0.2, 0.2, 0.2],  # image 1, its own view
+            [0.5, 0.0, 0.1],  # image 0, second view: as sure, other probabilities
+            [0.9, 0.0, 0.0],
+        ]
+    )  # image 1, second view: surer
     encoded = Encoded(np.zeros((4, 2)), match, np.array([0, 1, 0, 1]))
     each = head.probs(encoded.features, match)
     assert each[0].max() == each[2].max() and not np.array_equal(each[0], each[2])

@@ -36,7 +36,9 @@ def descriptors(templates):
 
 
 def _scores(descriptors, images) -> np.ndarray:
-    pixels = np.stack([np.asarray(i.convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE), Image.BILINEAR)) for i in images])
+    pixels = np.stack(
+        [np.asarray(i.convert("RGB").resize((c.IMAGE_SIZE, c.IMAGE_SIZE), Image.BILINEAR)) for i in images]
+    )
     return tm.match_scores(pixels.astype(np.float32), descriptors).numpy()
 
 
@@ -51,7 +53,7 @@ def _captioned(image: Image.Image) -> Image.Image:
 
 
 def test_descriptors_cover_every_window_and_tilt_in_float16(descriptors, templates):
-    assert descriptors.shape == (len(templates), len(tm.windows()) + 2 * len(tm.TILTS), tm.MATCH_SIZE ** 2)
+    assert descriptors.shape == (len(templates), len(tm.windows()) + 2 * len(tm.TILTS), tm.MATCH_SIZE**2)
     assert descriptors.dtype == np.float16
     assert 0.0 <= descriptors.min() and descriptors.max() <= 1.0
     # windows span 60-100% of each side and reach every edge
@@ -75,9 +77,11 @@ def test_crops_tilts_and_captions_still_find_their_template(descriptors, templat
         w, h = image.size
         cw, ch = int(w * rng.uniform(0.62, 0.9)), int(h * rng.uniform(0.62, 0.9))
         x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        uploads += [image.crop((x, y, x + cw, y + ch)),
-                    image.convert("L").rotate(rng.choice([-10, 6]), expand=True, fillcolor=255, resample=Image.BILINEAR),
-                    _captioned(image)]
+        uploads += [
+            image.crop((x, y, x + cw, y + ch)),
+            image.convert("L").rotate(rng.choice([-10, 6]), expand=True, fillcolor=255, resample=Image.BILINEAR),
+            _captioned(image),
+        ]
         labels += [index] * 3
     scores = _scores(descriptors, uploads)
     assert list(scores.argmax(axis=1)) == labels
@@ -115,7 +119,9 @@ def test_the_score_is_the_weighted_pearson_correlation_with_the_best_window(desc
                 x = windows[t, v]
                 mu, mx = np.average(u, weights=w), np.average(x, weights=w)
                 cov = np.average((u - mu) * (x - mx), weights=w)
-                expected[t, v] = cov / np.sqrt(np.average((u - mu) ** 2, weights=w) * np.average((x - mx) ** 2, weights=w))
+                expected[t, v] = cov / np.sqrt(
+                    np.average((u - mu) ** 2, weights=w) * np.average((x - mx) ** 2, weights=w)
+                )
         if i == 0:  # all weights 1: numpy's own Pearson correlation
             assert np.allclose(expected[1, 3], np.corrcoef(u, windows[1, 3])[0, 1])
         assert np.allclose(tm.match_scores(pixels[i : i + 1], descriptors).numpy()[0], expected.max(axis=1), atol=2e-4)
@@ -159,8 +165,14 @@ def test_the_encoder_graph_fuses_the_match_as_the_numpy_head_does(descriptors, t
     backbone = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 5, strides=4)(inputs)))
     rng = np.random.default_rng(1)
     count = len(templates)
-    head = TemplateHead(rng.normal(size=8), rng.uniform(0.5, 2.0, 8), 0.1 * rng.normal(size=(8, count)),
-                        0.1 * rng.normal(size=count), 0.3, match_weight=4.0)
+    head = TemplateHead(
+        rng.normal(size=8),
+        rng.uniform(0.5, 2.0, 8),
+        0.1 * rng.normal(size=(8, count)),
+        0.1 * rng.normal(size=count),
+        0.3,
+        match_weight=4.0,
+    )
     encoder = EncoderServing(backbone, head, descriptors, {"key": "value"})
     pixels = np.stack([np.asarray(i.resize((c.IMAGE_SIZE, c.IMAGE_SIZE))) for i in templates]).astype(np.uint8)
     served = encoder.serve_pixels(tf.constant(pixels))[c.TEMPLATE_PROBS].numpy()

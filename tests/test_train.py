@@ -5,11 +5,11 @@ import json
 
 import keras
 import pytest
-
 from conftest import tiny_train_config
-from model_export import run_dir as rd
+
 from memefly.cli import main
 from memefly.contract import UNK_ID
+from model_export import run_dir as rd
 from model_export.train import train
 
 
@@ -53,7 +53,15 @@ def test_tokens_are_counted_exactly(tiny_run, tiny_prepared):
 
 
 def test_run_directory_holds_everything_needed(tiny_run):
-    for name in (rd.CONFIG, rd.VOCABULARY, rd.TEMPLATES, rd.FINAL_WEIGHTS, rd.BEST_WEIGHTS, rd.TRAIN_STATS, rd.TENSORBOARD):
+    for name in (
+        rd.CONFIG,
+        rd.VOCABULARY,
+        rd.TEMPLATES,
+        rd.FINAL_WEIGHTS,
+        rd.BEST_WEIGHTS,
+        rd.TRAIN_STATS,
+        rd.TENSORBOARD,
+    ):
         assert (tiny_run / name).exists(), name
     templates = json.loads((tiny_run / rd.TEMPLATES).read_text())
     assert [t["name"] for t in templates] == sorted(t["name"] for t in templates)
@@ -98,6 +106,11 @@ def test_resume_keeps_the_saved_settings(tiny_prepared, tmp_path):
 
 def test_a_finished_run_is_not_trained_again_from_scratch(tiny_run, capsys):
     before = (tiny_run / rd.FINAL_WEIGHTS).stat().st_mtime_ns
-    assert main(["train", "--run", str(tiny_run), "--prepared", json.loads((tiny_run / rd.CONFIG).read_text())["prepared"]]) == 2
+    assert (
+        main(
+            ["train", "--run", str(tiny_run), "--prepared", json.loads((tiny_run / rd.CONFIG).read_text())["prepared"]]
+        )
+        == 2
+    )
     assert "already trained" in capsys.readouterr().err
     assert (tiny_run / rd.FINAL_WEIGHTS).stat().st_mtime_ns == before

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import tiny_train_config
+
 from memefly import contract as c
 from memefly.cli import main
 from model_export import train_arrays as ta
@@ -59,8 +59,17 @@ def test_batches_keep_every_caption_once_with_few_shapes(tiny_prepared, tmp_path
 
     path = write_token_arrays(tiny_train_config(tiny_prepared, tmp_path / "run"))
     arrays = np.load(path)
-    batches = ta.CaptionBatches(arrays["train_ids"], arrays["train_offsets"], arrays["train_templates"],
-                                num_templates=4, batch_size=16, max_len=40, mix_share=0.3, seed=0, shuffle=True)
+    batches = ta.CaptionBatches(
+        arrays["train_ids"],
+        arrays["train_offsets"],
+        arrays["train_templates"],
+        num_templates=4,
+        batch_size=16,
+        max_len=40,
+        mix_share=0.3,
+        seed=0,
+        shuffle=True,
+    )
     seen, shapes = [], set()
     for i in range(len(batches)):
         inputs, targets = batches[i]
@@ -80,16 +89,44 @@ def test_jax_trained_weights_step_the_same_in_tensorflow(tiny_prepared, tmp_path
 
     run = tmp_path / "gpu"
     config = tiny_train_config(tiny_prepared, run)
-    args = ["train", "--run", str(run), "--prepared", str(tiny_prepared), "--tokenize-only",
-            "--embed-dim", str(config.model.embed_dim), "--context-dim", str(config.model.context_dim),
-            "--hidden-dim", str(config.model.hidden_dim), "--dropout", "0", "--vocab-min-count", "2",
-            "--batch-size", "32", "--epochs", "4", "--learning-rate", "0.01", "--seed", "1"]
+    args = [
+        "train",
+        "--run",
+        str(run),
+        "--prepared",
+        str(tiny_prepared),
+        "--tokenize-only",
+        "--embed-dim",
+        str(config.model.embed_dim),
+        "--context-dim",
+        str(config.model.context_dim),
+        "--hidden-dim",
+        str(config.model.hidden_dim),
+        "--dropout",
+        "0",
+        "--vocab-min-count",
+        "2",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "4",
+        "--learning-rate",
+        "0.01",
+        "--seed",
+        "1",
+    ]
     assert main(args) == 0
     assert (run / "tokens.npz").exists() and not (run / "decoder.weights.h5").exists()
 
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(run)], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=str(c.__file__).rsplit("/memefly/", 1)[0])
+    done = subprocess.run(
+        [sys.executable, "-c", JAX_SCRIPT, str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(c.__file__).rsplit("/memefly/", 1)[0],
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     stats = json.loads(done.stdout.strip().splitlines()[-1])
     assert stats["backend"] == "jax" and not stats["tensorflow_loaded"]

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
 MEMES_SHOWN = """n => {
   const images = [...document.querySelectorAll('#memes figure img')];
   return images.length === n && images.every(i => i.complete && i.naturalWidth > 0)
@@ -59,8 +58,14 @@ def page(browser, site):
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     # The page works under its Content-Security-Policy: no blocked script, style or image.
-    page.on("console", lambda message: errors.append(message.text)
-            if message.type == "error" and "Content Security Policy" in message.text else None)
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(message.text)
+            if message.type == "error" and "Content Security Policy" in message.text
+            else None
+        ),
+    )
     response = page.goto(site.url + "/")
     assert "script-src 'self'" in response.headers["content-security-policy"]
     assert response.headers["x-content-type-options"] == "nosniff" and response.headers["x-frame-options"] == "DENY"
@@ -104,10 +109,14 @@ def test_upload_shows_five_rendered_memes_then_five_more(page, tmp_path):
     with page.expect_response(lambda response: response.url.endswith("/memes")) as answer:
         page.click("#regenerate")
     assert answer.value.ok
-    page.wait_for_function("first => ![...document.querySelectorAll('#memes figcaption span')]"
-                           ".some(s => first.includes(s.textContent))", arg=sorted(first), timeout=120_000)
-    page.wait_for_function("() => document.querySelectorAll('#memes figure img').length > 0 && "
-                           "document.getElementById('spinner').hidden")
+    page.wait_for_function(
+        "first => ![...document.querySelectorAll('#memes figcaption span')].some(s => first.includes(s.textContent))",
+        arg=sorted(first),
+        timeout=120_000,
+    )
+    page.wait_for_function(
+        "() => document.querySelectorAll('#memes figure img').length > 0 && document.getElementById('spinner').hidden"
+    )
     again = {meme["caption"] for meme in read_memes(page)}
     assert again and not again & first, "five more are new captions"
 
@@ -144,8 +153,9 @@ def test_a_file_that_is_not_an_image_gets_a_readable_message(page, tmp_path):
 
 
 def test_phone_width(browser, site, tmp_path):
-    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                                  has_touch=True)
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
     page = context.new_page()
     page.goto(site.url + "/")
     page.set_input_files("#file", photo(tmp_path / "phone.jpg", (300, 400)))

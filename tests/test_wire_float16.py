@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
 from gateway_harness import gateway_settings, running_gateway
+
 from memefly import contract as c
 
 TEMPLATE = {"template": "Grumpy-Cat", "num_beams": 2, "num_return_sequences": 2, "max_length": 6}
@@ -22,7 +22,9 @@ def test_the_state_travels_as_float16_when_asked(served_models_dir, loopback):
             response = client.post("/memes", json={**TEMPLATE, "num_beams": 4, "num_return_sequences": 3})
             assert response.status_code == 200, response.text
             answers[wire] = [m["boxes"] for m in response.json()["memes"]]
-        steps = {call.signature for call in loopback.calls if call.signature in (c.STEP_SIGNATURE, c.STEP_FLOAT16_SIGNATURE)}
+        steps = {
+            call.signature for call in loopback.calls if call.signature in (c.STEP_SIGNATURE, c.STEP_FLOAT16_SIGNATURE)
+        }
         assert steps == {c.STEP_FLOAT16_SIGNATURE if wire == "float16" else c.STEP_SIGNATURE}
     assert answers["float16"] == answers["float32"]
 
@@ -35,8 +37,9 @@ def test_a_decoder_without_the_float16_step_is_not_ready_with_the_setting(served
             out = await super().predict(model, signature, inputs, outputs)
             if model == c.DECODER_MODEL and signature == c.METADATA_SIGNATURE:
                 keys = [k.decode() for k in inputs[c.KEYS]]
-                out[c.VALUES] = np.array([b"" if k == c.WIRE_DTYPES else v for k, v in zip(keys, out[c.VALUES])],
-                                         dtype=object)
+                out[c.VALUES] = np.array(
+                    [b"" if k == c.WIRE_DTYPES else v for k, v in zip(keys, out[c.VALUES], strict=True)], dtype=object
+                )
             return out
 
     settings = gateway_settings(served_models_dir, "grpc", loopback.target, wire_state="float16")

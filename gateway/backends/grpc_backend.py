@@ -13,7 +13,12 @@ import random
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from gateway.errors import DeadlineExceeded, GatewayError, ModelError, ModelUnavailable, WrongTarget
 from gateway.settings import Settings
@@ -22,8 +27,13 @@ from memefly import contract as c
 
 # The model server is at fault (or absent) for these; anything else means the call itself
 # was wrong, which is a gateway/model mismatch, never the HTTP client's fault.
-_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED}
+_UNAVAILABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED,
+}
 # The settings that place each model: named in every message about a target.
 _ROLES = {c.ENCODER_MODEL: "ENCODER", c.DECODER_MODEL: "DECODER"}
 log = logging.getLogger(__name__)
@@ -80,8 +90,13 @@ class GrpcBackend:
         await self.check_targets()
         if self.settings.model_version is None:
             # No pinned version: pin the decoder's newest, and ask the encoder for the same.
-            response = await self._call(c.DECODER_MODEL, c.METADATA_SIGNATURE,
-                                        {c.KEYS: np.array([c.MODEL_VERSION.encode()], dtype=object)}, None, pin=False)
+            response = await self._call(
+                c.DECODER_MODEL,
+                c.METADATA_SIGNATURE,
+                {c.KEYS: np.array([c.MODEL_VERSION.encode()], dtype=object)},
+                None,
+                pin=False,
+            )
             self.version = int(response.model_spec.version.value)
 
     async def check_targets(self, timeout_s: float = TARGET_CHECK_TIMEOUT_S) -> list[str]:
@@ -99,13 +114,16 @@ class GrpcBackend:
                 continue
             other = next(m for m in self._served_names if m != model)
             if await self._serves(target, self._served_names[other], timeout_s):
-                hint = (f"; it serves {self._served_names[other]}, the {_ROLES[other].lower()}'s model: "
-                        f"point MEMEFLY_{role}_TARGET at the {role.lower()}'s TF Serving")
+                hint = (
+                    f"; it serves {self._served_names[other]}, the {_ROLES[other].lower()}'s model: "
+                    f"point MEMEFLY_{role}_TARGET at the {role.lower()}'s TF Serving"
+                )
             else:
                 hint = f"; point MEMEFLY_{role}_TARGET at the server of {name}, or set MEMEFLY_{role}_MODEL to its name"
-            raise WrongTarget(f"the {role.lower()}'s model server is misconfigured",
-                              internal=f"MEMEFLY_{role}_TARGET={target} serves no model named {name!r} "
-                                       f"(MEMEFLY_{role}_MODEL){hint}")
+            raise WrongTarget(
+                f"the {role.lower()}'s model server is misconfigured",
+                internal=f"MEMEFLY_{role}_TARGET={target} serves no model named {name!r} (MEMEFLY_{role}_MODEL){hint}",
+            )
         return silent
 
     async def _serves(self, target: str, name: str, timeout_s: float) -> bool | None:
@@ -155,7 +173,9 @@ class GrpcBackend:
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded(f"{what}: no answer within {self.settings.call_timeout_s:g} s", internal=internal)
         if code in _UNAVAILABLE:
-            return ModelUnavailable(f"{what}: {code.name}", retry_after_s=self.settings.retry_after_s, internal=internal)
+            return ModelUnavailable(
+                f"{what}: {code.name}", retry_after_s=self.settings.retry_after_s, internal=internal
+            )
         return ModelError(f"{what}: {code.name}", internal=internal)
 
     async def close(self) -> None:

@@ -24,12 +24,15 @@ def pick_version(models_dir: Path, wanted: int | None) -> int:
     common = exported_pairs(models_dir)
     if wanted is not None:
         if wanted not in common:
-            raise ModelUnavailable(f"models version {wanted} is not in {models_dir} for both models "
-                                   f"(found {sorted(common) or 'none'}); run `memefly export --version {wanted}`")
+            raise ModelUnavailable(
+                f"models version {wanted} is not in {models_dir} for both models "
+                f"(found {sorted(common) or 'none'}); run `memefly export --version {wanted}`"
+            )
         return wanted
     if not common:
-        raise ModelUnavailable(f"no exported model pair in {models_dir}: run `memefly export` "
-                               "(or set MEMEFLY_MODELS_DIR)")
+        raise ModelUnavailable(
+            f"no exported model pair in {models_dir}: run `memefly export` (or set MEMEFLY_MODELS_DIR)"
+        )
     return max(common)
 
 

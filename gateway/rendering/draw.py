@@ -55,6 +55,7 @@ def stroke_for(size: int) -> int:
 def _wrap(text: str, font, stroke: int, max_width: int, break_words: bool = True) -> list[str] | None:
     """Greedy word wrap; a word wider than the box is broken between characters (or, without
     break_words, makes the wrap fail: None)."""
+
     def fits(line: str) -> bool:
         return font.getlength(line) + 2 * stroke <= max_width
 
@@ -99,13 +100,14 @@ def _layout_lines(lines: list[str], font, stroke: int) -> tuple[list[tuple[int, 
     step = ascent + descent + stroke  # outlines of neighbouring lines may touch, not overlap letters
     origins, left, top, right, bottom = [], 0, 0, 0, 0
     for i, line in enumerate(lines):
-        l, t, r, b = font.getbbox(line, stroke_width=stroke, anchor="la")
-        x, y = -(l + r) // 2, i * step
+        x0, y0, x1, y1 = font.getbbox(line, stroke_width=stroke, anchor="la")
+        x, y = -(x0 + x1) // 2, i * step
         origins.append((x, y))
         if i == 0:
-            left, top, right, bottom = x + l, y + t, x + r, y + b
+            left, top, right, bottom = x + x0, y + y0, x + x1, y + y1
         else:
-            left, top, right, bottom = min(left, x + l), min(top, y + t), max(right, x + r), max(bottom, y + b)
+            left, top = min(left, x + x0), min(top, y + y0)
+            right, bottom = max(right, x + x1), max(bottom, y + y1)
     return origins, (left, top, right, bottom)
 
 
@@ -130,8 +132,9 @@ def _largest(text: str, font: MemeFont, width: int, height: int, largest: int, b
             return None
         # Shift so the ink starts at the box's top-left, centred across the box's width.
         dx, dy = (width - (right - left)) // 2 - left, -top
-        return FittedText(size, stroke, lines, [(x + dx, y + dy) for x, y in origins],
-                          (left + dx, top + dy, right + dx, bottom + dy))
+        return FittedText(
+            size, stroke, lines, [(x + dx, y + dy) for x, y in origins], (left + dx, top + dy, right + dx, bottom + dy)
+        )
 
     if not text or width < 1 or height < 1:
         return None
@@ -152,8 +155,9 @@ def _largest(text: str, font: MemeFont, width: int, height: int, largest: int, b
     return best
 
 
-def draw_captions(image: Image.Image, texts: list[str], boxes: list[Box], case: str = "upper",
-                  *, font: MemeFont) -> Image.Image:
+def draw_captions(
+    image: Image.Image, texts: list[str], boxes: list[Box], case: str = "upper", *, font: MemeFont
+) -> Image.Image:
     """Draws texts[i] into boxes[i] on an RGB image, in place; returns it."""
     width, height = image.size
     largest = max(SMALLEST, round(LARGEST_RATIO * min(width, height)))
@@ -169,14 +173,21 @@ def draw_captions(image: Image.Image, texts: list[str], boxes: list[Box], case: 
         room = (bottom - top) - ink_height
         shift = {"top": 0, "middle": room // 2, "bottom": room}[box.valign]
         face = font.at(fitted.size)
-        for line, (x, y) in zip(fitted.lines, fitted.origins):
-            canvas.text((left + x, top + y + shift), line, font=face, fill=fill, anchor="la",
-                        stroke_width=fitted.stroke, stroke_fill=outline)
+        for line, (x, y) in zip(fitted.lines, fitted.origins, strict=True):
+            canvas.text(
+                (left + x, top + y + shift),
+                line,
+                font=face,
+                fill=fill,
+                anchor="la",
+                stroke_width=fitted.stroke,
+                stroke_fill=outline,
+            )
     return image
 
 
 def panel_style(image: Image.Image, pixels: tuple[int, int, int, int]) -> str:
-    """"dark" when the box lies on a light, plain panel (measured before any text is drawn), else "light"."""
+    """ "dark" when the box lies on a light, plain panel (measured before any text is drawn), else "light"."""
     from PIL import ImageStat
 
     region = image.crop(pixels).convert("L")

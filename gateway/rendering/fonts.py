@@ -33,8 +33,10 @@ def font_file() -> Path | None:
         return path
     if DEBIAN_FONT.is_file():
         return DEBIAN_FONT
-    log.warning("the meme font is missing (apt-get install %s, or set MEMEFLY_FONT): "
-                "drawing with Pillow's built-in font", DEBIAN_PACKAGE)
+    log.warning(
+        "the meme font is missing (apt-get install %s, or set MEMEFLY_FONT): drawing with Pillow's built-in font",
+        DEBIAN_PACKAGE,
+    )
     return None
 
 

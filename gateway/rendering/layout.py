@@ -57,8 +57,10 @@ def default_layout(count: int) -> list[Box]:
     if count == 2:
         return [top, bottom]
     band = inner / count
-    return [Box(MARGIN, MARGIN + i * band, inner, band, "top" if i == 0 else "bottom" if i == count - 1 else "middle")
-            for i in range(count)]
+    return [
+        Box(MARGIN, MARGIN + i * band, inner, band, "top" if i == 0 else "bottom" if i == count - 1 else "middle")
+        for i in range(count)
+    ]
 
 
 class Layouts:
@@ -71,19 +73,24 @@ class Layouts:
         self.fingerprint = hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
 
     @classmethod
-    def shipped(cls) -> "Layouts":
+    def shipped(cls) -> Layouts:
         text = resources.files("gateway.rendering").joinpath("layouts.json").read_text(encoding="utf-8")
         return cls.parse(json.loads(text))
 
     @classmethod
-    def parse(cls, data: dict) -> "Layouts":
+    def parse(cls, data: dict) -> Layouts:
         layouts = {}
         for name, entry in data["templates"].items():
             boxes = [Box(**box) for box in entry["boxes"]]
             for box in boxes:
-                if not (0 <= box.x < 1 and 0 <= box.y < 1 and 0 < box.width <= 1 - box.x + 1e-9
-                        and 0 < box.height <= 1 - box.y + 1e-9 and box.valign in ("top", "middle", "bottom")
-                        and box.style in (None, "light", "dark")):
+                if not (
+                    0 <= box.x < 1
+                    and 0 <= box.y < 1
+                    and 0 < box.width <= 1 - box.x + 1e-9
+                    and 0 < box.height <= 1 - box.y + 1e-9
+                    and box.valign in ("top", "middle", "bottom")
+                    and box.style in (None, "light", "dark")
+                ):
                     raise ValueError(f"layouts.json: {name}: box {box} is not inside the image")
             layouts[name] = boxes
         return cls(layouts)

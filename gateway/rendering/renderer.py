@@ -80,8 +80,15 @@ class RenderCache:
 
 
 class Renderer:
-    def __init__(self, *, cache_bytes: int, templates_dir: Path, font: MemeFont | None = None,
-                 layouts: Layouts | None = None, pool: WorkerPool | None = None):
+    def __init__(
+        self,
+        *,
+        cache_bytes: int,
+        templates_dir: Path,
+        font: MemeFont | None = None,
+        layouts: Layouts | None = None,
+        pool: WorkerPool | None = None,
+    ):
         self.cache = RenderCache(cache_bytes)
         # Drawing is CPU-bound: a bounded number at once, the rest refused when they would be late.
         self.pool = pool or WorkerPool(name="render")
@@ -168,8 +175,11 @@ class Renderer:
     def _list_template_files(self) -> dict[str, Path]:
         if not self.templates_dir.is_dir():
             return {}
-        return {template_key(path.stem): path for path in sorted(self.templates_dir.iterdir())
-                if path.suffix.lower() in TEMPLATE_IMAGE_SUFFIXES and path.is_file()}
+        return {
+            template_key(path.stem): path
+            for path in sorted(self.templates_dir.iterdir())
+            if path.suffix.lower() in TEMPLATE_IMAGE_SUFFIXES and path.is_file()
+        }
 
     def template_source(self, name: str) -> tuple[Path, str]:
         """A template's image and its id for the cache (a changed file is a new source)."""

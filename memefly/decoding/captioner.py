@@ -50,16 +50,23 @@ def caption_key(text: str) -> str:
 
 
 class Captioner:
-    def __init__(self, vocabulary: Sequence[str], box_counts: Sequence[frozenset[int] | None] = (),
-                 training_captions: CaptionSet | None = None, offensive_ids: Iterable[int] = ()):
+    def __init__(
+        self,
+        vocabulary: Sequence[str],
+        box_counts: Sequence[frozenset[int] | None] = (),
+        training_captions: CaptionSet | None = None,
+        offensive_ids: Iterable[int] = (),
+    ):
         self.vocabulary = list(vocabulary)
         self.box_counts = list(box_counts)  # per template id; None or empty: any count
         self.training_captions = training_captions or CaptionSet()
         self.offensive_ids = set(offensive_ids)
         self.word_ids = {token: i for i, token in enumerate(self.vocabulary)}
         # Tokens with a letter or digit: boxes are compared by these.
-        self.is_word = np.array([any(ch.isalnum() for ch in token) and token not in c.SPECIAL_TOKENS
-                                 for token in self.vocabulary], dtype=bool)
+        self.is_word = np.array(
+            [any(ch.isalnum() for ch in token) and token not in c.SPECIAL_TOKENS for token in self.vocabulary],
+            dtype=bool,
+        )
 
     def boxes(self, ids: Sequence[int]) -> list[str]:
         return tokens_to_boxes([self.vocabulary[i] for i in ids])
@@ -80,16 +87,28 @@ class Captioner:
             counts |= self.box_counts[t]
         return frozenset(counts)
 
-    def search(self, state: np.ndarray, context: np.ndarray, template_probs: np.ndarray, options: DecodingOptions,
-               input_key: str) -> Search:
+    def search(
+        self,
+        state: np.ndarray,
+        context: np.ndarray,
+        template_probs: np.ndarray,
+        options: DecodingOptions,
+        input_key: str,
+    ) -> Search:
         """A search for one request; INPUT_KEY seeds the default strategy when no seed is given."""
         if options.default_strategy and options.seed is None:
             options = options.model_copy(update={"seed": input_seed(input_key)})
         blocked = set(self.offensive_ids) if options.safe else set()
         blocked |= {self.word_ids[w.lower()] for w in options.blocked_words if w.lower() in self.word_ids}
-        constraints = Constraints(len(self.vocabulary), blocked, min_length=options.min_length,
-                                  max_length=options.max_length, no_repeat_ngram_size=options.no_repeat_ngram_size,
-                                  box_counts=self.allowed_box_counts(template_probs), word_ids=self.is_word)
+        constraints = Constraints(
+            len(self.vocabulary),
+            blocked,
+            min_length=options.min_length,
+            max_length=options.max_length,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
+            box_counts=self.allowed_box_counts(template_probs),
+            word_ids=self.is_word,
+        )
         return make_search(state, context, options, constraints, self.acceptor(options), self.words)
 
     def acceptor(self, options: DecodingOptions) -> Callable[[tuple[int, ...]], bool]:

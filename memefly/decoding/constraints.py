@@ -19,9 +19,17 @@ _NO_TOKEN = np.iinfo(np.int64).min  # pads histories: equal to no candidate id
 
 
 class Constraints:
-    def __init__(self, vocab_size: int, blocked_ids: Iterable[int] = (), *, min_length: int = 1,
-                 max_length: int = 64, no_repeat_ngram_size: int = 0,
-                 box_counts: Iterable[int] | None = None, word_ids: np.ndarray | None = None):
+    def __init__(
+        self,
+        vocab_size: int,
+        blocked_ids: Iterable[int] = (),
+        *,
+        min_length: int = 1,
+        max_length: int = 64,
+        no_repeat_ngram_size: int = 0,
+        box_counts: Iterable[int] | None = None,
+        word_ids: np.ndarray | None = None,
+    ):
         self.blocked = np.zeros(vocab_size, dtype=bool)
         self.blocked[list(ALWAYS_BLOCKED)] = True
         self.blocked[[i for i in blocked_ids if 0 <= i < vocab_size]] = True

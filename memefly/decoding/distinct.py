@@ -17,7 +17,7 @@ _WORD = re.compile(r"[^\W_]+")
 
 
 def box_words(box: str) -> tuple[str, ...]:
-    """"Don't  STOP, me!" -> ("don", "t", "stop", "me")."""
+    """ "Don't  STOP, me!" -> ("don", "t", "stop", "me")."""
     return tuple(_WORD.findall(box.lower()))
 
 
@@ -51,8 +51,9 @@ class CaptionSet:
     """A sorted array of caption fingerprints; membership by binary search (a few MB for 300k captions)."""
 
     def __init__(self, fingerprints: Iterable[int] | np.ndarray = ()):
-        self.fingerprints = np.unique(np.asarray(list(fingerprints) if not isinstance(fingerprints, np.ndarray)
-                                                 else fingerprints, dtype=np.int64))
+        self.fingerprints = np.unique(
+            np.asarray(list(fingerprints) if not isinstance(fingerprints, np.ndarray) else fingerprints, dtype=np.int64)
+        )
 
     @classmethod
     def of_captions(cls, captions: Iterable[Sequence[str]]) -> CaptionSet:

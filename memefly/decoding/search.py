@@ -16,10 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from memefly.decoding.constraints import Constraints
-from memefly.decoding.options import DecodingOptions
 from memefly.contract import END_ID, START_ID
+from memefly.decoding.constraints import Constraints
 from memefly.decoding.distinct import near_duplicate
+from memefly.decoding.options import DecodingOptions
 
 Accept = Callable[[tuple[int, ...]], bool]
 Words = Callable[[tuple[int, ...]], tuple[tuple[str, ...], ...]]
@@ -42,8 +42,15 @@ class Search:
 
     done: bool = False
 
-    def __init__(self, state: np.ndarray, context: np.ndarray, options: DecodingOptions,
-                 constraints: Constraints, accept: Accept = lambda ids: True, words: Words | None = None):
+    def __init__(
+        self,
+        state: np.ndarray,
+        context: np.ndarray,
+        options: DecodingOptions,
+        constraints: Constraints,
+        accept: Accept = lambda ids: True,
+        words: Words | None = None,
+    ):
         self.options = options
         self.constraints = constraints
         self.accept = accept
@@ -285,7 +292,9 @@ class SampleSearch(Search):
     def _finish(self, ids: tuple[int, ...], log_prob: float, finished: bool) -> bool:
         if not self.accept(ids):
             return False
-        self.finished.append(Hypothesis(ids, log_prob, normalized(log_prob, len(ids), self.options.length_penalty), finished))
+        self.finished.append(
+            Hypothesis(ids, log_prob, normalized(log_prob, len(ids), self.options.length_penalty), finished)
+        )
         return True
 
     def results(self) -> list[Hypothesis]:
@@ -322,7 +331,13 @@ def _best_first(scores: np.ndarray, needed: int) -> np.ndarray:
     return np.argsort(-scores, kind="stable")
 
 
-def make_search(state, context, options: DecodingOptions, constraints: Constraints, accept: Accept = lambda ids: True,
-                words: Words | None = None) -> Search:
+def make_search(
+    state,
+    context,
+    options: DecodingOptions,
+    constraints: Constraints,
+    accept: Accept = lambda ids: True,
+    words: Words | None = None,
+) -> Search:
     kind = SampleSearch if options.do_sample else BeamSearch
     return kind(state, context, options, constraints, accept, words)

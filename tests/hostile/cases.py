@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from PIL import Image
 
@@ -34,8 +34,11 @@ def animated_gif_bomb() -> dict:
     """25 frames of 3000 x 3000 (10x the test gateway's pixel limit over all frames, in 0.5 MB);
     benchmarks/reliability.py sends the full 200 frames of 4000 x 4000."""
     frames = [Image.new("P", (3000, 3000), i) for i in range(25)]
-    return {"files": {"image": ("bomb.gif", _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
-                                "image/gif")}}
+    return {
+        "files": {
+            "image": ("bomb.gif", _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]), "image/gif")
+        }
+    }
 
 
 def png_pixel_bomb() -> dict:
@@ -55,8 +58,10 @@ def polyglot_jpeg_html() -> dict:
 
 
 def nested_json() -> dict:
-    return {"content": b'{"template": "Grumpy-Cat", "exclude": [' + b"[]," * 1_000_000 + b"[]]}",
-            "headers": {"content-type": "application/json"}}
+    return {
+        "content": b'{"template": "Grumpy-Cat", "exclude": [' + b"[]," * 1_000_000 + b"[]]}",
+        "headers": {"content-type": "application/json"},
+    }
 
 
 def deep_json() -> dict:
@@ -65,7 +70,10 @@ def deep_json() -> dict:
 
 def huge_multipart() -> dict:
     """Thousands of small form fields."""
-    return {"data": {f"f{i}": "x" for i in range(5000)}, "files": {"image": ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")}}
+    return {
+        "data": {f"f{i}": "x" for i in range(5000)},
+        "files": {"image": ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")},
+    }
 
 
 def traversal_template() -> dict:
@@ -92,12 +100,17 @@ CASES = [
     Case("a million nested empty lists", "POST", "/memes", nested_json, frozenset({400, 413})),
     Case("100,000 open brackets", "POST", "/memes", deep_json, frozenset({400, 413})),
     Case("5,000 form fields", "POST", "/memes", huge_multipart, frozenset({400})),
-    Case("path traversal in a template name", "POST", "/render", traversal_template, frozenset({404, 422}),
-         ("root:",)),
+    Case("path traversal in a template name", "POST", "/render", traversal_template, frozenset({404, 422}), ("root:",)),
     Case("CRLF in a template name", "POST", "/render", crlf_in_template, frozenset({404, 422})),
     Case("script in a caption", "POST", "/render", script_in_boxes, frozenset({200, 404})),
-    Case("traversal in a template image path", "GET", "/templates/..%2F..%2Fetc%2Fpasswd/image",
-         template_image_traversal, frozenset({404}), ("root:",)),
+    Case(
+        "traversal in a template image path",
+        "GET",
+        "/templates/..%2F..%2Fetc%2Fpasswd/image",
+        template_image_traversal,
+        frozenset({404}),
+        ("root:",),
+    ),
 ]
 
 
