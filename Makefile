@@ -14,7 +14,7 @@ RUN ?= runs/default
 WEIGHTS ?= imagenet
 VERSION ?= 1
 
-.PHONY: run test lint install train
+.PHONY: run test test-fast lint install train
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ run: install
 
 test: install
 	$(VENV)/bin/python -m pytest
+
+# The inner loop: everything but the tests marked slow (training, exports, servers, the browser).
+test-fast: install
+	$(VENV)/bin/python -m pytest -m "not slow"
 
 # ruff's rules and line length are in pyproject.toml; `ruff format .` and `ruff check --fix .` mend most.
 lint: install

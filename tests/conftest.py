@@ -99,6 +99,18 @@ def build_tiny_imgflip(root: Path, per_template: int = CAPTIONS_PER_TEMPLATE) ->
     return root
 
 
+# Fixtures that train, export, or start a model server: a test that uses one is `slow`, and
+# `make test-fast` (pytest -m "not slow") leaves it out. Tests that start processes or a
+# browser on their own carry the mark themselves.
+SLOW_FIXTURES = frozenset({"tiny_run", "tiny_export", "served_models_dir", "loopback", "site"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return build_tiny_imgflip(tmp_path_factory.mktemp("tiny_imgflip"))

@@ -111,6 +111,7 @@ def test_missing_sources_are_errors(tmp_path):
         read_source(tmp_path / "x.txt")
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_reads_the_shared_imgflip575k_copy():
     raw = read_imgflip575k(shared_dataset_or_skip())

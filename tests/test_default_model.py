@@ -51,6 +51,7 @@ def test_first_starts_build_from_it(monkeypatch):
     assert paths.decoder_run() == DEFAULT
 
 
+@pytest.mark.slow
 def test_it_writes_a_caption_for_a_named_template(default_run):
     import tensorflow as tf
 

@@ -439,6 +439,7 @@ def test_an_animation_reaches_the_encoder_as_one_still_frame(fmt):
     assert still.convert("RGB").getpixel((5, 5)) == (0, 255, 0)  # the first frame
 
 
+@pytest.mark.slow
 def test_too_many_frames_are_refused_from_the_headers_before_decoding(monkeypatch):
     """200 frames of 4000 x 4000 in 2.6 MB: refused without decoding one of them."""
     frames = [Image.new("P", (4000, 4000), i) for i in range(200)]
@@ -497,6 +498,7 @@ def gateway_without_models(tmp_path, **settings):
         yield gateway, int(gateway.url.rsplit(":", 1)[1])
 
 
+@pytest.mark.slow
 def test_headers_that_trickle_in_or_never_come_get_408_and_the_connection_is_closed(tmp_path):
     import socket
     import time

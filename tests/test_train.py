@@ -81,6 +81,7 @@ class InterruptAfterEpoch(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated Ctrl-C")
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_where_it_stopped(tiny_prepared, tmp_path):
     config = tiny_train_config(tiny_prepared, tmp_path / "run", epochs=4, max_train_captions=200)
     with pytest.raises(KeyboardInterrupt):
@@ -94,6 +95,7 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_prepared, tmp_path):
     assert stats["epochs_run"] == 2  # only the missing epochs ran
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_saved_settings(tiny_prepared, tmp_path):
     first = tiny_train_config(tiny_prepared, tmp_path / "run", epochs=2, max_train_captions=100)
     with pytest.raises(KeyboardInterrupt):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import tiny_train_config
 
 from memefly import contract as c
@@ -84,6 +85,7 @@ def test_batches_keep_every_caption_once_with_few_shapes(tiny_prepared, tmp_path
     assert len(shapes) <= len(ta.LENGTHS) + 1
 
 
+@pytest.mark.slow
 def test_jax_trained_weights_step_the_same_in_tensorflow(tiny_prepared, tmp_path):
     from model_export.run_dir import load_run
 
