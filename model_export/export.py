@@ -166,24 +166,17 @@ def fit_head(extractor, matcher, images, names, config: ExportConfig, log):
     calib_other = non_template_images(config.non_template_views, config.seed + 3, templates)
     test_other = non_template_images(config.non_template_views, config.seed + 4, templates)
 
-    fit_x = extractor(fit[0], config.progress, "features (fit views)")
-    head = fit_template_head(
-        fit_x,
-        np.array(fit[1]),
-        extractor(calib[0], config.progress, "features (calibration views)"),
-        np.array(calib[1]),
-        len(names),
-    )
-    if head.temperature in (TEMPERATURES[0], TEMPERATURES[-1]):
-        log(f"warning: the calibrated temperature {head.temperature:.3g} is at the edge of the search grid")
-
     def served(data, desc):
         return encode_as_served(extractor, matcher, data, config.progress, desc)
 
+    fit_x = extractor(fit[0], config.progress, "features (fit views)")
     calib_served = served(calib[0], "features (calibration views as served)")
     test_served = served(test[0], "features (held-out views as served)")
     calib_other_served = served([to_png(i) for _, i in calib_other], "features (non-templates)")
     test_other_served = served([to_png(i) for _, i in test_other], "features (held-out non-templates)")
+    head = fit_template_head(fit_x, np.array(fit[1]), calib_served.own_features, np.array(calib[1]), len(names))
+    if head.temperature in (TEMPERATURES[0], TEMPERATURES[-1]):
+        log(f"warning: the calibrated temperature {head.temperature:.3g} is at the edge of the search grid")
     head.match_weight, threshold = choose_match_weight(head, calib_served, np.array(calib[1]), calib_other_served)
 
     test_probs = served_probs(head, test_served)
@@ -191,7 +184,7 @@ def fit_head(extractor, matcher, images, names, config: ExportConfig, log):
     labels, kinds = np.array(test[1]), np.array(test[2])
     accuracy = {k: float(np.mean(predicted[kinds == k] == labels[kinds == k])) for k in KINDS if np.any(kinds == k)}
     accuracy["all"] = float(np.mean(predicted == labels))
-    features_only = float(np.mean(head.logits(test_served.features[: len(labels)]).argmax(axis=1) == labels))
+    features_only = float(np.mean(head.logits(test_served.own_features).argmax(axis=1) == labels))
     log(
         f"template head: temperature {head.temperature:.4g}, pixel-match weight {head.match_weight:g}, fitted on "
         f"{len(fit[0])} views, calibrated on {len(calib[0])}, tested on {len(test[0])} held-out views"

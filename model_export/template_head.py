@@ -14,7 +14,7 @@ against images that are no template (choose_match_weight).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -107,7 +107,7 @@ def fit_template_head(
 
 
 def _with(head: TemplateHead, temperature: float) -> TemplateHead:
-    return TemplateHead(head.mean, head.scale, head.weights, head.bias, float(temperature), head.match_weight)
+    return replace(head, temperature=float(temperature))
 
 
 # The largest correlation atanh sees: a perfect match counts as much as 0.995 (atanh 3.0), not infinitely.
@@ -128,6 +128,11 @@ class Encoded:
     features: np.ndarray  # [V, D], the images' own views first, in image order
     match: np.ndarray  # [V, T]
     image: np.ndarray  # [V]: the image each view is of
+
+    @property
+    def own_features(self) -> np.ndarray:
+        """[N, D]: the features of each image's own view."""
+        return self.features[: len(np.unique(self.image))]
 
     @classmethod
     def single(cls, features: np.ndarray, match: np.ndarray) -> Encoded:
@@ -151,7 +156,7 @@ def choose_match_weight(head: TemplateHead, views: Encoded, labels: np.ndarray, 
     then the smallest. A view called known as the wrong template counts against a weight."""
     best = None
     for weight in MATCH_WEIGHTS:
-        trial = TemplateHead(head.mean, head.scale, head.weights, head.bias, head.temperature, weight)
+        trial = replace(head, match_weight=weight)
         probs = served_probs(trial, views)
         threshold = choose_known_threshold(known_score(probs), known_score(served_probs(trial, others)))
         right = probs.argmax(axis=1) == labels
