@@ -1,8 +1,8 @@
 """Continuous batching: one loop owns the decoder and steps the searches of every request at once.
 
 Iteration-level scheduling (as in Orca and vLLM): each call gathers the live rows of the
-searches in flight, up to `max_rows`, makes one step call, and hands each search its
-slice. Searches join and leave between calls. The starting point rotates, so when the
+searches in flight, up to `max_rows`, makes one step call, and advances all of them at once
+(their rows live in one `SearchTable`). Searches join and leave between calls. The starting point rotates, so when the
 rows do not all fit, the ones left out go first next time: nobody starves.
 
 Two calls may be in flight (`pipeline=2`), each with its own searches: while the model
@@ -25,7 +25,7 @@ import numpy as np
 
 from gateway.admission import EWMA, Correction, CostModel, admit, ceil_div
 from gateway.errors import GatewayError, InvalidRequest
-from memefly.decoding.search import Search
+from memefly.decoding.search import Search, SearchTable
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,10 @@ class DecodeScheduler:
         continuous: bool = True,
         pipeline: int = 2,
         on_batch: Callable[[int], None] = lambda rows: None,
+        table: SearchTable | None = None,
     ):
         self.step = step
+        self.table = table or SearchTable()  # every search's rows: advanced together, call by call
         self.max_rows = max_rows
         self.continuous = continuous
         self.pipeline = pipeline if continuous else 1
@@ -80,7 +82,7 @@ class DecodeScheduler:
 
     @property
     def live_rows(self) -> int:
-        return sum(e.search.rows for e in self._entries)
+        return self.table.live_rows
 
     def start(self) -> None:
         if self._task is None:
@@ -136,6 +138,7 @@ class DecodeScheduler:
         entry = _Entry(
             search, asyncio.get_running_loop().create_future(), started=time.perf_counter(), estimate=estimate
         )
+        self.table.add(search)
         self._entries.append(entry)
         self._wakeup.set()
         try:
@@ -147,6 +150,7 @@ class DecodeScheduler:
             raise
         finally:
             self._remove(entry)
+            self.table.remove(search)  # a call in flight skips its rows from now on
 
     def _remove(self, entry: _Entry) -> None:
         try:
@@ -201,9 +205,7 @@ class DecodeScheduler:
     async def _call(self, batch: list[_Entry]) -> None:
         try:
             try:
-                parts = [entry.search.inputs() for entry in batch]
-                sizes = [len(p[0]) for p in parts]
-                tokens, state, context = (np.concatenate([p[i] for p in parts]) for i in range(3))
+                rows, tokens, state, context = self.table.inputs([entry.search for entry in batch])
                 self.calls += 1
                 self.on_batch(len(tokens))
                 started = time.perf_counter()
@@ -216,17 +218,19 @@ class DecodeScheduler:
                 for entry in batch:
                     self._fail(entry, error)
                 return
-            offset = 0
-            for entry, size in zip(batch, sizes, strict=True):
-                rows = slice(offset, offset + size)
-                offset += size
+            try:
+                failed = dict(self.table.advance(rows, top_ids, top_log_probs, new_state))
+            except Exception as error:  # a bug in the searches: this call's searches fail, the loop goes on
+                log.exception("search step failed")
+                for entry in batch:
+                    self._fail(entry, error)
+                return
+            for entry in batch:
                 if entry.future.done():  # its request went away during the call
                     continue
-                try:
-                    entry.search.advance(top_ids[rows], top_log_probs[rows], new_state[rows])
-                except Exception as error:  # a bug in one search must not stop the others
-                    log.exception("search failed")
-                    self._fail(entry, error)
+                if entry.search in failed:  # a bug in one search must not stop the others
+                    log.error("search failed", exc_info=failed[entry.search])
+                    self._fail(entry, failed[entry.search])
                     continue
                 entry.steps += 1
                 if entry.search.done:

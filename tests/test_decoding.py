@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memefly.contract import END_ID, PAD_ID, SEP_ID, START_ID, UNK_ID
+from memefly.decoding.captioner import run_searches
 from memefly.decoding.constraints import Constraints
 from memefly.decoding.options import DecodingOptions
 from memefly.decoding.search import make_search, normalized
@@ -67,13 +68,8 @@ class TinyModel:
         return total
 
 
-def run(search, model: TinyModel, k: int | None = None, max_steps: int = 100):
-    for _ in range(max_steps):
-        if search.done:
-            break
-        tokens, state, context = search.inputs()
-        top_ids, top_lps, new_state = model.step(tokens, state, context, k)
-        search.advance(top_ids, top_lps, new_state)
+def run(search, model: TinyModel, k: int | None = None):
+    run_searches([search], lambda tokens, state, context: model.step(tokens, state, context, k))
     assert search.done
     return search.results()
 

@@ -44,6 +44,41 @@ class CountingSearch:
         self.done = self.steps_left == 0
 
 
+class CountingTable:
+    """The search table's part the scheduler uses, for searches that count their steps."""
+
+    def __init__(self):
+        self.searches = set()
+
+    def add(self, search):
+        self.searches.add(search)
+
+    def remove(self, search):
+        self.searches.discard(search)
+
+    @property
+    def live_rows(self):
+        return sum(s.rows for s in self.searches)
+
+    def inputs(self, searches):
+        parts = [s.inputs() for s in searches]
+        return searches, *(np.concatenate([p[i] for p in parts]) for i in range(3))
+
+    def advance(self, searches, top_ids, top_log_probs, state):
+        offset = 0
+        for search in searches:
+            if search.done:
+                continue
+            rows = slice(offset, offset + search.rows)
+            offset += search.rows
+            search.advance(top_ids[rows], top_log_probs[rows], state[rows])
+        return []
+
+
+def counting_scheduler(step, **options):
+    return DecodeScheduler(step, table=CountingTable(), **options)
+
+
 class RecordingStep:
     def __init__(self, delay_s=0.0, fail=None):
         self.batches: list[int] = []
@@ -68,7 +103,7 @@ async def run_all(scheduler, searches):
 def test_continuous_batching_steps_all_searches_together():
     step = RecordingStep(delay_s=0.001)
     searches = [CountingSearch(rows=3, steps=4, tag=i) for i in range(5)]
-    asyncio.run(run_all(DecodeScheduler(step, max_rows=100), searches))
+    asyncio.run(run_all(counting_scheduler(step, max_rows=100), searches))
     assert all(s.done and s.advanced == 4 for s in searches)
     assert step.batches[0] == 15 and len(step.batches) <= 5
 
@@ -76,14 +111,14 @@ def test_continuous_batching_steps_all_searches_together():
 def test_batch_cap_is_respected_and_nobody_starves():
     step = RecordingStep()
     searches = [CountingSearch(rows=4, steps=6, tag=i) for i in range(7)]
-    asyncio.run(run_all(DecodeScheduler(step, max_rows=10), searches))
+    asyncio.run(run_all(counting_scheduler(step, max_rows=10), searches))
     assert max(step.batches) <= 10
     assert all(s.done for s in searches)
 
 
 def test_admission_refuses_at_once_what_the_queue_cannot_finish_in_time():
     async def scenario():
-        scheduler = DecodeScheduler(RecordingStep(delay_s=0.02), max_rows=8, pipeline=1)
+        scheduler = counting_scheduler(RecordingStep(delay_s=0.02), max_rows=8, pipeline=1)
         scheduler.start()
         try:
             await scheduler.run(CountingSearch(rows=4, steps=10, tag=0))  # measures calls and steps
@@ -116,14 +151,14 @@ def test_admission_refuses_at_once_what_the_queue_cannot_finish_in_time():
 def test_without_continuous_batching_one_search_per_call():
     step = RecordingStep()
     searches = [CountingSearch(rows=3, steps=2, tag=i) for i in range(4)]
-    asyncio.run(run_all(DecodeScheduler(step, max_rows=100, continuous=False), searches))
+    asyncio.run(run_all(counting_scheduler(step, max_rows=100, continuous=False), searches))
     assert step.batches == [3] * 8
 
 
 def test_a_failed_step_fails_only_that_calls_searches():
     async def scenario():
         step = RecordingStep(fail=ModelUnavailable("gone"))
-        scheduler = DecodeScheduler(step, max_rows=100)
+        scheduler = counting_scheduler(step, max_rows=100)
         results = await run_all(scheduler, [CountingSearch(2, 3, 0), CountingSearch(2, 3, 1)])
         return results, scheduler
 
@@ -140,7 +175,7 @@ class BrokenSearch(CountingSearch):
 @pytest.mark.parametrize("pipeline", [1, 2])
 def test_a_broken_search_fails_alone_and_the_loop_goes_on(pipeline):
     async def scenario():
-        scheduler = DecodeScheduler(RecordingStep(), max_rows=100, pipeline=pipeline)
+        scheduler = counting_scheduler(RecordingStep(), max_rows=100, pipeline=pipeline)
         first = await asyncio.wait_for(run_all(scheduler, [BrokenSearch(2, 3, 0)]), 10)  # not a hang
         healthy = CountingSearch(2, 3, 1)
         second = await asyncio.wait_for(run_all(scheduler, [healthy]), 10)  # the same scheduler, started again
@@ -155,7 +190,7 @@ def test_a_search_wider_than_the_cap_is_a_client_error():
     from gateway.errors import InvalidRequest
 
     async def scenario():
-        return await run_all(DecodeScheduler(RecordingStep(), max_rows=4), [CountingSearch(5, 1, 0)])
+        return await run_all(counting_scheduler(RecordingStep(), max_rows=4), [CountingSearch(5, 1, 0)])
 
     (result,) = asyncio.run(scenario())
     assert isinstance(result, InvalidRequest) and result.status == 422
@@ -164,7 +199,7 @@ def test_a_search_wider_than_the_cap_is_a_client_error():
 def test_a_cancelled_request_leaves_the_batch():
     async def scenario():
         step = RecordingStep(delay_s=0.01)
-        scheduler = DecodeScheduler(step, max_rows=100)
+        scheduler = counting_scheduler(step, max_rows=100)
         scheduler.start()
         long = CountingSearch(rows=5, steps=10_000, tag=0)
         short = CountingSearch(rows=2, steps=3, tag=1)
@@ -180,6 +215,54 @@ def test_a_cancelled_request_leaves_the_batch():
     depth, batches = asyncio.run(scenario())
     assert depth == 0
     assert 7 in batches  # the two searches shared calls
+
+
+def test_real_searches_share_calls_and_a_failing_or_cancelled_one_leaves_alone():
+    """The scheduler's own search table: searches of both kinds share each call; one whose
+    refusal check raises fails alone, one cancelled mid-way frees its rows, and the others
+    return exactly what each returns stepped alone."""
+    from test_search_equivalence import VOCAB, HashModel
+
+    from memefly.decoding.captioner import run_searches
+    from memefly.decoding.constraints import Constraints
+    from memefly.decoding.options import DecodingOptions
+    from memefly.decoding.search import make_search
+
+    def search(options, accept=lambda ids: True):
+        rules = Constraints(VOCAB, max_length=options.max_length, box_counts={1, 2})
+        return make_search(np.zeros(1, np.float32), np.zeros(3, np.float32), options, rules, accept)
+
+    def refusal_check_that_breaks(ids):
+        raise RuntimeError("a bug in one request's refusal check")
+
+    beams, sampled = DecodingOptions(num_beams=5, max_length=8), DecodingOptions(seed=3, max_length=8)
+    model = HashModel(7)
+
+    async def step(tokens, state, context):
+        await asyncio.sleep(0.001)
+        return model.step(tokens, state, context)
+
+    async def scenario():
+        scheduler = DecodeScheduler(step, max_rows=100)
+        scheduler.start()
+        healthy = [search(beams), search(sampled)]
+        broken = search(beams, refusal_check_that_breaks)
+        endless = search(DecodingOptions(num_beams=6, max_length=64, min_length=64))
+        cancelled = asyncio.ensure_future(scheduler.run(endless))
+        results = await asyncio.gather(*(scheduler.run(s) for s in (*healthy, broken)), return_exceptions=True)
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        left = scheduler.depth, scheduler.live_rows
+        await scheduler.stop()
+        return healthy, results, left
+
+    healthy, results, left = asyncio.run(scenario())
+    assert results[:2] == healthy and isinstance(results[2], RuntimeError)
+    assert left == (0, 0)
+    for options, stepped_together in zip((beams, sampled), healthy, strict=True):
+        alone = search(options)
+        run_searches([alone], HashModel(7).step)
+        assert stepped_together.results() == alone.results()
 
 
 def test_micro_batcher_groups_and_splits_results():
@@ -202,7 +285,7 @@ def test_micro_batcher_groups_and_splits_results():
 
 def test_admission_learns_how_much_later_arrivals_slow_a_search_down():
     async def scenario():
-        scheduler = DecodeScheduler(RecordingStep(delay_s=0.01), max_rows=4, pipeline=1)
+        scheduler = counting_scheduler(RecordingStep(delay_s=0.01), max_rows=4, pipeline=1)
         scheduler.start()
         try:
             cold = scheduler.correction.factor

@@ -2,8 +2,10 @@
 and the default strategy (sampled candidates, the best distinct ones kept), with the caption
 rules (box counts, no repeated box, near-duplicates, no training captions).
 
-A search owns its rows (beams or samples) and their GRU states; a driver (the gateway's
-scheduler, or `captioner.run_searches` offline) asks it for the next step's inputs, calls the
-model once for many searches, and hands each its slice. Core code: the gateway and
-`memefly evaluate` both use it, so evaluation measures what is served.
+A search is one request's bookkeeping; its rows (beams or samples: caption so far, scores,
+GRU state) live in a `SearchTable` (`rows.py`, struct of arrays) shared by every search a driver
+steps. A driver (the gateway's scheduler, or `captioner.run_searches` offline) takes the next
+step's inputs for many searches, calls the model once, and advances them all at once: the
+caption rules, selection and sampling are array operations over [rows, K]. Core code: the
+gateway and `memefly evaluate` both use it, so evaluation measures what is served.
 """

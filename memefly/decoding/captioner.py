@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -15,7 +17,7 @@ from memefly.captions import tokens_to_boxes
 from memefly.decoding.constraints import Constraints
 from memefly.decoding.distinct import CaptionSet, caption_words
 from memefly.decoding.options import DecodingOptions
-from memefly.decoding.search import Search, make_search
+from memefly.decoding.search import Search, SearchTable, make_search
 
 # A template whose probability is at least this decides the box counts alone; below it,
 # every template with at least MIXTURE_SHARE of the probability may lend its counts.
@@ -49,6 +51,19 @@ def caption_key(text: str) -> str:
     return c.BOX_SEPARATOR.join(boxes)
 
 
+@dataclass(frozen=True)
+class CaptionFacts:
+    """What serving needs to know of a generated caption, from its token ids alone."""
+
+    boxes: tuple[str, ...]  # the text per box, as returned
+    key: str  # caption_key of the returned text: what makes two returned captions the same
+    words: tuple[tuple[str, ...], ...]  # caption_words: what near-duplicates are compared by
+    training: bool  # a caption of the training data
+
+
+CAPTION_CACHE = 32_768  # captions whose facts are kept (a few hundred bytes each)
+
+
 class Captioner:
     def __init__(
         self,
@@ -56,6 +71,7 @@ class Captioner:
         box_counts: Sequence[frozenset[int] | None] = (),
         training_captions: CaptionSet | None = None,
         offensive_ids: Iterable[int] = (),
+        caption_cache: int = CAPTION_CACHE,
     ):
         self.vocabulary = list(vocabulary)
         self.box_counts = list(box_counts)  # per template id; None or empty: any count
@@ -68,11 +84,21 @@ class Captioner:
             dtype=bool,
         )
 
+        # Searches finish the same captions again and again (every beam of a popular template,
+        # every request for it): the text work is done once per caption, not per finish.
+        self.facts = lru_cache(maxsize=caption_cache)(self._facts)
+
+    def _facts(self, ids: tuple[int, ...]) -> CaptionFacts:
+        boxes = tokens_to_boxes([self.vocabulary[i] for i in ids])
+        words = caption_words(boxes)
+        key = caption_key(c.BOX_SEPARATOR.join(boxes))
+        return CaptionFacts(tuple(boxes), key, words, self.training_captions.contains_words(words))
+
     def boxes(self, ids: Sequence[int]) -> list[str]:
-        return tokens_to_boxes([self.vocabulary[i] for i in ids])
+        return list(self.facts(tuple(ids)).boxes)
 
     def words(self, ids: Sequence[int]) -> tuple[tuple[str, ...], ...]:
-        return caption_words(self.boxes(ids))
+        return self.facts(tuple(ids)).words
 
     def allowed_box_counts(self, template_probs: np.ndarray) -> frozenset[int] | None:
         probs = np.asarray(template_probs, np.float64)
@@ -118,11 +144,10 @@ class Captioner:
         novel_only = not options.allow_training_captions
 
         def accept(ids: tuple[int, ...]) -> bool:
-            boxes = self.boxes(ids)
-            key = caption_key(c.BOX_SEPARATOR.join(boxes))
-            if key in seen or (novel_only and boxes in self.training_captions):
+            facts = self.facts(ids)
+            if facts.key in seen or (novel_only and facts.training):
                 return False
-            seen.add(key)
+            seen.add(facts.key)
             return True
 
         return accept
@@ -132,19 +157,23 @@ def run_searches(searches: list[Search], step: Callable, max_rows: int = 1024) -
     """Drive searches to the end with a synchronous step(tokens, state, context) -> (top_ids,
     top_log_probs, state): for offline use (evaluation); the gateway's scheduler does this
     asynchronously, with continuous batching."""
-    live = [s for s in searches if not s.done]
-    while live:
-        batch, rows = [], 0
-        for search in live:
-            if batch and rows + search.rows > max_rows:
-                break
-            batch.append(search)
-            rows += search.rows
-        inputs = [s.inputs() for s in batch]
-        top_ids, top_log_probs, state = step(*(np.concatenate(parts) for parts in zip(*inputs, strict=True)))
-        start = 0
-        for search in batch:
-            end = start + search.rows
-            search.advance(top_ids[start:end], top_log_probs[start:end], state[start:end])
-            start = end
-        live = [s for s in live if not s.done]
+    table = SearchTable()
+    for search in searches:
+        table.add(search)
+    try:
+        live = [s for s in searches if not s.done]
+        while live:
+            batch, rows = [], 0
+            for search in live:
+                if batch and rows + search.rows > max_rows:
+                    break
+                batch.append(search)
+                rows += search.rows
+            rows_sent, tokens, state, context = table.inputs(batch)
+            failures = table.advance(rows_sent, *step(tokens, state, context))
+            if failures:
+                raise failures[0][1]
+            live = [s for s in live if not s.done]
+    finally:
+        for search in searches:
+            table.remove(search)

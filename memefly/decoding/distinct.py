@@ -43,7 +43,12 @@ def repeats_a_box(boxes: Sequence[str]) -> bool:
 
 def fingerprint(boxes: Sequence[str]) -> int:
     """A 64-bit hash of the caption's words, as a signed int64 (what the fingerprint set stores)."""
-    key = "\x1f".join(" ".join(words) for words in caption_words(boxes)).encode("utf-8")
+    return words_fingerprint(caption_words(boxes))
+
+
+def words_fingerprint(words: Sequence[Sequence[str]]) -> int:
+    """fingerprint of a caption given by its caption_words."""
+    key = "\x1f".join(" ".join(box) for box in words).encode("utf-8")
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little", signed=True)
 
 
@@ -63,8 +68,12 @@ class CaptionSet:
         return int(self.fingerprints.size)
 
     def __contains__(self, boxes: Sequence[str]) -> bool:
+        return self.contains_words(caption_words(boxes))
+
+    def contains_words(self, words: Sequence[Sequence[str]]) -> bool:
+        """Membership of a caption given by its caption_words."""
         if not self.fingerprints.size:
             return False
-        value = fingerprint(boxes)
+        value = words_fingerprint(words)
         i = int(np.searchsorted(self.fingerprints, value))
         return i < self.fingerprints.size and int(self.fingerprints[i]) == value
