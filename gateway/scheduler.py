@@ -165,9 +165,10 @@ class DecodeScheduler:
         if not self.continuous:
             return idle[:1]
         cap = self.max_rows
-        idle_rows = sum(e.search.rows for e in idle)
-        if not self._inflight and self.pipeline > 1 and idle_rows >= SPLIT_MIN_ROWS:
-            cap = min(cap, -(-idle_rows // 2))  # half now, the other half right after
+        if not self._inflight and self.pipeline > 1:
+            idle_rows = sum(e.search.rows for e in idle)
+            if idle_rows >= SPLIT_MIN_ROWS:
+                cap = min(cap, -(-idle_rows // 2))  # half now, the other half right after
         n = len(idle)
         start = self._cursor % n
         batch, rows = [], 0

@@ -76,7 +76,7 @@ class Captioner:
         self.vocabulary = list(vocabulary)
         self.box_counts = list(box_counts)  # per template id; None or empty: any count
         self.training_captions = training_captions or CaptionSet()
-        self.offensive_ids = set(offensive_ids)
+        self.offensive_ids = frozenset(offensive_ids)
         self.word_ids = {token: i for i, token in enumerate(self.vocabulary)}
         # Tokens with a letter or digit: boxes are compared by these.
         self.is_word = np.array(
@@ -124,8 +124,9 @@ class Captioner:
         """A search for one request; INPUT_KEY seeds the default strategy when no seed is given."""
         if options.default_strategy and options.seed is None:
             options = options.model_copy(update={"seed": input_seed(input_key)})
-        blocked = set(self.offensive_ids) if options.safe else set()
-        blocked |= {self.word_ids[w.lower()] for w in options.blocked_words if w.lower() in self.word_ids}
+        blocked = self.offensive_ids if options.safe else frozenset()
+        if options.blocked_words:
+            blocked = blocked | {self.word_ids[w.lower()] for w in options.blocked_words if w.lower() in self.word_ids}
         constraints = Constraints(
             len(self.vocabulary),
             blocked,

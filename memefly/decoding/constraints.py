@@ -51,7 +51,9 @@ class Constraints:
         box_counts: Iterable[int] | None = None,
         word_ids: np.ndarray | None = None,
     ):
-        self.blocked = _blocked_table(vocab_size, frozenset(int(i) for i in blocked_ids))
+        if not isinstance(blocked_ids, frozenset):
+            blocked_ids = frozenset(int(i) for i in blocked_ids)
+        self.blocked = _blocked_table(vocab_size, blocked_ids)  # a frozenset keeps its hash: cheap per request
         # An empty caption is never an answer: <end> needs at least one token before it.
         self.min_length = max(1, min_length)
         self.max_length = max_length

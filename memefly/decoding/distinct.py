@@ -29,7 +29,18 @@ def caption_words(boxes: Sequence[str]) -> tuple[tuple[str, ...], ...]:
 def near_duplicate(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> bool:
     """a, b: caption_words. The same meme told twice: the same words (box breaks aside), or, with
     two or more boxes each, as many boxes and all of them but one identical."""
-    if [w for box in a for w in box] == [w for box in b for w in box]:
+    return near_duplicate_flat(a, all_words(a), b, all_words(b))
+
+
+def all_words(words: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """caption_words without the box breaks."""
+    return tuple(w for box in words for w in box)
+
+
+def near_duplicate_flat(a, a_words: tuple[str, ...], b, b_words: tuple[str, ...]) -> bool:
+    """near_duplicate with each caption's all_words already made (a search compares each
+    candidate with every caption it kept)."""
+    if a_words == b_words:
         return True
     if len(a) == len(b) >= 2:
         return sum(x != y for x, y in zip(a, b, strict=True)) <= 1

@@ -23,7 +23,7 @@ import numpy as np
 
 from memefly.contract import END_ID
 from memefly.decoding.constraints import Constraints, forbidden, repeated
-from memefly.decoding.distinct import near_duplicate
+from memefly.decoding.distinct import all_words, near_duplicate_flat
 from memefly.decoding.options import DecodingOptions
 from memefly.decoding.rows import RowTable, StepRows
 
@@ -516,17 +516,18 @@ def pick_distinct(ranked: list[Hypothesis], n: int, words: Words | None) -> list
     if words is None:
         return ranked[:n]
     kept: list[Hypothesis] = []
-    kept_words: list[tuple[tuple[str, ...], ...]] = []
+    kept_words: list[tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]] = []
     rest: list[Hypothesis] = []
     for hypothesis in ranked:
         if len(kept) == n:
             break
         caption = words(hypothesis.ids)
-        if any(near_duplicate(caption, other) for other in kept_words):
+        flat = all_words(caption)
+        if any(near_duplicate_flat(caption, flat, *other) for other in kept_words):
             rest.append(hypothesis)
         else:
             kept.append(hypothesis)
-            kept_words.append(caption)
+            kept_words.append((caption, flat))
     return kept + rest[: n - len(kept)]
 
 
