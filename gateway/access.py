@@ -40,7 +40,8 @@ from gateway.middleware import send_detail
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
-OPEN_PREFIXES = ("/static/", "/static-offline-docs/")
+# Shared image URLs too: they are sent to people without keys (chats, pages); an upload's is signed.
+OPEN_PREFIXES = ("/static/", "/static-offline-docs/", "/images/")
 FAILED_KEY_LIMIT = parse("20/minute")  # wrong keys per client address
 MIN_KEY_LENGTH = 8
 _KEY = re.compile(r"[!-~]+")  # printable ASCII, no spaces: what an HTTP header carries safely

@@ -22,6 +22,7 @@ from gateway.admission import Overloaded, WorkerPool
 from gateway.backends import Backend
 from gateway.draining import Drain, DrainMiddleware
 from gateway.errors import CLIENT_CLOSED, GatewayError
+from gateway.image_routes import router as image_router
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware, SecurityHeadersMiddleware
 from gateway.render_routes import STATIC_DIR
@@ -31,6 +32,7 @@ from gateway.request_ids import HEADER, add_request_ids
 from gateway.routes import router
 from gateway.service import MemeService
 from gateway.settings import Settings
+from gateway.sharing import Sharing
 
 log = logging.getLogger("gateway")
 
@@ -81,8 +83,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.renderer = Renderer(
         cache_bytes=settings.render_cache_bytes, templates_dir=settings.templates_dir, pool=renders
     )
+    app.state.sharing = Sharing.from_settings(settings)
     app.include_router(router)
     app.include_router(render_router)
+    app.include_router(image_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(GatewayError)

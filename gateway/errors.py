@@ -68,6 +68,16 @@ class NotFound(GatewayError):
     status = 404
 
 
+class Forbidden(GatewayError):
+    status = 403
+
+
+class Gone(GatewayError):
+    """It was here and is not any more (an expired shared image)."""
+
+    status = 410
+
+
 class WrongTarget(ModelError):
     """A model server answers but does not serve the model its setting points it at: a
     deployment mistake that waiting will not mend (the log names the setting)."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.dependencies import RendererDep, Service
 from gateway.errors import CLIENT_CLOSED, GatewayError, InvalidRequest
@@ -41,8 +43,11 @@ def _options(body) -> DecodingOptions:
     )
 
 
-def _response(service: MemeService, result: MemeResult) -> MemeResponse:
-    return MemeResponse.from_result(result, service.model_info)
+async def _response(
+    request: Request, service: MemeService, result: MemeResult, upload: bytes | None, layout: str | None = None
+) -> MemeResponse:
+    urls = await request.app.state.sharing.meme_urls(request, result, upload, layout)
+    return MemeResponse.from_result(result, service.model_info, urls)
 
 
 async def _unless_disconnected(request: Request, work):
@@ -74,12 +79,27 @@ async def _disconnect(request: Request) -> None:
     openapi_extra=_BODY_DOC,
     responses={400: {}, 404: {}, 412: {}, 413: {}, 415: {}, 422: {}, 503: {}, 504: {}},
 )
-async def create_memes(request: Request, service: Service, renderer: RendererDep):
+async def create_memes(
+    request: Request,
+    service: Service,
+    renderer: RendererDep,
+    stream: Annotated[
+        bool,
+        Query(
+            description="answer as server-sent events: a `meme` event for each caption as its search finishes it, "
+            "then a `result` event with the answer POST /memes gives (or an `error` event)"
+        ),
+    ] = False,
+):
     """Meme captions for an image (or a named template): the top candidates, each split into its boxes."""
     service.require_ready()
     body, files = await parse(request, MemeRequest, max_files=1)
     data = image_or_template(body, files, max_bytes=service.settings.max_upload_bytes)
     image = await service.check_upload(data) if data is not None else None
+    if stream:
+        if body.render:
+            raise InvalidRequest("stream=true answers with events, render= with an image: ask for one of them")
+        return await streamed_memes(request, service, image, body, data)
     template_picture = None
     if body.render and image is None:  # before generating: no blank image, no meme to draw
         template_picture = renderer.template_source(service.template_name(body.template))
@@ -89,7 +109,56 @@ async def create_memes(request: Request, service: Service, renderer: RendererDep
     if body.render:
         return await _rendered_meme(request, service, renderer, body, result, data, template_picture)
     # Built and validated as MemeResponse already: send it as is (FastAPI would validate again).
-    return JSONResponse(_response(service, result).model_dump(mode="json"))
+    response = await _response(request, service, result, data, body.layout)
+    return JSONResponse(response.model_dump(mode="json"))
+
+
+def _event(kind: str, data) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def streamed_memes(request: Request, service: MemeService, image, body: MemeRequest, upload: bytes | None):
+    """POST /memes?stream=true. The answer starts with the first caption, so a request refused
+    or failed before any caption gets its usual status and JSON error, not a stream."""
+    captions: asyncio.Queue[list[str]] = asyncio.Queue()
+    work = asyncio.ensure_future(service.memes(image, body.template, _options(body), on_caption=captions.put_nowait))
+
+    async def next_caption() -> list[str] | None:
+        """The next caption, or None once the memes are done (their result or error is then in `work`)."""
+        if captions.empty() and not work.done():
+            waiting = asyncio.ensure_future(captions.get())
+            await asyncio.wait({waiting, work}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                return waiting.result()
+            waiting.cancel()
+        return captions.get_nowait() if not captions.empty() else None
+
+    first = await _unless_disconnected(request, next_caption())
+    if first is None and (not work.done() or work.cancelled()):  # the client left
+        work.cancel()
+        return Response(status_code=CLIENT_CLOSED)
+    if first is None:
+        work.result()  # failed before any caption: raises, and the error handler answers
+
+    async def events():
+        try:
+            caption, index = first, 0
+            while caption is not None:
+                yield _event("meme", {"index": index, "text": "\n".join(caption), "boxes": caption})
+                caption, index = await next_caption(), index + 1
+            try:
+                result = work.result()
+            except GatewayError as error:
+                yield _event("error", {"status": error.status, "detail": error.detail})
+                return
+            response = await _response(request, service, result, upload, body.layout)
+            yield _event("result", response.model_dump(mode="json"))
+        finally:
+            work.cancel()  # the client left mid-stream: its beams leave the next call
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 async def _rendered_meme(
@@ -146,7 +215,7 @@ async def create_memes_batch(request: Request, service: Service):
                 )
             )
             result = await service.memes(await service.check_upload(data), None, options)
-            return BatchItem(index=index, result=_response(service, result))
+            return BatchItem(index=index, result=await _response(request, service, result, data))
         except GatewayError as error:
             return BatchItem(index=index, error=BatchItemError(status=error.status, detail=error.detail))
 

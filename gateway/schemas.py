@@ -85,6 +85,11 @@ class MemeOut(BaseModel):
     text: str = Field(description='the caption, boxes joined by "\\n"')
     boxes: list[str]
     score: float = Field(description="sum of log-probabilities / (length + 1) ** length_penalty")
+    url: str | None = Field(
+        None,
+        description="the meme drawn, as a PNG, by GET (change the extension for .jpg or .webp): shareable and "
+        "cacheable; an upload's URL is signed and expires (MEMEFLY_UPLOAD_TTL_S); null when uploads are not kept",
+    )
 
 
 class TemplateGuess(BaseModel):
@@ -114,10 +119,11 @@ class MemeResponse(BaseModel):
     image_sha256: str | None
 
     @classmethod
-    def from_result(cls, result, model_info: dict[str, str]) -> MemeResponse:
+    def from_result(cls, result, model_info: dict[str, str], urls: list[str | None] | None = None) -> MemeResponse:
         """From the service's MemeResult: the one shape of a result, over HTTP or from the client."""
+        urls = urls or [None] * len(result.memes)
         return cls(
-            memes=[vars(m) for m in result.memes],
+            memes=[{**vars(m), "url": url} for m, url in zip(result.memes, urls, strict=True)],
             template={"name": result.templates[0][0], "probability": result.templates[0][1], "known": result.known},
             templates=[{"name": n, "probability": p} for n, p in result.templates],
             model=model_info,

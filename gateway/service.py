@@ -12,6 +12,7 @@ import gc
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -319,7 +320,14 @@ class MemeService:
         """The served spelling of a template name (422 if the models do not know it)."""
         return self.templates[self.template_id(name)].name
 
-    async def memes(self, image: CheckedImage | None, template: str | None, options: DecodingOptions) -> MemeResult:
+    async def memes(
+        self,
+        image: CheckedImage | None,
+        template: str | None,
+        options: DecodingOptions,
+        on_caption: Callable[[list[str]], None] | None = None,
+    ) -> MemeResult:
+        """ON_CAPTION hears each caption the search keeps (its boxes), as it finishes."""
         self.require_ready()
         started = time.perf_counter()
         try:
@@ -336,7 +344,11 @@ class MemeService:
                 encoded = time.perf_counter()
                 left = self.settings.request_timeout_s - (encoded - started)
                 hypotheses = await self._decode(
-                    conditioning, options, key, deadline_s=left if self.settings.admission_control else None
+                    conditioning,
+                    options,
+                    key,
+                    deadline_s=left if self.settings.admission_control else None,
+                    on_caption=None if on_caption is None else lambda ids: on_caption(self.captioner.boxes(ids)),
                 )
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within {self.settings.request_timeout_s:g} s") from None
@@ -447,9 +459,16 @@ class MemeService:
         return list(zip(state, context, strict=True))
 
     async def _decode(
-        self, conditioning: Conditioning, options: DecodingOptions, key: str, deadline_s: float | None = None
+        self,
+        conditioning: Conditioning,
+        options: DecodingOptions,
+        key: str,
+        deadline_s: float | None = None,
+        on_caption: Callable[[tuple[int, ...]], None] | None = None,
     ) -> list[Hypothesis]:
-        search = self.captioner.search(conditioning.state, conditioning.context, conditioning.probs, options, key)
+        search = self.captioner.search(
+            conditioning.state, conditioning.context, conditioning.probs, options, key, on_caption
+        )
         self.metrics.searches.inc()
         try:
             await self.scheduler.run(search, deadline_s)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from memefly import contract as c
 from memefly.decoding.limits import MAX_BEAMS, MAX_CANDIDATES
+from memefly.paths import data_dir as default_data_dir
 from memefly.paths import models_dir as default_models_dir
 from memefly.paths import templates_dir as default_templates_dir
 
@@ -68,6 +69,19 @@ class Settings:
     rate_limit: str = ""
     rate_limit_storage: str = "async+memory://"
     cors_origins: str = ""
+    # Shared image URLs (docs/gateway.md, "Shareable image URLs"): the gateway's public address
+    # for absolute URLs (empty: the address each request came to); the key that signs upload
+    # URLs (empty: a random one kept in data_dir/url-secret; give every replica the same one);
+    # where uploads are kept for them (local: upload_dir; s3://bucket/prefix; off: no upload
+    # URLs), for how long after each request, and up to how many bytes (local).
+    public_url: str = ""
+    url_secret: str = field(default="", repr=False)
+    data_dir: Path = field(default_factory=default_data_dir)
+    upload_store: str = "local"
+    upload_dir: Path | None = None  # None: data_dir/uploads
+    upload_ttl_s: int = 7 * 24 * 3600
+    upload_store_max_bytes: int = 1024**3
+    s3_endpoint_url: str = ""
     # Addresses of proxies whose X-Forwarded-For gives the client's address (per-address limits,
     # logs): uvicorn's forwarded_allow_ips. "*" only where nothing but the proxy reaches the
     # gateway (docker-compose.replicas.yml), or clients could claim any address.
@@ -163,6 +177,16 @@ class Settings:
         for name in ("encoder_target", "decoder_target", "encoder_model", "decoder_model"):
             if not getattr(self, name).strip():
                 raise ValueError(f"MEMEFLY_{name.upper()} must not be empty")
+        if self.upload_ttl_s < 1 or self.upload_store_max_bytes < 1:
+            raise ValueError("MEMEFLY_UPLOAD_TTL_S and MEMEFLY_UPLOAD_STORE_MAX_BYTES must be at least 1")
+        if not (self.upload_store in ("local", "off") or self.upload_store.startswith("s3://")):
+            raise ValueError(
+                f"MEMEFLY_UPLOAD_STORE must be local, off or s3://bucket/prefix, not {self.upload_store!r}"
+            )
+        if self.public_url and not re.fullmatch(r"https?://[^\s?#]+", self.public_url):
+            raise ValueError(f"MEMEFLY_PUBLIC_URL: {self.public_url!r} is not an http(s) URL")
+        if self.url_secret and len(self.url_secret) < 16:
+            raise ValueError("MEMEFLY_URL_SECRET must be at least 16 characters")
         if self.shutdown_grace_s < 0:
             raise ValueError("MEMEFLY_SHUTDOWN_GRACE_S must be at least 0")
 
@@ -192,7 +216,7 @@ def _parse(name: str, kind: str, raw: str):
             return float(raw)
         if kind == "int | None":
             return None if raw.lower() in ("latest", "none") else int(raw)
-        if kind == "Path":
+        if kind in ("Path", "Path | None"):
             return Path(raw)
         return raw
     except ValueError:

@@ -56,6 +56,17 @@ def templates_url() -> str:
     return os.environ.get("MEMEFLY_TEMPLATES_URL", DEFAULT_TEMPLATES_URL)
 
 
+def data_dir() -> Path:
+    """What the gateway keeps between runs (uploads behind shared image URLs, their URL secret):
+    $MEMEFLY_DATA_DIR, else the user's data folder (~/.local/share/memefly on Linux)."""
+    env = os.environ.get("MEMEFLY_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("memefly", appauthor=False))
+
+
 def cache_dir() -> Path:
     """Export's feature cache: $MEMEFLY_CACHE_DIR, else ~/.cache/memefly."""
     return Path(os.environ.get("MEMEFLY_CACHE_DIR", Path.home() / ".cache" / "memefly")).expanduser()

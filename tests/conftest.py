@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Gateways the tests start keep their uploads and URL secret here, not in the user's data folder.
+os.environ.setdefault("MEMEFLY_DATA_DIR", tempfile.mkdtemp(prefix="memefly-tests-"))
 
 from memefly import paths  # noqa: E402
 

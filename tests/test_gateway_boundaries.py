@@ -24,6 +24,9 @@ PROVIDED_BY = {
     "google": "protobuf",
     "asgi_correlation_id": "asgi-correlation-id",
     "limits": "limits",
+    "platformdirs": "platformdirs",
+    "boto3": "boto3",
+    "botocore": "boto3",
     # Generated protos only, copied in by docker/slim_serving_protos.py.
     "tensorflow": None,
     "tensorflow_serving": None,

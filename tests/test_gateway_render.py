@@ -231,3 +231,85 @@ def test_the_page_and_its_files_are_served(client):
     for path in ("/static/app.js", "/static/style.css"):
         assert path in page.text
         assert client.get(path).status_code == 200
+
+
+def test_a_shared_url_renders_what_the_post_renders_and_caches_for_good(client):
+    listed = client.post("/memes", json={"template": TEMPLATE, "num_return_sequences": 3}).json()["memes"]
+    for rank in (1, 3):
+        url = listed[rank - 1]["url"]
+        assert f"/images/templates/{TEMPLATE}/" in url and url.endswith(".png")
+        shared = client.get(url)
+        posted = client.post(
+            "/memes", json={"template": TEMPLATE, "render": "png", "rank": rank, "num_return_sequences": 3}
+        )
+        assert shared.status_code == 200, shared.text
+        assert shared.content == posted.content, "the same image as POST /memes with render"
+        assert shared.headers["cache-control"] == "public, max-age=31536000, immutable"
+        again = client.get(url, headers={"If-None-Match": shared.headers["etag"]})
+        assert again.status_code == 304 and not again.content
+    as_jpeg = client.get(listed[0]["url"].removesuffix(".png") + ".jpg")
+    assert as_jpeg.headers["content-type"] == "image/jpeg" and picture(as_jpeg).format == "JPEG"
+
+
+def test_an_upload_url_is_signed_renders_the_post_image_and_expires(gateway, client):
+    upload = jpeg(colour=(20, 140, 60))
+    fields = {"num_beams": "5", "num_return_sequences": "2"}
+    listed = client.post("/memes", files={"image": ("a.jpg", upload)}, data=fields).json()["memes"]
+    url = listed[1]["url"]
+    assert "/images/uploads/" in url and "sig=" in url and "expires=" in url
+    shared = client.get(url)
+    posted = client.post("/memes", files={"image": ("a.jpg", upload)}, data={**fields, "render": "png", "rank": "2"})
+    assert shared.status_code == 200, shared.text
+    assert shared.content == posted.content
+    assert (
+        shared.headers["cache-control"].startswith("public, max-age=")
+        and "immutable" in shared.headers["cache-control"]
+    )
+    # Changed in any part, the URL is refused: the boxes, the signature, the layout, another upload.
+    path, query = url.split("?", 1)
+    head, _, last = path.rpartition("/")
+    for tampered in (
+        f"{head}/someone_else~ts_words.png?{query}",
+        url.replace("sig=", "sig=A"),
+        url + "&layout=Grumpy-Cat",
+        url.replace("/images/uploads/", "/images/uploads/").replace(url.split("/")[5], "0" * 64),
+    ):
+        assert client.get(tampered).status_code == 403, tampered
+    # Past its expiry, or once the upload is no longer kept: 410 Gone.
+    links, store = gateway.app.state.sharing.links, gateway.app.state.sharing.store
+    digest = url.split("/")[5]
+    expired = links.path(digest, ("a", "b"), "png", None, 1_000_000_000)
+    assert client.get(expired).status_code == 410
+    never_kept = links.path("1" * 64, ("a", "b"), "png", None, 4_000_000_000)
+    assert client.get(never_kept).status_code == 410
+    assert store is not None
+
+
+def server_sent_events(response) -> list[tuple[str, dict]]:
+    events, kind = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            kind = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((kind, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def test_streamed_memes_come_as_they_finish_then_the_answer(client):
+    request = {"template": TEMPLATE, "num_return_sequences": 4}
+    with client.stream("POST", "/memes?stream=true", json=request) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = server_sent_events(response)
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "result" and set(kinds[:-1]) == {"meme"} and len(kinds) >= 5
+    streamed = [data for _, data in events[:-1]]
+    assert [m["index"] for m in streamed] == list(range(len(streamed))), "in the order they finished"
+    answer = events[-1][1]
+    assert answer == {**client.post("/memes", json=request).json(), "timings_ms": answer["timings_ms"]}
+    assert all(m["boxes"] in [s["boxes"] for s in streamed] for m in answer["memes"])
+    # Refused before any caption: the usual status and error, not a stream.
+    unknown = client.post("/memes?stream=true", json={"template": "No-Such-Template"})
+    assert unknown.status_code == 422 and "unknown template" in unknown.json()["detail"]
+    both = client.post("/memes?stream=true", json={"template": TEMPLATE, "render": "png"})
+    assert both.status_code == 422

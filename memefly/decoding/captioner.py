@@ -120,8 +120,10 @@ class Captioner:
         template_probs: np.ndarray,
         options: DecodingOptions,
         input_key: str,
+        on_caption: Callable[[tuple[int, ...]], None] | None = None,
     ) -> Search:
-        """A search for one request; INPUT_KEY seeds the default strategy when no seed is given."""
+        """A search for one request; INPUT_KEY seeds the default strategy when no seed is given.
+        ON_CAPTION hears of each caption the search keeps, as it finishes (for streaming)."""
         if options.default_strategy and options.seed is None:
             options = options.model_copy(update={"seed": input_seed(input_key)})
         blocked = self.offensive_ids if options.safe else frozenset()
@@ -136,7 +138,17 @@ class Captioner:
             box_counts=self.allowed_box_counts(template_probs),
             word_ids=self.is_word,
         )
-        return make_search(state, context, options, constraints, self.acceptor(options), self.words)
+        accept = self.acceptor(options)
+        if on_caption is not None:
+            refuse = accept
+
+            def accept(ids: tuple[int, ...]) -> bool:
+                kept = refuse(ids)
+                if kept:
+                    on_caption(ids)
+                return kept
+
+        return make_search(state, context, options, constraints, accept, self.words)
 
     def acceptor(self, options: DecodingOptions) -> Callable[[tuple[int, ...]], bool]:
         """Refuses captions the client already has, training captions (unless allowed), and

@@ -1,0 +1,122 @@
+"""Shareable image URLs for memes, memegen style: the boxes are path segments, the extension
+picks the format.
+
+    /images/templates/Drake_Hotline_Bling/homework/memes.png
+    /images/uploads/<sha256>/top_text/bottom_text.jpg?layout=...&expires=...&sig=...
+
+A template URL is open, as memegen's are: anyone may write one (POST /render draws any text
+on a template too). An upload URL is a capability: it names the upload by its SHA-256 and
+carries an HMAC of everything it asks for (image, boxes, format, layout, expiry), so it cannot
+be changed into another meme, or turned onto someone else's upload, without the secret.
+
+Text in a segment: "_" is a space, and "~" escapes what a path cannot hold or would read
+otherwise (~u "_", ~t "~", ~s "/", ~b "\\", ~q "?", ~h "#", ~p "%", ~a "&", ~n a new line);
+an empty box is a lone "_". Anything else is percent-encoded as usual.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode
+
+from gateway.errors import Forbidden, Gone, InvalidRequest
+
+FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}  # extension -> render format
+_ESCAPES = {"~": "~t", "_": "~u", " ": "_", "?": "~q", "&": "~a", "%": "~p", "#": "~h", "/": "~s", "\\": "~b"}
+_ESCAPES["\n"] = "~n"
+_UNESCAPES = {code[1]: char for char, code in _ESCAPES.items() if code.startswith("~")}
+_SAFE = "~_-.!*'(),:;@=+$"
+UPLOAD_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def encode_text(text: str) -> str:
+    if not text:
+        return "_"
+    return quote("".join(_ESCAPES.get(char, char) for char in text), safe=_SAFE)
+
+
+def decode_text(segment: str) -> str:
+    """The inverse of encode_text, on a segment already percent-decoded (as the router gives it)."""
+    if segment == "_":
+        return ""
+    out, i = [], 0
+    while i < len(segment):
+        char = segment[i]
+        if char == "~":
+            code = segment[i + 1 : i + 2]
+            if code not in _UNESCAPES:
+                raise InvalidRequest(f"{segment!r}: '~{code}' is no escape (~u ~t ~s ~b ~q ~h ~p ~a ~n)")
+            out.append(_UNESCAPES[code])
+            i += 2
+            continue
+        out.append(" " if char == "_" else char)
+        i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class MemePath:
+    """What an image URL's path asks for."""
+
+    source: str  # a template name, or an upload's SHA-256
+    boxes: tuple[str, ...]
+    format: str  # png | jpeg | webp
+
+
+def parse_boxes(rest: str) -> tuple[tuple[str, ...], str]:
+    """ "top/bottom.png" -> (("top", "bottom"), "png")."""
+    head, dot, extension = rest.rpartition(".")
+    if not dot or extension.lower() not in FORMATS:
+        raise InvalidRequest(f"an image URL ends with .png, .jpg or .webp, not {rest.rsplit('/', 1)[-1]!r}")
+    return tuple(decode_text(segment) for segment in head.split("/")), FORMATS[extension.lower()]
+
+
+def _extension(render_format: str) -> str:
+    return "jpg" if render_format == "jpeg" else render_format
+
+
+def template_path(template: str, boxes, render_format: str = "png") -> str:
+    segments = "/".join(encode_text(box) for box in boxes)
+    return f"/images/templates/{encode_text(template)}/{segments}.{_extension(render_format)}"
+
+
+class UploadLinks:
+    """Signs and checks upload URLs with a secret (MEMEFLY_URL_SECRET)."""
+
+    def __init__(self, secret: bytes):
+        if len(secret) < 16:
+            raise ValueError("the URL secret must be at least 16 bytes")
+        self._secret = secret
+
+    def path(self, upload_id: str, boxes, render_format: str, layout: str | None, expires: int) -> str:
+        segments = "/".join(encode_text(box) for box in boxes)
+        query = {"layout": layout} if layout else {}
+        query.update(expires=str(expires), sig=self._signature(upload_id, tuple(boxes), render_format, layout, expires))
+        return f"/images/uploads/{upload_id}/{segments}.{_extension(render_format)}?{urlencode(query)}"
+
+    def check(
+        self, upload_id: str, boxes: tuple[str, ...], render_format: str, layout: str | None, expires: str, sig: str
+    ) -> int:
+        """The URL's expiry (Unix seconds); Forbidden when the signature does not match what it
+        asks for, Gone when it has expired."""
+        try:
+            when = int(expires)
+        except ValueError:
+            raise Forbidden("this image URL is not one the gateway made (bad expiry)") from None
+        expected = self._signature(upload_id, boxes, render_format, layout, when)
+        if not hmac.compare_digest(expected, sig):
+            raise Forbidden("this image URL is not one the gateway made, or it was changed")
+        if when < time.time():
+            raise Gone("this image URL has expired, and its upload with it: generate the memes again")
+        return when
+
+    def _signature(self, upload_id, boxes, render_format, layout, expires: int) -> str:
+        message = json.dumps([upload_id, list(boxes), render_format, layout or "", expires], ensure_ascii=False)
+        digest = hmac.new(self._secret, message.encode("utf-8"), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode("ascii")

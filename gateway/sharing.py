@@ -1,0 +1,78 @@
+"""A shareable URL for every meme of an answer: the app's one `Sharing` keeps the URL secret
+and the upload store, and makes each meme's URL (gateway/share_links.py says their form)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+from fastapi import Request
+
+from gateway.rendering.layout import layout_for
+from gateway.settings import Settings
+from gateway.share_links import UploadLinks, template_path
+from gateway.upload_store import UploadStore, make_store
+
+log = logging.getLogger(__name__)
+
+
+def url_secret(settings: Settings) -> bytes:
+    """MEMEFLY_URL_SECRET, else a random key made once and kept in the data folder (so URLs
+    outlive a restart; replicas behind one address need the setting, all the same)."""
+    if settings.url_secret:
+        return settings.url_secret.encode("utf-8")
+    path = Path(settings.data_dir) / "url-secret"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another worker made it first
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as file:
+        file.write(key)
+    return key
+
+
+class Sharing:
+    def __init__(self, settings: Settings, store: UploadStore | None, links: UploadLinks):
+        self.settings = settings
+        self.store = store
+        self.links = links
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Sharing:
+        directory = settings.upload_dir or Path(settings.data_dir) / "uploads"
+        store = make_store(settings.upload_store, directory, settings.upload_store_max_bytes, settings.s3_endpoint_url)
+        return cls(settings, store, UploadLinks(url_secret(settings)))
+
+    def base(self, request: Request) -> str:
+        return (self.settings.public_url or str(request.base_url)).rstrip("/")
+
+    async def meme_urls(
+        self, request: Request, result, upload: bytes | None, layout: str | None = None
+    ) -> list[str | None]:
+        """One URL per meme of RESULT (MemeResult). An upload is kept in the store for its URLs;
+        without a store (MEMEFLY_UPLOAD_STORE=off) upload memes have none."""
+        base = self.base(request)
+        layout = layout_for(layout, result.templates)
+        if upload is None:
+            template = result.templates[0][0]
+            return [base + template_path(template, meme.boxes, "png") for meme in result.memes]
+        if self.store is None:
+            return [None] * len(result.memes)
+        expires = int(time.time()) + self.settings.upload_ttl_s
+        try:
+            await self.store.put(result.image_sha256, upload, expires)
+        except Exception as error:  # the memes stand without their URLs
+            log.warning("upload not kept for its shared URLs: %s", error)
+            return [None] * len(result.memes)
+        return [
+            base + self.links.path(result.image_sha256, meme.boxes, "png", layout, expires) for meme in result.memes
+        ]
