@@ -17,6 +17,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
+from gateway import tracing
 from gateway.access import AccessMiddleware, Keys
 from gateway.admission import Overloaded, WorkerPool
 from gateway.backends import Backend
@@ -40,7 +41,8 @@ log = logging.getLogger("gateway")
 FIRST_CHECK_WAIT_S = 120.0  # a worker's start-up check (loading in-process models included)
 
 
-def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, backend: Backend | None = None, span_exporter=None) -> FastAPI:
+    """SPAN_EXPORTER: trace into this OpenTelemetry exporter whatever OTEL_* say (tests)."""
     settings = settings or Settings.from_env()
     metrics = Metrics()
     service = MemeService(settings, backend=backend, metrics=metrics)
@@ -149,4 +151,5 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     add_request_ids(app)
+    tracing.set_up(app, exporter=span_exporter)  # off unless OTEL_* ask for it
     return app

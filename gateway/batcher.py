@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from gateway import tracing
 from gateway.admission import Correction, CostModel, admit, ceil_div
 
 Item = TypeVar("Item")
@@ -75,7 +76,7 @@ class MicroBatcher(Generic[Item, Result]):
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
         while not self._queue.empty():
-            _, future = self._queue.get_nowait()
+            _, future, _ = self._queue.get_nowait()
             if not future.done():
                 future.cancel()
 
@@ -84,7 +85,7 @@ class MicroBatcher(Generic[Item, Result]):
         if self.waiting or self._inflight:  # an idle batcher always takes an item (and measures it)
             admit(self.name, self.correction.apply(estimate), deadline_s, f"{self.waiting} images queued")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        await self._queue.put((item, future, tracing.current()))
         started = time.perf_counter()
         try:
             result = await future
@@ -116,7 +117,7 @@ class MicroBatcher(Generic[Item, Result]):
                     batch.append(await asyncio.wait_for(self._queue.get(), timeout))
                 except TimeoutError:
                     break
-            batch = [(item, future) for item, future in batch if not future.done()]
+            batch = [entry for entry in batch if not entry[1].done()]
             if not batch:
                 self._slots.release()
                 continue
@@ -124,13 +125,14 @@ class MicroBatcher(Generic[Item, Result]):
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-    async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
+    async def _run(self, batch: list[tuple[Item, asyncio.Future, object]]) -> None:
         try:
             self.on_batch(len(batch))
             started = time.perf_counter()
-            results = await self.call([item for item, _ in batch])
+            with tracing.batch_call(f"{self.name} call", (request for _, _, request in batch), items=len(batch)):
+                results = await self.call([item for item, _, _ in batch])
             self.cost.add(len(batch), time.perf_counter() - started)
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, future, _), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
                 if isinstance(result, Exception):  # this item failed alone; the others did not
@@ -138,11 +140,11 @@ class MicroBatcher(Generic[Item, Result]):
                 else:
                     future.set_result(result)
         except Exception as error:
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(error)
         except asyncio.CancelledError:  # stopping: nobody may wait forever
-            for _, future in batch:
+            for _, future, _ in batch:
                 future.cancel()
             raise
         finally:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-from asgi_correlation_id import CorrelationIdMiddleware
+from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
+from opentelemetry import trace
 
 HEADER = "X-Request-ID"
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -21,4 +22,19 @@ def acceptable(value: str) -> bool:
 
 def add_request_ids(app) -> None:
     """Outermost middleware: every answer, errors and refusals included, carries the id."""
+    app.add_middleware(_IdOnSpan)  # inside the id's middleware: the id is known there
     app.add_middleware(CorrelationIdMiddleware, header_name=HEADER, validator=acceptable)
+
+
+class _IdOnSpan:
+    """Puts the request id on the request's trace span (when tracing is on: gateway/tracing.py)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attribute("memefly.request_id", correlation_id.get() or "")
+        await self.app(scope, receive, send)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gateway import tracing
 from gateway.admission import EWMA, Correction, CostModel, admit, ceil_div
 from gateway.errors import GatewayError, InvalidRequest
 from memefly.decoding.search import Search, SearchTable
@@ -41,6 +42,7 @@ class _Entry:
     steps: int = 0
     started: float = 0.0
     estimate: float | None = None  # what it was expected to take, before correction
+    trace: object = None  # the request's span context: each step call's span links to it
 
 
 # Admission control: a request is refused at once (503, Retry-After) when the queue as it is
@@ -136,7 +138,11 @@ class DecodeScheduler:
         estimate = self._estimate(search.rows)
         self._admit(estimate, deadline_s)
         entry = _Entry(
-            search, asyncio.get_running_loop().create_future(), started=time.perf_counter(), estimate=estimate
+            search,
+            asyncio.get_running_loop().create_future(),
+            started=time.perf_counter(),
+            estimate=estimate,
+            trace=tracing.current(),
         )
         self.table.add(search)
         self._entries.append(entry)
@@ -210,7 +216,8 @@ class DecodeScheduler:
                 self.calls += 1
                 self.on_batch(len(tokens))
                 started = time.perf_counter()
-                top_ids, top_log_probs, new_state = await self.step(tokens, state, context)
+                with tracing.batch_call("decoder step", (e.trace for e in batch), rows=len(tokens)):
+                    top_ids, top_log_probs, new_state = await self.step(tokens, state, context)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the model server (or a bug) failed this call: its searches fail,

@@ -47,8 +47,8 @@ class RunningGateway:
 
 
 @contextmanager
-def running_gateway(settings: Settings, backend=None, wait: bool = True):
-    app = create_app(settings, backend=backend)
+def running_gateway(settings: Settings, backend=None, wait: bool = True, span_exporter=None):
+    app = create_app(settings, backend=backend, span_exporter=span_exporter)
     config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)

@@ -27,6 +27,7 @@ PROVIDED_BY = {
     "platformdirs": "platformdirs",
     "boto3": "boto3",
     "botocore": "boto3",
+    "opentelemetry": "opentelemetry-sdk",
     # Generated protos only, copied in by docker/slim_serving_protos.py.
     "tensorflow": None,
     "tensorflow_serving": None,
