@@ -24,7 +24,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN mkdir memefly model_export gateway \
     && touch memefly/__init__.py model_export/__init__.py gateway/__init__.py \
-    && pip install . \
+    && pip install '.[train]' \
     && pip uninstall --yes memefly
 COPY memefly memefly
 COPY model_export model_export

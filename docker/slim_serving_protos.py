@@ -6,6 +6,7 @@ although a gRPC client needs only those few pure-Python files. The gateway image
 in a build stage that has TensorFlow and copies the result into a runtime without it.
 
     python docker/slim_serving_protos.py OUT_DIR
+    python docker/slim_serving_protos.py --package gateway.backends.serving_protos gateway/backends/serving_protos
 
 OUT_DIR then holds tensorflow_serving/ and a `tensorflow` package made only of protos (an
 empty __init__): put it on sys.path of an image that has grpcio and protobuf but no
@@ -26,6 +27,7 @@ ENTRY_POINTS = (
     "tensorflow_serving.apis.prediction_log_pb2",
 )
 _GENERATED_IMPORT = re.compile(r"^from ([\w.]+) import (\w+_pb2(?:_grpc)?)\b", re.MULTILINE)
+_TOP_IMPORT = re.compile(r"^from (tensorflow(?:_serving)?[\w.]*) import", re.MULTILINE)
 
 
 def _package_root(top: str) -> Path:
@@ -51,12 +53,18 @@ def proto_closure(entry_points=ENTRY_POINTS) -> dict[str, Path]:
     return found
 
 
-def write(out: Path, modules: dict[str, Path]) -> None:
+def write(out: Path, modules: dict[str, Path], package: str | None = None) -> None:
+    """With PACKAGE, the modules go under it and import each other through it (the copy
+    vendored as gateway/backends/serving_protos, which never shadows a real TensorFlow)."""
     for name, source in modules.items():
         parts = name.split(".")
         target = out.joinpath(*parts).with_suffix(".py")
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        if package is None:
+            shutil.copyfile(source, target)
+        else:
+            text = _TOP_IMPORT.sub(lambda m: f"from {package}.{m.group(1)} import", source.read_text())
+            target.write_text(text)
         for depth in range(1, len(parts)):  # every package level needs an (empty) __init__
             init = out.joinpath(*parts[:depth], "__init__.py")
             if not init.exists():
@@ -64,12 +72,16 @@ def write(out: Path, modules: dict[str, Path]) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    package = None
+    if len(args) == 3 and args[0] == "--package":
+        package, args = args[1], args[2:]
+    if len(args) != 1:
         print(__doc__, file=sys.stderr)
         return 2
     modules = proto_closure()
-    write(Path(sys.argv[1]), modules)
-    print(f"copied {len(modules)} generated modules to {sys.argv[1]}")
+    write(Path(args[0]), modules, package)
+    print(f"copied {len(modules)} generated modules to {args[0]}")
     return 0
 
 

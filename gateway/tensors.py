@@ -10,7 +10,8 @@ them: every length as a varint, then all the bytes).
 from __future__ import annotations
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+from gateway.backends.protos import tensor_pb2, tensor_shape_pb2, types_pb2
 
 _DTYPES = {
     np.dtype(np.float16): types_pb2.DT_HALF,

@@ -681,9 +681,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Modules only the [train] extra installs; anything else missing means [serve] is not installed.
+_TRAIN_ONLY = {"tensorflow", "tensorflow_serving", "keras", "tensorboard", "py3langid"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as error:
+        import importlib.util
+
+        if (error.name or "").split(".")[0] in _TRAIN_ONLY:
+            extra = "train"
+        elif importlib.util.find_spec("fastapi") is None:
+            extra = "serve"
+        else:
+            raise
+        hint = " (or serve models from TF Serving: MEMEFLY_BACKEND=grpc)" if extra == "train" else ""
+        print(f"memefly: this command needs {error.name}: pip install 'memefly[{extra}]'{hint}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,27 +8,39 @@ from memefly import contract as c
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def home() -> Path:
+    """Where models, prepared data, runs and downloads go by default: the project folder in a
+    source checkout (where `make` runs), else the user's data folder (`pip install memefly`
+    must never write into site-packages)."""
+    if (PROJECT_ROOT / "pyproject.toml").is_file():
+        return PROJECT_ROOT
+    return data_dir()
+
+
 def dataset_dir() -> Path:
-    """The ImgFlip575K copy: $MEMEFLY_DATASET_DIR, else ../shared/datasets/imgflip575k beside the project."""
+    """The ImgFlip575K copy: $MEMEFLY_DATASET_DIR, else ../shared/datasets/imgflip575k beside the project
+    (installed from a wheel: datasets/imgflip575k in the data folder)."""
     env = os.environ.get("MEMEFLY_DATASET_DIR")
     if env:
         return Path(env).expanduser()
+    if home() != PROJECT_ROOT:
+        return data_dir() / "datasets" / "imgflip575k"
     return (PROJECT_ROOT / ".." / "shared" / "datasets" / "imgflip575k").resolve()
 
 
 def prepared_dir() -> Path:
-    """Output of `memefly data prepare`: $MEMEFLY_PREPARED_DIR, else data/prepared in the project."""
-    return Path(os.environ.get("MEMEFLY_PREPARED_DIR", PROJECT_ROOT / "data" / "prepared")).expanduser()
+    """Output of `memefly data prepare`: $MEMEFLY_PREPARED_DIR, else data/prepared in home()."""
+    return Path(os.environ.get("MEMEFLY_PREPARED_DIR", home() / "data" / "prepared")).expanduser()
 
 
 def runs_dir() -> Path:
-    """Parent of training runs: $MEMEFLY_RUNS_DIR, else runs/ in the project."""
-    return Path(os.environ.get("MEMEFLY_RUNS_DIR", PROJECT_ROOT / "runs")).expanduser()
+    """Parent of training runs: $MEMEFLY_RUNS_DIR, else runs/ in home()."""
+    return Path(os.environ.get("MEMEFLY_RUNS_DIR", home() / "runs")).expanduser()
 
 
 def models_dir() -> Path:
-    """Root of the exported models (ROOT/memefly_encoder/<v>/...): $MEMEFLY_MODELS_DIR, else models/."""
-    return Path(os.environ.get("MEMEFLY_MODELS_DIR", PROJECT_ROOT / "models")).expanduser()
+    """Root of the exported models (ROOT/memefly_encoder/<v>/...): $MEMEFLY_MODELS_DIR, else models/ in home()."""
+    return Path(os.environ.get("MEMEFLY_MODELS_DIR", home() / "models")).expanduser()
 
 
 def templates_dir() -> Path:
@@ -41,10 +53,10 @@ def templates_dir() -> Path:
 
 
 def templates_download_dir() -> Path:
-    """Where `memefly data download` writes: $MEMEFLY_TEMPLATES_DIR, else data/templates
+    """Where `memefly data download` writes: $MEMEFLY_TEMPLATES_DIR, else data/templates in home()
     (never into the dataset copy)."""
     env = os.environ.get("MEMEFLY_TEMPLATES_DIR")
-    return Path(env).expanduser() if env else PROJECT_ROOT / "data" / "templates"
+    return Path(env).expanduser() if env else home() / "data" / "templates"
 
 
 # Where `memefly data download` fetches template images from: the public ImgFlip575K repository.

@@ -113,7 +113,7 @@ def test_images_are_pinned_to_a_serving_release_that_loads_our_models(server):
     """TF Serving's images lag TensorFlow's releases: an older server is pinned only with the
     check that it loads and runs what our TensorFlow exports (docs/deploy.md, "Image tag")."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    (pin,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("tensorflow==")]
+    (pin,) = [d for d in pyproject["project"]["optional-dependencies"]["train"] if d.startswith("tensorflow==")]
     tensorflow = tuple(int(x) for x in pin.split("==")[1].split("."))
     gpu, cpu = (compose(v)["services"][server]["image"] for v in VARIANTS)
     assert gpu.endswith("-gpu") and not cpu.endswith("-gpu")

@@ -13,13 +13,13 @@ import random
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import (
+
+from gateway.backends.protos import (
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-
 from gateway.errors import DeadlineExceeded, GatewayError, ModelError, ModelUnavailable, WrongTarget
 from gateway.settings import Settings
 from gateway.tensors import from_proto, to_proto
