@@ -66,7 +66,11 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 RUN apt-get update \
     && apt-get install -y --no-install-recommends fonts-roboto-unhinted \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 1000 memefly
+    && useradd --create-home --uid 1000 memefly \
+    && mkdir /data && chown memefly /data
+# What the gateway keeps between runs (the URL secret, uploads behind shared URLs): compose
+# mounts a volume here, so that restarts and replicas share them.
+ENV MEMEFLY_DATA_DIR=/data
 COPY --from=gateway-build /opt/venv /opt/venv
 USER memefly
 WORKDIR /home/memefly

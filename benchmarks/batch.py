@@ -121,6 +121,7 @@ def command(target: str, folder: Path, out: Path, concurrency: int, batch_size: 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--model-version", default="latest", help="the served pair (default: the newest)")
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -133,7 +134,7 @@ def main() -> int:
         paths = write_images(folder, args.images)
         with (
             loopback_serving(args.models_dir) as target,
-            gateway("grpc", args.models_dir, target, model_version=1) as url,
+            gateway("grpc", args.models_dir, target, model_version=args.model_version) as url,
         ):
             rows["POST /memes, one at a time"] = one_at_a_time(url, paths)
         with loopback_serving(args.models_dir) as target:

@@ -70,10 +70,21 @@ def model_calls(call, image: bytes) -> None:
             state, tokens = out[c.STATE], out[c.TOP_IDS][:, 0].astype(np.int32)
 
 
-def inprocess_caller(models: Path):
+def newest_pair(models: Path) -> int:
+    """The newest version both models have (what the gateways serve with --model-version latest)."""
+    versions = [
+        {int(p.name) for p in (models / name).iterdir() if p.name.isdigit()}
+        for name in (c.ENCODER_MODEL, c.DECODER_MODEL)
+    ]
+    return max(set.intersection(*versions))
+
+
+def inprocess_caller(models: Path, version: int):
     import tensorflow as tf
 
-    loaded = {name: tf.saved_model.load(str(models / name / "1")) for name in (c.ENCODER_MODEL, c.DECODER_MODEL)}
+    loaded = {
+        name: tf.saved_model.load(str(models / name / str(version))) for name in (c.ENCODER_MODEL, c.DECODER_MODEL)
+    }
 
     def call(model, signature, inputs):
         result = loaded[model].signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
@@ -82,7 +93,7 @@ def inprocess_caller(models: Path):
     return call, loaded
 
 
-def grpc_caller(target: str):
+def grpc_caller(target: str, version: int):
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
@@ -94,7 +105,7 @@ def grpc_caller(target: str):
     def call(model, signature, inputs):
         request = predict_pb2.PredictRequest()
         request.model_spec.name, request.model_spec.signature_name = model, signature
-        request.model_spec.version.value = 1
+        request.model_spec.version.value = version
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(to_proto(value))
         return {k: from_proto(v) for k, v in stub.Predict(request, timeout=30).outputs.items()}
@@ -131,20 +142,22 @@ def gateway_poster(client: httpx.Client):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--model-version", default="latest", help="the served pair (default: the newest)")
     parser.add_argument("--trials", type=int, default=50)
     args = parser.parse_args()
     warmup = 3
+    version = newest_pair(args.models_dir) if args.model_version == "latest" else int(args.model_version)
     # Every image is new to every runner: each gateway caches by SHA-256, but in its own process.
     images = variants(default_image(), args.trials + warmup)
     with (
         loopback_serving(args.models_dir) as target,
-        gateway("inprocess", args.models_dir, model_version=1) as inprocess_url,
-        gateway("grpc", args.models_dir, target, model_version=1) as grpc_url,
+        gateway("inprocess", args.models_dir, model_version=version) as inprocess_url,
+        gateway("grpc", args.models_dir, target, model_version=version) as grpc_url,
         httpx.Client(base_url=inprocess_url, timeout=120) as inprocess_client,
         httpx.Client(base_url=grpc_url, timeout=120) as grpc_client,
     ):
-        raw_inprocess, _ = inprocess_caller(args.models_dir)
-        raw_grpc = grpc_caller(target)
+        raw_inprocess, _ = inprocess_caller(args.models_dir, version)
+        raw_grpc = grpc_caller(target, version)
         rows = interleaved(
             {
                 "raw model, in-process": lambda im: model_calls(raw_inprocess, im),

@@ -8,7 +8,8 @@
   in memory by default, in Redis for several replicas (MEMEFLY_RATE_LIMIT_STORAGE=
   async+redis://host:6379, with `pip install limits[async-redis]`). Past it: 429 with
   Retry-After.
-- Only POST requests count against a limit (memes, batches, renders: the work); GETs (the
+- Only POST requests count against a limit (memes, batches, renders: the work), and GETs of
+  shared image URLs (/images/, per client address: they need no key); other GETs (the
   template list, thumbnails, the page) do not, so the page's own loading never hits it.
 - Wrong keys are counted per client address too (FAILED_KEY_LIMIT), so keys cannot be guessed
   at speed: past it, 429 instead of 401.
@@ -40,8 +41,10 @@ from gateway.middleware import send_detail
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
-# Shared image URLs too: they are sent to people without keys (chats, pages); an upload's is signed.
-OPEN_PREFIXES = ("/static/", "/static-offline-docs/", "/images/")
+OPEN_PREFIXES = ("/static/", "/static-offline-docs/")
+# Shared image URLs need no key (they are sent to people without keys: chats, pages; an
+# upload's is signed), but each draws a meme: they count against MEMEFLY_RATE_LIMIT per address.
+SHARED_PREFIX = "/images/"
 FAILED_KEY_LIMIT = parse("20/minute")  # wrong keys per client address
 MIN_KEY_LENGTH = 8
 _KEY = re.compile(r"[!-~]+")  # printable ASCII, no spaces: what an HTTP header carries safely
@@ -135,9 +138,13 @@ class AccessMiddleware:
             or path.startswith(OPEN_PREFIXES)
         ):
             return await self.app(scope, receive, send)
+        address = (scope.get("client") or ("?",))[0]  # the proxy's X-Forwarded-For when trusted (uvicorn)
+        if path.startswith(SHARED_PREFIX):
+            if self.default_limit is not None and not await self._hit(self.default_limit, "addr:" + address):
+                return await self._refuse(send, self.default_limit, "addr:" + address)
+            return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         key = self.keys.find(_presented_key(headers))
-        address = (scope.get("client") or ("?",))[0]  # the proxy's X-Forwarded-For when trusted (uvicorn)
         if self.keys.limits and key is None:
             if self.limiter is not None and not await self._hit(FAILED_KEY_LIMIT, "failed:" + address):
                 return await send_detail(
@@ -154,14 +161,17 @@ class AccessMiddleware:
             # Keys are not stored, only a digest of them; without keys, the client's address counts.
             who = "key:" + hashlib.sha256(key.encode()).hexdigest()[:32] if key else "addr:" + address
             if not await self._hit(limit, who):
-                retry_after = await self._retry_after(limit, who)
-                return await send_detail(
-                    send,
-                    429,
-                    f"rate limit {limit} reached: try again in {retry_after} s",
-                    [(b"retry-after", str(retry_after).encode())],
-                )
+                return await self._refuse(send, limit, who)
         return await self.app(scope, receive, send)
+
+    async def _refuse(self, send, limit: RateLimitItem, who: str):
+        retry_after = await self._retry_after(limit, who)
+        return await send_detail(
+            send,
+            429,
+            f"rate limit {limit} reached: try again in {retry_after} s",
+            [(b"retry-after", str(retry_after).encode())],
+        )
 
     async def _hit(self, limit: RateLimitItem, who: str) -> bool:
         try:

@@ -66,6 +66,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         yield
         await service.stop()
         renders.close()
+        if app.state.tracer_provider is not None:
+            app.state.tracer_provider.shutdown()  # the spans still queued are sent
 
     # /docs and /redoc with their scripts and styles served from here, not a CDN: they work
     # offline and behind a firewall (fastapi-offline ships Swagger UI and ReDoc).
@@ -151,5 +153,5 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     add_request_ids(app)
-    tracing.set_up(app, exporter=span_exporter)  # off unless OTEL_* ask for it
+    app.state.tracer_provider = tracing.set_up(app, exporter=span_exporter)  # off unless OTEL_* ask for it
     return app

@@ -18,7 +18,9 @@ from gateway.share_links import UPLOAD_ID, decode_text, parse_boxes
 from gateway.sharing import Sharing
 
 router = APIRouter()
-IMMUTABLE = "public, max-age=31536000, immutable"  # the URL is the meme: it never changes
+# A template URL names the text, not the picture: a new template image or renderer draws it anew,
+# so caches keep it a day and then revalidate by ETag. An upload URL's picture is its SHA-256.
+TEMPLATE_CACHING = "public, max-age=86400"
 _IMAGE = {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "description": "the meme"}
 
 
@@ -49,9 +51,8 @@ async def template_meme(
     name = decode_text(template)
     spec = render_spec(service.settings, RenderOptions(max_size=size), list(texts), render_format, name)
     path, source_id = renderer.template_source(name)
-    return await image_response(
-        request, renderer, path, source_id, spec, headers=caption_headers(list(texts), name), cache_control=IMMUTABLE
-    )
+    headers = caption_headers(list(texts), name)
+    return await image_response(request, renderer, path, source_id, spec, headers, TEMPLATE_CACHING)
 
 
 @router.get(
@@ -76,7 +77,7 @@ async def upload_meme(
     if not UPLOAD_ID.fullmatch(upload_id):
         raise NotFound("no such upload: an upload URL names its image by SHA-256")
     texts, render_format = parse_boxes(boxes)
-    until = sharing.links.check(upload_id, texts, render_format, layout, expires, sig)
+    until = sharing.links.check(upload_id, texts, layout, expires, sig)
     spec = render_spec(service.settings, RenderOptions(max_size=size), list(texts), render_format, layout)
     cache_control = f"public, max-age={max(0, until - int(time.time()))}, immutable"
     if client_has(request, renderer.etag(upload_id, spec)):

@@ -6,8 +6,9 @@ picks the format.
 
 A template URL is open, as memegen's are: anyone may write one (POST /render draws any text
 on a template too). An upload URL is a capability: it names the upload by its SHA-256 and
-carries an HMAC of everything it asks for (image, boxes, format, layout, expiry), so it cannot
-be changed into another meme, or turned onto someone else's upload, without the secret.
+carries an HMAC of what it draws (image, boxes, layout, expiry), so it cannot be changed into
+another meme, or turned onto someone else's upload, without the secret; the extension (the
+format) and `?size=` are free to change, as on a template URL.
 
 Text in a segment: "_" is a space, and "~" escapes what a path cannot hold or would read
 otherwise (~u "_", ~t "~", ~s "/", ~b "\\", ~q "?", ~h "#", ~p "%", ~a "&", ~n a new line);
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from gateway.errors import Forbidden, Gone, InvalidRequest
+from gateway.schemas import MAX_BOX_CHARS, MAX_BOXES
 
 FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}  # extension -> render format
 _ESCAPES = {"~": "~t", "_": "~u", " ": "_", "?": "~q", "&": "~a", "%": "~p", "#": "~h", "/": "~s", "\\": "~b"}
@@ -70,11 +72,17 @@ class MemePath:
 
 
 def parse_boxes(rest: str) -> tuple[tuple[str, ...], str]:
-    """ "top/bottom.png" -> (("top", "bottom"), "png")."""
+    """ "top/bottom.png" -> (("top", "bottom"), "png"), within POST /render's limits."""
     head, dot, extension = rest.rpartition(".")
     if not dot or extension.lower() not in FORMATS:
         raise InvalidRequest(f"an image URL ends with .png, .jpg or .webp, not {rest.rsplit('/', 1)[-1]!r}")
-    return tuple(decode_text(segment) for segment in head.split("/")), FORMATS[extension.lower()]
+    segments = head.split("/")
+    if len(segments) > MAX_BOXES:
+        raise InvalidRequest(f"{len(segments)} boxes: at most {MAX_BOXES}")
+    boxes = tuple(decode_text(segment) for segment in segments)
+    if any(len(box) > MAX_BOX_CHARS for box in boxes):
+        raise InvalidRequest(f"a box is longer than {MAX_BOX_CHARS} characters")
+    return boxes, FORMATS[extension.lower()]
 
 
 def _extension(render_format: str) -> str:
@@ -97,26 +105,24 @@ class UploadLinks:
     def path(self, upload_id: str, boxes, render_format: str, layout: str | None, expires: int) -> str:
         segments = "/".join(encode_text(box) for box in boxes)
         query = {"layout": layout} if layout else {}
-        query.update(expires=str(expires), sig=self._signature(upload_id, tuple(boxes), render_format, layout, expires))
+        query.update(expires=str(expires), sig=self._signature(upload_id, tuple(boxes), layout, expires))
         return f"/images/uploads/{upload_id}/{segments}.{_extension(render_format)}?{urlencode(query)}"
 
-    def check(
-        self, upload_id: str, boxes: tuple[str, ...], render_format: str, layout: str | None, expires: str, sig: str
-    ) -> int:
+    def check(self, upload_id: str, boxes: tuple[str, ...], layout: str | None, expires: str, sig: str) -> int:
         """The URL's expiry (Unix seconds); Forbidden when the signature does not match what it
         asks for, Gone when it has expired."""
         try:
             when = int(expires)
         except ValueError:
             raise Forbidden("this image URL is not one the gateway made (bad expiry)") from None
-        expected = self._signature(upload_id, boxes, render_format, layout, when)
-        if not hmac.compare_digest(expected, sig):
+        expected = self._signature(upload_id, boxes, layout, when)
+        if not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "surrogatepass")):
             raise Forbidden("this image URL is not one the gateway made, or it was changed")
         if when < time.time():
             raise Gone("this image URL has expired, and its upload with it: generate the memes again")
         return when
 
-    def _signature(self, upload_id, boxes, render_format, layout, expires: int) -> str:
-        message = json.dumps([upload_id, list(boxes), render_format, layout or "", expires], ensure_ascii=False)
+    def _signature(self, upload_id, boxes, layout, expires: int) -> str:
+        message = json.dumps([upload_id, list(boxes), layout or "", expires], ensure_ascii=False)
         digest = hmac.new(self._secret, message.encode("utf-8"), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:18]).decode("ascii")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,23 +22,27 @@ log = logging.getLogger(__name__)
 
 def url_secret(settings: Settings) -> bytes:
     """MEMEFLY_URL_SECRET, else a random key made once and kept in the data folder (so URLs
-    outlive a restart; replicas behind one address need the setting, all the same)."""
+    outlive a restart, and workers or replicas sharing the folder share it)."""
     if settings.url_secret:
         return settings.url_secret.encode("utf-8")
     path = Path(settings.data_dir) / "url-secret"
     try:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, made = tempfile.mkstemp(dir=path.parent, prefix=".url-secret.")  # 0600
+            with os.fdopen(fd, "wb") as file:
+                file.write(secrets.token_bytes(32))
+            try:
+                os.link(made, path)  # atomic, and never over another worker's key
+                log.info("made a URL secret in %s (replicas on other hosts need MEMEFLY_URL_SECRET)", path)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(made)
         return path.read_bytes()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another worker made it first
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as file:
-        file.write(key)
-    return key
+    except OSError as error:
+        log.warning("no URL secret could be kept in %s (%s): upload URLs will not outlive this process", path, error)
+        return secrets.token_bytes(32)
 
 
 class Sharing:

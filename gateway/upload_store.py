@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +35,7 @@ class LocalUploadStore:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self._last_sweep = 0.0
+        self._written = 0  # bytes written since the last sweep: a tenth of the bound sweeps again
 
     def _path(self, upload_id: str) -> Path:
         return self.directory / f"{upload_id}.upload"
@@ -50,12 +52,14 @@ class LocalUploadStore:
             kept_until = path.stat().st_mtime
         except FileNotFoundError:
             self.directory.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.partial")
-            partial.write_bytes(data)
-            partial.replace(path)  # atomic: a reader never sees half an upload
+            fd, partial = tempfile.mkstemp(dir=self.directory, suffix=".partial")
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            os.replace(partial, path)  # atomic: a reader never sees half an upload
             kept_until = 0.0
+            self._written += len(data)
         os.utime(path, (time.time(), max(kept_until, expires)))  # kept until its last URL expires
-        if time.monotonic() - self._last_sweep > SWEEP_EVERY_S or len(data) > self.max_bytes // 100:
+        if time.monotonic() - self._last_sweep > SWEEP_EVERY_S or self._written > self.max_bytes // 10:
             self._sweep()
 
     def _get(self, upload_id: str) -> bytes | None:
@@ -69,8 +73,14 @@ class LocalUploadStore:
 
     def _sweep(self) -> None:
         """Deletes expired uploads, then the soonest to expire while over the size bound."""
-        self._last_sweep = time.monotonic()
+        self._last_sweep, self._written = time.monotonic(), 0
         now = time.time()
+        for partial in self.directory.glob("*.partial"):  # left by a process that died writing
+            try:
+                if partial.stat().st_mtime < now - 3600:
+                    partial.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
         kept = []
         for path in self.directory.glob("*.upload"):
             try:
@@ -128,8 +138,10 @@ class S3UploadStore:
 
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(upload_id))
-        except ClientError:
-            return None
+        except ClientError as error:
+            if _missing(error):
+                return None
+            raise
         return int(head.get("Metadata", {}).get("expires", 0))
 
     def _get(self, upload_id: str) -> bytes | None:
@@ -137,11 +149,17 @@ class S3UploadStore:
 
         try:
             found = self.client.get_object(Bucket=self.bucket, Key=self._key(upload_id))
-        except ClientError:
-            return None
+        except ClientError as error:
+            if _missing(error):  # anything else (no access, throttled) is an error, not "gone"
+                return None
+            raise
         if int(found.get("Metadata", {}).get("expires", 0)) < time.time():
             return None
         return found["Body"].read()
+
+
+def _missing(error) -> bool:
+    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
 def make_store(kind: str, directory: Path, max_bytes: int, endpoint_url: str = "") -> UploadStore | None:

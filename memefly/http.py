@@ -18,6 +18,8 @@ Retry-After. Only httpx is needed: no TensorFlow, no gateway code.
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,16 @@ class Meme:
     text: str
     boxes: list[str]
     score: float
+    url: str | None = None  # the meme drawn, by GET: shareable (None when uploads are not kept)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A streamed caption (POST /memes?stream=true), as its search finished it: not ranked yet."""
+
+    index: int
+    text: str
+    boxes: list[str]
 
 
 @dataclass(frozen=True)
@@ -56,9 +68,9 @@ class MemeAnswer:
     @classmethod
     def from_json(cls, body: dict[str, Any], request_id: str | None = None) -> MemeAnswer:
         return cls(
-            memes=[Meme(**m) for m in body["memes"]],
-            template=TemplateMatch(**body["template"]),
-            templates=[TemplateMatch(**t) for t in body["templates"]],
+            memes=[_known(Meme, m) for m in body["memes"]],
+            template=_known(TemplateMatch, body["template"]),
+            templates=[_known(TemplateMatch, t) for t in body["templates"]],
             model=body["model"],
             timings_ms=body["timings_ms"],
             image_sha256=body["image_sha256"],
@@ -79,6 +91,11 @@ class Readiness:
     ready: bool
     reason: str
     model: dict[str, str]
+
+
+def _known(kind, values: dict[str, Any]):
+    """KIND from VALUES, ignoring fields a newer gateway added (a client keeps working)."""
+    return kind(**{k: v for k, v in values.items() if k in kind.__dataclass_fields__})
 
 
 class MemeflyError(Exception):
@@ -130,6 +147,26 @@ def _checked(response: httpx.Response) -> httpx.Response:
     )
 
 
+class _Events:
+    """Server-sent events, line by line: `meme` -> Caption, `result` -> MemeAnswer, `error` -> raised."""
+
+    def __init__(self, request_id: str | None):
+        self.request_id = request_id
+        self.kind = ""
+
+    def feed(self, line: str) -> Iterator[Caption | MemeAnswer]:
+        if line.startswith("event: "):
+            self.kind = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            data = json.loads(line.removeprefix("data: "))
+            if self.kind == "meme":
+                yield _known(Caption, data)
+            elif self.kind == "result":
+                yield MemeAnswer.from_json(data, self.request_id)
+            elif self.kind == "error":
+                raise MemeflyError(data["status"], data["detail"], self.request_id, None)
+
+
 def _headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, str]:
     out = {"User-Agent": "memefly-http-client"}
     if api_key:
@@ -166,6 +203,19 @@ class Client:
         )
         return MemeAnswer.from_json(response.json(), response.headers.get("x-request-id"))
 
+    def memes_stream(
+        self, image: Image | None = None, *, template: str | None = None, **options: Any
+    ) -> Iterator[Caption | MemeAnswer]:
+        """The captions as they finish, then the answer (POST /memes?stream=true)."""
+        body = _meme_body(image, template, options)
+        with self._http.stream("POST", "/memes", params={"stream": "true"}, json=body) as response:
+            if not response.is_success:
+                response.read()
+                _checked(response)
+            events = _Events(response.headers.get("x-request-id"))
+            for line in response.iter_lines():
+                yield from events.feed(line)
+
     def render(
         self,
         image: Image | None = None,
@@ -179,14 +229,14 @@ class Client:
         return _checked(self._http.post("/render", json=_render_body(image, template, boxes, format, options))).content
 
     def templates(self) -> list[Template]:
-        return [Template(**t) for t in _checked(self._http.get("/templates")).json()["templates"]]
+        return [_known(Template, t) for t in _checked(self._http.get("/templates")).json()["templates"]]
 
     def ready(self) -> Readiness:
         """/readyz, 200 or 503 alike."""
         response = self._http.get("/readyz")
         if response.status_code not in (200, 503):
             _checked(response)
-        return Readiness(**response.json())
+        return _known(Readiness, response.json())
 
     def close(self) -> None:
         self._http.close()
@@ -226,6 +276,19 @@ class AsyncClient:
         )
         return MemeAnswer.from_json(response.json(), response.headers.get("x-request-id"))
 
+    async def memes_stream(
+        self, image: Image | None = None, *, template: str | None = None, **options: Any
+    ) -> AsyncIterator[Caption | MemeAnswer]:
+        body = _meme_body(image, template, options)
+        async with self._http.stream("POST", "/memes", params={"stream": "true"}, json=body) as response:
+            if not response.is_success:
+                await response.aread()
+                _checked(response)
+            events = _Events(response.headers.get("x-request-id"))
+            async for line in response.aiter_lines():
+                for event in events.feed(line):
+                    yield event
+
     async def render(
         self,
         image: Image | None = None,
@@ -239,13 +302,13 @@ class AsyncClient:
         return _checked(response).content
 
     async def templates(self) -> list[Template]:
-        return [Template(**t) for t in _checked(await self._http.get("/templates")).json()["templates"]]
+        return [_known(Template, t) for t in _checked(await self._http.get("/templates")).json()["templates"]]
 
     async def ready(self) -> Readiness:
         response = await self._http.get("/readyz")
         if response.status_code not in (200, 503):
             _checked(response)
-        return Readiness(**response.json())
+        return _known(Readiness, response.json())
 
     async def aclose(self) -> None:
         await self._http.aclose()

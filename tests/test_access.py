@@ -174,3 +174,20 @@ def test_key_settings_are_checked(tmp_path):
         Settings.from_env({"MEMEFLY_RATE_LIMIT": "often"})
     with pytest.raises(ValueError, match="MEMEFLY_API_KEYS_FILE"):
         Settings.from_env({"MEMEFLY_API_KEYS_FILE": str(tmp_path / "missing")})
+
+
+def test_shared_image_urls_need_no_key_but_count_per_address(served_models_dir, loopback, tiny_dataset):
+    settings = gateway_settings(
+        served_models_dir,
+        "grpc",
+        loopback.target,
+        api_keys="listed-key",
+        rate_limit="2/minute",
+        templates_dir=tiny_dataset / "dataset" / "templates" / "img",
+    )
+    with running_gateway(settings) as running, running.client() as client:
+        url = "/images/templates/Grumpy-Cat/no_key/needed.png"
+        assert [client.get(url).status_code for _ in range(2)] == [200, 200]
+        refused = client.get(url)
+        assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 60
+        assert client.get("/templates").status_code == 401  # the rest of the API still needs a key

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import threading
 from urllib.parse import unquote
 
 import numpy as np
@@ -244,7 +246,7 @@ def test_a_shared_url_renders_what_the_post_renders_and_caches_for_good(client):
         )
         assert shared.status_code == 200, shared.text
         assert shared.content == posted.content, "the same image as POST /memes with render"
-        assert shared.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert shared.headers["cache-control"] == "public, max-age=86400"  # then revalidated by ETag
         again = client.get(url, headers={"If-None-Match": shared.headers["etag"]})
         assert again.status_code == 304 and not again.content
     as_jpeg = client.get(listed[0]["url"].removesuffix(".png") + ".jpg")
@@ -265,6 +267,8 @@ def test_an_upload_url_is_signed_renders_the_post_image_and_expires(gateway, cli
         shared.headers["cache-control"].startswith("public, max-age=")
         and "immutable" in shared.headers["cache-control"]
     )
+    as_webp = client.get(url.replace(".png?", ".webp?"))  # the format is free to change, as on templates
+    assert as_webp.status_code == 200 and picture(as_webp).format == "WEBP"
     # Changed in any part, the URL is refused: the boxes, the signature, the layout, another upload.
     path, query = url.split("?", 1)
     head, _, last = path.rpartition("/")
@@ -313,3 +317,28 @@ def test_streamed_memes_come_as_they_finish_then_the_answer(client):
     assert unknown.status_code == 422 and "unknown template" in unknown.json()["detail"]
     both = client.post("/memes?stream=true", json={"template": TEMPLATE, "render": "png"})
     assert both.status_code == 422
+
+
+def test_a_streamed_caption_is_sent_while_the_search_still_runs(gateway, client):
+    """The first event reaches the client before the memes are done (not buffered to the end)."""
+    service, release = gateway.service, threading.Event()
+    real = service.memes
+
+    async def held_back(image, template, options, on_caption=None):
+        on_caption(["first", "caption"])
+        while not release.is_set():  # the search goes on until the client has read the event
+            await asyncio.sleep(0.01)
+        return await real(image, template, options)
+
+    service.memes = held_back
+    try:
+        with client.stream("POST", "/memes?stream=true", json={"template": TEMPLATE}) as response:
+            lines = response.iter_lines()
+            assert next(lines) == "event: meme"
+            assert json.loads(next(lines).removeprefix("data: "))["boxes"] == ["first", "caption"]
+            release.set()
+            rest = list(lines)
+        assert "event: result" in rest
+    finally:
+        release.set()
+        service.memes = real

@@ -11,7 +11,7 @@ import pytest
 from gateway_harness import gateway_settings, running_gateway
 from PIL import Image
 
-from memefly.http import AsyncClient, Client, MemeAnswer, MemeflyError, Readiness, Template
+from memefly.http import AsyncClient, Caption, Client, MemeAnswer, MemeflyError, Readiness, Template
 
 TEMPLATE = "Grumpy-Cat"
 
@@ -87,6 +87,25 @@ def test_the_async_client_does_the_same(gateway):
     answers, templates, state = asyncio.run(run())
     assert [len(a.memes) for a in answers] == [1, 1, 1] and len({a.request_id for a in answers}) == 3
     assert templates and state.ready
+
+
+def test_streamed_captions_then_the_answer_sync_and_async(gateway):
+    options = dict(template=TEMPLATE, num_return_sequences=3)
+    with Client(gateway.url, api_key="client-test-key") as memefly:
+        events = list(memefly.memes_stream(**options))
+        with pytest.raises(MemeflyError) as raised:
+            list(memefly.memes_stream(template="No Such Template At All"))
+    assert raised.value.status == 422
+    *captions, answer = events
+    assert captions and all(isinstance(c, Caption) for c in captions) and isinstance(answer, MemeAnswer)
+    assert [c.index for c in captions] == list(range(len(captions)))
+    assert all(m.url and m.boxes in [c.boxes for c in captions] for m in answer.memes)
+
+    async def run():
+        async with AsyncClient(gateway.url, api_key="client-test-key") as memefly:
+            return [event async for event in memefly.memes_stream(**options)]
+
+    assert asyncio.run(run())[-1].memes == answer.memes
 
 
 def test_the_client_imports_neither_tensorflow_nor_the_gateway():

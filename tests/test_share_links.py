@@ -33,6 +33,10 @@ def test_paths_read_like_memegen_and_parse_back():
         parse_boxes("top/bottom.gif")
     with pytest.raises(InvalidRequest):
         decode_text("~z")
+    with pytest.raises(InvalidRequest, match="at most 10"):
+        parse_boxes("/".join("x" * 11) + ".png")
+    with pytest.raises(InvalidRequest, match="longer than 500"):
+        parse_boxes("x" * 501 + ".png")
 
 
 def test_an_upload_url_checks_every_part_and_its_expiry():
@@ -40,22 +44,27 @@ def test_an_upload_url_checks_every_part_and_its_expiry():
     later = int(time.time()) + 60
     path = links.path("a" * 64, ("top", "bottom"), "png", "Drake", later)
     sig = path.rsplit("sig=", 1)[1]
-    assert links.check("a" * 64, ("top", "bottom"), "png", "Drake", str(later), sig) == later
+    assert path.startswith(f"/images/uploads/{'a' * 64}/top/bottom.png?layout=Drake&expires={later}&sig=")
+    assert links.check("a" * 64, ("top", "bottom"), "Drake", str(later), sig) == later
     for changed in (
-        ("b" * 64, ("top", "bottom"), "png", "Drake", str(later)),
-        ("a" * 64, ("top", "bottom!"), "png", "Drake", str(later)),
-        ("a" * 64, ("top", "bottom"), "webp", "Drake", str(later)),
-        ("a" * 64, ("top", "bottom"), "png", None, str(later)),
-        ("a" * 64, ("top", "bottom"), "png", "Drake", str(later + 1)),
+        ("b" * 64, ("top", "bottom"), "Drake", str(later)),
+        ("a" * 64, ("top", "bottom!"), "Drake", str(later)),
+        ("a" * 64, ("top",), "Drake", str(later)),
+        ("a" * 64, ("top", "bottom"), None, str(later)),
+        ("a" * 64, ("top", "bottom"), "Drake", str(later + 1)),
+        ("a" * 64, ("top", "bottom"), "Drake", "soon"),
     ):
         with pytest.raises(Forbidden):
             links.check(*changed, sig)
+    for forged in (sig[:-1] + ("A" if sig[-1] != "A" else "B"), "é" * len(sig), ""):
+        with pytest.raises(Forbidden):
+            links.check("a" * 64, ("top", "bottom"), "Drake", str(later), forged)
     with pytest.raises(Forbidden):
-        UploadLinks(b"x" * 32).check("a" * 64, ("top", "bottom"), "png", "Drake", str(later), sig)
+        UploadLinks(b"x" * 32).check("a" * 64, ("top", "bottom"), "Drake", str(later), sig)
     past = int(time.time()) - 1
     old = links.path("a" * 64, ("top",), "png", None, past).rsplit("sig=", 1)[1]
     with pytest.raises(Gone):
-        links.check("a" * 64, ("top",), "png", None, str(past), old)
+        links.check("a" * 64, ("top",), None, str(past), old)
 
 
 def test_the_local_store_keeps_uploads_until_their_last_url_expires_and_within_its_size(tmp_path):
