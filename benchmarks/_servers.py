@@ -32,18 +32,16 @@ def _env(**settings) -> dict[str, str]:
 
 @contextmanager
 def loopback_serving(models_dir: Path, *, code: Path = ROOT, port: int | None = None):
-    """tests/loopback_serving.py over MODELS_DIR: TF Serving's PredictionService, in Python.
-    CODE: the checkout whose loopback server runs (benchmarks/reliability.py measures an older one)."""
+    """`memefly loopback` over MODELS_DIR: TF Serving's PredictionService, in Python.
+    CODE: the checkout whose loopback server runs (benchmarks/reliability.py measures an older
+    one; before it was a module of the package, it was tests/loopback_serving.py)."""
     port = port or free_port()
+    module = code / "model_export" / "loopback_serving.py"
+    script = (
+        ["-m", "model_export.loopback_serving"] if module.exists() else [str(code / "tests" / "loopback_serving.py")]
+    )
     process = subprocess.Popen(
-        [
-            sys.executable,
-            str(code / "tests" / "loopback_serving.py"),
-            "--models-dir",
-            str(models_dir),
-            "--port",
-            str(port),
-        ],
+        [sys.executable, *script, "--models-dir", str(models_dir), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

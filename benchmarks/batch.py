@@ -3,7 +3,7 @@ POST /memes one image at a time, in one run.
 
     python benchmarks/batch.py [--models-dir models] [--images 200] [--concurrency 64] [--batch-size 32]
 
-The model server is the loopback TF Serving (tests/loopback_serving.py) over MODELS_DIR, in
+The model server is the loopback TF Serving (`memefly loopback`) over MODELS_DIR, in
 its own process. Every row makes memes for the same IMAGES distinct images (20 template
 images, each varied by a pixel, so no cache helps) with the default options (5 beams, 5
 memes, up to 32 tokens), and each row gets a fresh server process:

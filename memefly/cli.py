@@ -247,6 +247,14 @@ def _cmd_serve(args) -> int:
         return 2
 
 
+def _cmd_loopback(args) -> int:
+    _quiet_tensorflow()
+    from model_export.loopback_serving import main as loopback
+
+    models = args.models_dir or str(paths.models_dir())
+    return loopback(["--models-dir", models, "--host", args.host, "--port", str(args.port)])
+
+
 def _with_built_models(settings):
     """In-process settings pinned to a served pair: the exported one, or one built now from
     the default model (model_export.first_run). Raises first_run.BuildError."""
@@ -621,6 +629,18 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, help="gateway processes on the port (default: $MEMEFLY_WORKERS or 1)")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sv.set_defaults(func=_cmd_serve)
+
+    lb = sub.add_parser(
+        "loopback",
+        help="serve exported models over TF Serving's gRPC API, in Python (a local TF Serving, no Docker)",
+        description="For `memefly serve --backend grpc` without Docker: both models on one port "
+        "(point MEMEFLY_ENCODER_TARGET and MEMEFLY_DECODER_TARGET at it). Not for production: no batching.",
+        formatter_class=formatter,
+    )
+    lb.add_argument("--models-dir", help="exported models (default: $MEMEFLY_MODELS_DIR or models/)")
+    lb.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    lb.add_argument("--port", type=int, default=8500, help="0 picks a free port (default: %(default)s)")
+    lb.set_defaults(func=_cmd_loopback)
 
     gen = sub.add_parser(
         "generate",

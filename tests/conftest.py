@@ -196,8 +196,8 @@ def served_models_dir(tiny_export) -> Path:
 
 @pytest.fixture(scope="session")
 def loopback(served_models_dir):
-    """One loopback TF Serving (tests/loopback_serving.py) over the tiny export for the session."""
-    from loopback_serving import start_loopback_server
+    """One loopback TF Serving (model_export/loopback_serving.py) over the tiny export for the session."""
+    from model_export.loopback_serving import start_loopback_server
 
     server = start_loopback_server(served_models_dir)
     yield server

@@ -1,14 +1,11 @@
 """The Kneser-Ney bigram baseline: a proper distribution, and the benchmark script end to end."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from kn_baseline import KneserNeyBigram, main  # noqa: E402
+from model_export.kn_baseline import KneserNeyBigram, main
 
 VOCAB = 12
 

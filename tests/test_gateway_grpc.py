@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 from gateway_harness import gateway_settings, running_gateway
-from loopback_serving import start_loopback_server
 
 from gateway.backends.grpc_backend import GrpcBackend
 from memefly import contract as c
+from model_export.loopback_serving import start_loopback_server
 
 TEMPLATE = {"template": "Grumpy-Cat", "num_beams": 2, "num_return_sequences": 2, "max_length": 6}
 

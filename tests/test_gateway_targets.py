@@ -9,13 +9,13 @@ import sys
 
 import pytest
 from gateway_harness import gateway_settings, running_gateway
-from loopback_serving import start_loopback_server
 from net import free_port
 
 from gateway.backends.grpc_backend import check_targets_now
 from gateway.errors import WrongTarget
 from gateway.settings import Settings
 from memefly import contract as c
+from model_export.loopback_serving import start_loopback_server
 
 TEMPLATE = {"template": "Grumpy-Cat", "num_beams": 2, "num_return_sequences": 2, "max_length": 6}
 

@@ -1,4 +1,4 @@
-"""The loopback TF Serving (tests/loopback_serving.py) serves the tiny export as TF Serving would.
+"""The loopback TF Serving (model_export/loopback_serving.py) serves the tiny export as TF Serving would.
 
 One server for the file, over the export's two models plus the decoder again as version 3
 (a symlink to version 1, as during a rollout), so "no version means the latest" is visible.
@@ -17,15 +17,15 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from loopback_serving import GRPC_OPTIONS, Call, start_loopback_server, to_tensor_proto  # tests/ is on sys.path
 from PIL import Image
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from memefly import contract as c
+from model_export.loopback_serving import GRPC_OPTIONS, Call, start_loopback_server, to_tensor_proto
 
 ENCODER, DECODER = c.ENCODER_MODEL, c.DECODER_MODEL
 LATEST_DECODER = 3
-SCRIPT = Path(__file__).resolve().parent / "loopback_serving.py"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -348,15 +348,16 @@ def test_stop_takes_the_server_away_and_start_brings_it_back_on_the_same_port(se
     assert serving.models[DECODER][1].session.graph is not None  # shared sessions are left open
 
 
-def test_script_prints_listening_and_serves(models_dir, tmp_path):
+def test_memefly_loopback_prints_listening_and_serves(models_dir, tmp_path):
     decoder_only = tmp_path / "models"
     (decoder_only / DECODER).mkdir(parents=True)
     (decoder_only / DECODER / "1").symlink_to((models_dir / DECODER / "1").resolve(), target_is_directory=True)
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--models-dir", str(decoder_only), "--port", "0"],
+        [sys.executable, "-m", "memefly.cli", "loopback", "--models-dir", str(decoder_only), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        cwd=ROOT,
     )
     try:
         with selectors.DefaultSelector() as selector:

@@ -1,13 +1,14 @@
 """A loopback TF Serving: TensorFlow Serving's gRPC PredictionService over real SavedModels.
 
 There is no tensorflow_model_server binary on a development machine, so gateway tests and
-benchmarks talk to this instead. It loads models the way TF Serving does (every numeric
-version directory under DIR/<model>/, each into its own tf.Graph and Session with the
-"serve" tag), runs signatures by their SignatureDef tensor names, and answers with TF
-Serving's status codes and messages (predict_util.cc, get_model_metadata_impl.cc and
-server_core.cc of tensorflow/serving 2.x). It imports TensorFlow, gRPC and the
-tensorflow-serving-api protos only, never project code, so it sees the models exactly as a
-model server does.
+benchmarks talk to this instead, and so can a user who wants the gRPC setup without Docker
+(`memefly loopback --models-dir models`, then `MEMEFLY_BACKEND=grpc memefly serve`). It
+loads models the way TF Serving does (every numeric version directory under DIR/<model>/,
+each into its own tf.Graph and Session with the "serve" tag), runs signatures by their
+SignatureDef tensor names, and answers with TF Serving's status codes and messages
+(predict_util.cc, get_model_metadata_impl.cc and server_core.cc of tensorflow/serving 2.x).
+It imports TensorFlow, gRPC and the tensorflow-serving-api protos only, never project code,
+so it sees the models exactly as a model server does.
 
 On top of that, faults for tests, changeable while it runs: a delay before answering,
 injected failures for the next N calls, and stop()/start() on the same port. Every call is
@@ -20,10 +21,10 @@ recorded in `calls`.
     server.calls[-1]                                  # Call(model, version, signature, batch)
     server.close()
 
-As a script, for benchmarks (prints `listening on HOST:PORT` once ready, serves until
-SIGTERM or SIGINT):
+As a command (prints `listening on HOST:PORT` once ready, serves until SIGTERM or SIGINT):
 
-    python tests/loopback_serving.py --models-dir DIR [--host 127.0.0.1] [--port 8500] [--delay-ms 0]
+    memefly loopback --models-dir DIR [--host 127.0.0.1] [--port 8500] [--delay-ms 0]
+    python -m model_export.loopback_serving ...          (the same)
 
 Known differences from TF Serving: all versions on disk are loaded (as with the `all {}`
 version policy; TF Serving's default loads the latest only); no version labels are
