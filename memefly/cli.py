@@ -69,8 +69,7 @@ def _cmd_data_prepare(args) -> int:
     try:
         report = prepare(args.dataset, args.out, progress=not args.quiet)
     except DataSourceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(str(e)) from e
     print(format_report(report))
     print(f"wrote {args.out}/captions.jsonl, templates.json, report.json")
     return 0
@@ -82,8 +81,7 @@ def _cmd_data_download(args) -> int:
     try:
         report = download_templates(Path(args.to), args.url, progress=not args.quiet)
     except (DownloadError, OSError) as e:  # unreachable, a bad checksum, or a folder we cannot write
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(str(e)) from e
     print(
         f"template images in {report.folder}: {len(report.fetched)} downloaded "
         f"({report.bytes_fetched / 1e6:.1f} MB), {len(report.present)} already there and intact"
@@ -97,8 +95,7 @@ def _cmd_train(args) -> int:
 
     prepared = Path(args.prepared)
     if not (prepared / "captions.jsonl").exists():
-        print(f"no prepared captions in {prepared}: run `memefly data prepare` first", file=sys.stderr)
-        return 2
+        raise CommandError(f"no prepared captions in {prepared}: run `memefly data prepare` first")
     config = TrainConfig(
         prepared=str(prepared),
         run=args.run,
@@ -125,8 +122,7 @@ def _cmd_train(args) -> int:
             return _train_on_arrays(config, args.backend, args.tokenize_only)
         run = train(config, verbose=1 if sys.stdout.isatty() else 2)
     except (RunCompleteError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(str(e)) from e
     print(json.dumps(json.loads((run / "train_stats.json").read_text()), indent=1))
     print(f"run directory: {run}")
     return 0
@@ -159,8 +155,7 @@ def _cmd_evaluate(args) -> int:
         options = json.loads(args.options) if args.options else None
         DecodingOptions(**(options or {}))
     except (ValueError, TypeError) as e:
-        print(f"error: --options: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(f"--options: {e}") from e
     metrics = evaluate_run(
         args.run,
         prepared=args.prepared,
@@ -186,8 +181,7 @@ def _cmd_export(args) -> int:
         try:
             download_templates(Path(args.templates_dir), paths.templates_url(), read_template_names(run), progress=True)
         except (DownloadError, OSError, ValueError) as e:  # unreachable, bad checksum, no run, unwritable
-            print(f"error: template images for {run}: {e}", file=sys.stderr)
-            return 2
+            raise CommandError(f"template images for {run}: {e}") from e
     config = ExportConfig(
         run=run,
         models_dir=args.models_dir,
@@ -203,8 +197,7 @@ def _cmd_export(args) -> int:
     try:
         summary = export(config)
     except (ExportError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(str(e)) from e
     print(f"export log: {summary['log']}")
     return 0
 
@@ -224,8 +217,7 @@ def _cmd_serve(args) -> int:
             workers=args.workers,
         )
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(str(e)) from e
     from gateway import logs
 
     logs.configure(args.log_level)
@@ -235,16 +227,14 @@ def _cmd_serve(args) -> int:
         try:
             settings = _with_built_models(settings)
         except BuildError as e:  # it says which setting to point where
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            raise CommandError(str(e)) from e
     from gateway.errors import WrongTarget
     from gateway.workers import serve
 
     try:
         return serve(settings, args.host, args.port, args.log_level)
     except WrongTarget as e:  # a swapped or misnamed target: waiting would not mend it
-        print(f"error: {e.logged}", file=sys.stderr)
-        return 2
+        raise CommandError(e.logged) from e
 
 
 def _cmd_loopback(args) -> int:
@@ -277,8 +267,7 @@ def _cmd_generate(args) -> int:
     from model_export.first_run import BuildError
 
     if not args.images and not args.template:
-        print("error: give one or more images, or --template NAME", file=sys.stderr)
-        return 2
+        raise CommandError("give one or more images, or --template NAME")
     # One slot per input, in order: an Item to generate for, or already an error (unreadable file).
     slots = [Item(name, template=name) for name in args.template]
     for path in args.images:
@@ -293,8 +282,7 @@ def _cmd_generate(args) -> int:
             return _print_results(slots, args.json)
         settings = _with_built_models(Settings.from_env(backend="inprocess", models_dir=args.models_dir))
     except (ValueError, BuildError) as e:  # bad options (pydantic's message), bad settings, or a failed build
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(str(e)) from e
 
     async def run():
         async with MemeflyClient(settings=settings) as client:
@@ -303,8 +291,7 @@ def _cmd_generate(args) -> int:
     try:
         generated = iter(asyncio.run(run()))
     except GatewayError as e:
-        print(f"error: {e.logged}", file=sys.stderr)
-        return 2
+        raise CommandError(e.logged) from e
     return _print_results([next(generated) if isinstance(slot, Item) else slot for slot in slots], args.json)
 
 
@@ -323,14 +310,11 @@ def _cmd_batch(args) -> int:
     from memefly.batch_results import ResultsFile
 
     if not args.inputs and not args.list:
-        print("error: give images, folders or globs, or --list FILE", file=sys.stderr)
-        return 2
+        raise CommandError("give images, folders or globs, or --list FILE")
     if bool(args.encoder) != bool(args.decoder):
-        print("error: TF Serving needs both --encoder HOST:PORT and --decoder HOST:PORT", file=sys.stderr)
-        return 2
+        raise CommandError("TF Serving needs both --encoder HOST:PORT and --decoder HOST:PORT")
     if args.concurrency < 1 or args.batch_size < 1 or args.render_count < 1:
-        print("error: --concurrency, --batch-size and --render-count must be at least 1", file=sys.stderr)
-        return 2
+        raise CommandError("--concurrency, --batch-size and --render-count must be at least 1")
     try:
         paths = list(expand(args.inputs, args.list, args.ext.split(",")))
         options = _decoding_options(args)
@@ -343,16 +327,14 @@ def _cmd_batch(args) -> int:
             encoder_max_batch=args.batch_size,
         )
     except (InputError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(str(e)) from e
     if settings.backend == "inprocess":  # (over gRPC nothing here imports TensorFlow)
         from model_export.first_run import BuildError
 
         try:
             settings = _with_built_models(settings)
         except BuildError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            raise CommandError(str(e)) from e
     render = None
     if args.render:
         render = RenderTo(
@@ -396,11 +378,9 @@ def _cmd_batch(args) -> int:
         )
         return 130
     except ValueError as e:  # --out is some other file
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(str(e)) from e
     except GatewayError as e:  # the models never became ready (items' own errors are results)
-        print(f"error: {e.logged}", file=sys.stderr)
-        return 2
+        raise CommandError(e.logged) from e
     for path, why in summary.failed[:10]:
         print(f"failed: {path}: {why}", file=sys.stderr)
     print(summary.line(), file=sys.stderr)
@@ -701,12 +681,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CommandError(Exception):
+    """What a command says when it cannot do its job (bad arguments, missing data, models not
+    found): `memefly` prints it after "error: " and exits with 2, never a traceback."""
+
+
 # Modules only the [train] extra installs; anything else missing means [serve] is not installed.
 _TRAIN_ONLY = {"tensorflow", "tensorflow_serving", "keras", "tensorboard", "py3langid"}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except CommandError as error:  # the one way a command fails for its user: exit code 2
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     try:
         return args.func(args)
     except ModuleNotFoundError as error:
@@ -719,8 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise
         hint = " (or serve models from TF Serving: MEMEFLY_BACKEND=grpc)" if extra == "train" else ""
-        print(f"memefly: this command needs {error.name}: pip install 'memefly[{extra}]'{hint}", file=sys.stderr)
-        return 2
+        raise CommandError(f"this command needs {error.name}: pip install 'memefly[{extra}]'{hint}") from None
 
 
 if __name__ == "__main__":

@@ -173,4 +173,5 @@ def test_generate_says_when_an_image_is_no_known_template(served_models_dir, tmp
 
 def test_generate_needs_an_input(capsys):
     assert main(["generate"]) == 2
-    assert "--template" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--template" in err and "Traceback" not in err
