@@ -80,8 +80,9 @@ async def upload_meme(
     until = sharing.links.check(upload_id, texts, layout, expires, sig)
     spec = render_spec(service.settings, RenderOptions(max_size=size), list(texts), render_format, layout)
     cache_control = f"public, max-age={max(0, until - int(time.time()))}, immutable"
-    if client_has(request, renderer.etag(upload_id, spec)):
-        return already_have(request, renderer.etag(upload_id, spec), cache_control)
+    etag = renderer.etag(upload_id, spec)
+    if client_has(request, etag):  # no store read for an image the client has
+        return already_have(request, etag, cache_control)
     data = await sharing.store.get(upload_id) if sharing.store is not None else None
     if data is None:
         raise Gone("this meme's upload is no longer kept: generate the memes again")

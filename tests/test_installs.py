@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_TENSORFLOW = """
@@ -79,9 +79,7 @@ def test_the_base_install_is_the_client_and_serve_runs_the_gateway_without_tenso
         "MEMEFLY_DECODER_TARGET": loopback.target,
         "MEMEFLY_DATA_DIR": str(tmp_path / "data"),
     }
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as output:
         server = subprocess.Popen(

@@ -107,7 +107,7 @@ class RowTable:
         "length": (np.int32, ()),
         "log_prob": (np.float64, ()),
         "rank": (np.float64, ()),  # beam search: log_prob minus diversity penalties so far
-        "group_floor": (np.float64, ()),  # beam search: BeamSearch.kept_floor of group g, at its block's slot g
+        "group_floor": (np.float64, ()),  # beam search: group g's worst kept score, at its block's slot g (NaN: none)
         "boxes": (np.int32, ()),  # boxes so far, the open one included
         "open_len": (np.int32, ()),  # words in the open box
         "open_hash": (np.uint64, ()),

@@ -99,8 +99,8 @@ class BeamSearch(Search):
         self.per_group = options.num_beams // options.num_beam_groups
         groups = options.num_beam_groups
         self.finished: list[list[Hypothesis]] = [[] for _ in range(groups)]
-        # Per group: the worst score among its best `per_group` finished captions (None: fewer).
-        self.kept_floor: list[float | None] = [None] * groups
+        # Per group: a min-heap of its best `per_group` finished scores; once full, its top is the
+        # worst kept caption's, mirrored in the table's group_floor for the array-wide check.
         self._best_scores: list[list[float]] = [[] for _ in range(groups)]
         self.cut: list[Hypothesis] = []  # full-length beams whose <end> was not among the top K
         self.length = 0
@@ -123,7 +123,6 @@ class BeamSearch(Search):
             best = self._best_scores[group]  # a min-heap of the group's best per_group scores
             (heapq.heappush if len(best) < self.per_group else heapq.heappushpop)(best, score)
             if len(best) == self.per_group:
-                self.kept_floor[group] = best[0]
                 self.table.group_floor[self.slots[0] + group] = best[0]
 
     def _cut(self, ids: tuple[int, ...], log_prob: float) -> None:
@@ -134,9 +133,10 @@ class BeamSearch(Search):
     def _group_done(self, group: int, best: float) -> bool:
         """Whether no live beam (the best has log-prob BEST) can still beat the group's worst kept
         caption (HF early_stopping="never")."""
-        floor = self.kept_floor[group]
-        if floor is None:
+        kept = self._best_scores[group]
+        if len(kept) < self.per_group:
             return False
+        floor = kept[0]
         lp = self.options.length_penalty
         # Log-probs only fall as a caption grows; with lp > 0 a longer caption divides by more.
         length = self.options.max_length if lp > 0 else self.length
