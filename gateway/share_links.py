@@ -85,6 +85,16 @@ def parse_boxes(rest: str) -> tuple[tuple[str, ...], str]:
     return boxes, FORMATS[extension.lower()]
 
 
+EXPIRY_STEP_S = 3600
+
+
+def url_expiry(now: float, ttl_s: int) -> int:
+    """At least TTL_S from NOW, rounded up to the hour (to TTL_S when that is shorter): the same
+    meme of the same upload gets the same URL all that while, so browsers and CDNs hit their caches."""
+    step = min(EXPIRY_STEP_S, ttl_s)
+    return -(-int(now + ttl_s) // step) * step
+
+
 def _extension(render_format: str) -> str:
     return "jpg" if render_format == "jpeg" else render_format
 

@@ -14,7 +14,7 @@ from fastapi import Request
 
 from gateway.rendering.layout import layout_for
 from gateway.settings import Settings
-from gateway.share_links import UploadLinks, template_path
+from gateway.share_links import UploadLinks, template_path, url_expiry
 from gateway.upload_store import UploadStore, make_store
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class Sharing:
             return [base + template_path(template, meme.boxes, "png") for meme in result.memes]
         if self.store is None:
             return [None] * len(result.memes)
-        expires = int(time.time()) + self.settings.upload_ttl_s
+        expires = url_expiry(time.time(), self.settings.upload_ttl_s)
         try:
             await self.store.put(result.image_sha256, upload, expires)
         except Exception as error:  # the memes stand without their URLs

@@ -39,6 +39,16 @@ def test_paths_read_like_memegen_and_parse_back():
         parse_boxes("x" * 501 + ".png")
 
 
+def test_an_upload_url_lives_at_least_its_ttl_rounded_up_to_the_hour():
+    from gateway.share_links import url_expiry
+
+    assert url_expiry(7_200.0, 600) == 7_800  # a TTL under the hour is the step: 7,800 is a multiple of 600
+    assert url_expiry(7_201.5, 86_400) == 97_200  # 93,601.5 rounded up to the hour
+    assert url_expiry(10_800.0, 86_400) == 97_200  # already on the hour: unchanged
+    for now in (1_000.0, 1_001.0, 3_599.0):
+        assert url_expiry(now, 86_400) == 90_000  # within the hour, one expiry: one URL per meme
+
+
 def test_an_upload_url_checks_every_part_and_its_expiry():
     links = UploadLinks(b"k" * 32)
     later = int(time.time()) + 60
