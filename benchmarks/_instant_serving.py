@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from gateway.tensors import to_proto  # noqa: E402
+from gateway.backends.tensors import to_proto  # noqa: E402
 from memefly import contract as c  # noqa: E402
 
 OPTIONS = [("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]

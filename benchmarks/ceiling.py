@@ -124,7 +124,7 @@ def wire_us(inputs: dict, outputs: dict, repeats: int = 50) -> dict:
     import numpy as np
     from tensorflow_serving.apis import predict_pb2
 
-    from gateway.tensors import from_proto, to_proto
+    from gateway.backends.tensors import from_proto, to_proto
 
     reply = predict_pb2.PredictResponse()
     for name, value in outputs.items():
@@ -185,11 +185,11 @@ async def _load(service, template: str, options, clients: int, seconds: float, s
 
 
 async def measure(models_dir: Path, seconds: float, clients: list[int]) -> dict:
-    from gateway.client import MemeflyClient
+    from gateway.pipeline import MemePipeline
     from memefly.decoding.options import DecodingOptions
 
     results = {"commit": _commit(CODE), "runs": []}
-    async with MemeflyClient(models_dir=models_dir, max_in_flight=max(clients)) as client:
+    async with MemePipeline(models_dir=models_dir, max_in_flight=max(clients)) as client:
         service = client.service
         template = service.templates[0].name
         real_step = service.scheduler.step
@@ -234,7 +234,7 @@ async def _measure_grpc(models_dir: Path, seconds: float, clients: list[int], ou
     import numpy as np
     from _servers import loopback_serving
 
-    from gateway.client import MemeflyClient
+    from gateway.pipeline import MemePipeline
     from memefly.decoding.options import DecodingOptions
 
     with tempfile.TemporaryDirectory() as work, loopback_serving(models_dir, code=CODE) as upstream:
@@ -255,7 +255,7 @@ async def _measure_grpc(models_dir: Path, seconds: float, clients: list[int], ou
         )
         try:
             target = proxy.stdout.readline().split()[-1]
-            async with MemeflyClient(target, target, max_in_flight=max(clients)) as client:
+            async with MemePipeline(target, target, max_in_flight=max(clients)) as client:
                 service = client.service
                 template = service.templates[0].name
                 counted = service.scheduler.step = CountedStep(service.scheduler.step)

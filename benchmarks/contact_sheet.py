@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from gateway.client import MemeflyClient  # noqa: E402
+from gateway.pipeline import MemePipeline  # noqa: E402
 from gateway.rendering.fonts import MemeFont, font_file  # noqa: E402
 from gateway.rendering.renderer import Renderer, RenderSpec  # noqa: E402
 from memefly import paths  # noqa: E402
@@ -42,7 +42,7 @@ def pick_templates(names: list[str], count: int, renderer: Renderer) -> list[str
 async def memes_for(
     models_dir: Path, templates: list[str] | None, count: int, per_template: int, renderer: Renderer
 ) -> list[tuple[str, list[list[str]]]]:
-    async with MemeflyClient(models_dir=models_dir) as client:
+    async with MemePipeline(models_dir=models_dir) as client:
         chosen = templates or pick_templates(client.template_names, count, renderer)
         results = await client.generate(chosen, DecodingOptions())
     rows = []

@@ -97,7 +97,7 @@ def grpc_caller(target: str, version: int):
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from gateway.tensors import from_proto, to_proto
+    from gateway.backends.tensors import from_proto, to_proto
 
     channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)

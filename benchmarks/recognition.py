@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from uploads import KINDS, crop, upload  # noqa: E402
 
-from gateway.client import MemeflyClient  # noqa: E402
+from gateway.pipeline import MemePipeline  # noqa: E402
 from memefly.paths import models_dir as default_models_dir  # noqa: E402
 from memefly.paths import templates_dir as default_templates_dir  # noqa: E402
 
@@ -63,7 +63,7 @@ def sample_photos(rng: random.Random) -> list[tuple[str, bytes]]:
 
 
 async def measure(models_dir: Path, templates_dir: Path, per_kind: int, seed: int) -> dict:
-    async with MemeflyClient(models_dir=models_dir) as client:
+    async with MemePipeline(models_dir=models_dir) as client:
         names = client.template_names
         threshold = client.service.known_threshold
         known_rule = client.service.is_known  # the served decision, not a copy of it

@@ -8,7 +8,7 @@ gateway microseconds for one 1,024-row step, and whether the memes change.
    both forms TF Serving can send: its default, values in the typed fields (float_val, and
    half_val for float16), and tensor_content. Microseconds are the median of 50.
 2. Memes: every template, with the default options (16 sampled candidates, seeded) and with
-   5-beam search, through the gateway's in-process pipeline (MemeflyClient) once per wire
+   5-beam search, through the gateway's in-process pipeline (MemePipeline) once per wire
    dtype: the share of templates whose five memes are the same, in the same order.
 
 Needs models exported with the step_float16 signature (memefly export, or a first start, of
@@ -67,7 +67,7 @@ def wire(models_dir: Path, version: int) -> list[dict]:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    from gateway.tensors import from_proto, to_proto
+    from gateway.backends.tensors import from_proto, to_proto
 
     signatures = tf.saved_model.load(str(models_dir / c.DECODER_MODEL / str(version))).signatures
     num_templates = signatures[c.INIT_SIGNATURE].structured_input_signature[1][c.TEMPLATE_PROBS].shape[1]
@@ -107,12 +107,12 @@ def wire(models_dir: Path, version: int) -> list[dict]:
 
 
 async def memes(models_dir: Path, version: int) -> dict:
-    from gateway.client import MemeflyClient
+    from gateway.pipeline import MemePipeline
     from memefly.decoding.options import DecodingOptions
 
     answers: dict[tuple[str, str], list] = {}
     for wire_state in ("float32", "float16"):
-        async with MemeflyClient(models_dir=models_dir, model_version=version, wire_state=wire_state) as client:
+        async with MemePipeline(models_dir=models_dir, model_version=version, wire_state=wire_state) as client:
             names = client.template_names
             for label, options in (("default", DecodingOptions()), ("5 beams", DecodingOptions(num_beams=5))):
                 results = await client.generate(names, options)

@@ -1,6 +1,6 @@
 """One log format for the gateway's own lines and uvicorn's, each with the request's id.
 
-Every request carries an id (gateway/request_ids.py); asgi-correlation-id keeps it in a context
+Every request carries an id (gateway/api/request_ids.py); asgi-correlation-id keeps it in a context
 variable and its logging filter writes it on each line logged while the request runs ("-"
 outside requests: start-up, the readiness monitor, the batch loops shared by many requests).
 """

@@ -191,7 +191,7 @@ class Settings:
             raise ValueError("MEMEFLY_SHUTDOWN_GRACE_S must be at least 0")
 
     def _check_access(self) -> None:
-        from gateway.access import Keys, parse_limit, storage
+        from gateway.api.access import Keys, parse_limit, storage
 
         try:
             Keys.load(self.api_keys, self.api_keys_file)

@@ -6,7 +6,7 @@ wins. The SDK reads the rest itself (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
 OTEL_EXPORTER_OTLP_PROTOCOL, headers, sampler...).
 
 Each HTTP request is a server span (FastAPI's instrumentation) carrying its X-Request-ID
-(`memefly.request_id`, set by gateway/request_ids.py).
+(`memefly.request_id`, set by gateway/api/request_ids.py).
 Model calls are made for many requests at once (continuous batching), so each batch call is
 a span of its own, linked to the spans of the requests it serves, and TF Serving's gRPC
 calls (gRPC's instrumentation) are its children: from a request, its trace's links lead to

@@ -1,7 +1,7 @@
 """`memefly serve --workers N`: N gateway processes sharing one listening socket.
 
 The parent binds the socket, starts N workers (spawned: no TensorFlow state is forked), and
-passes SIGTERM/SIGINT on to them, so each drains its own requests (gateway/draining.py); the
+passes SIGTERM/SIGINT on to them, so each drains its own requests (gateway/api/draining.py); the
 kernel spreads new connections over the workers that are listening. Each worker is in its
 own process group, so a terminal's Ctrl-C reaches the parent only, which passes it on once.
 A worker that dies after it started listening is started again; one that dies before (its
@@ -33,8 +33,8 @@ def serve_one(
 ) -> None:
     """One gateway process: the app, uvicorn with memefly's configuration, draining on SIGTERM.
     As a worker (SOCKETS given), sets the LISTENING event once it takes connections."""
-    from gateway.app import create_app
-    from gateway.draining import DrainingServer
+    from gateway.api.app import create_app
+    from gateway.api.draining import DrainingServer
     from gateway.server import uvicorn_config
 
     if sockets is not None:

@@ -1,4 +1,4 @@
-"""`memefly batch`: memes for many images through MemeflyClient, into a resumable JSON Lines file.
+"""`memefly batch`: memes for many images through MemePipeline, into a resumable JSON Lines file.
 
 Images are read as places free up (at most `concurrency` in flight), so memory stays flat for
 any number of them. Each finished image is one line: its memes and template guesses, or its
@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.client import Item, ItemResult, MemeflyClient
 from gateway.errors import GatewayError
+from gateway.pipeline import Item, ItemResult, MemePipeline
 from gateway.rendering.layout import layout_for
 from gateway.rendering.renderer import Renderer, RenderSpec
 from memefly.batch_results import ResultsFile
@@ -62,7 +62,7 @@ def is_images_fault(status: int) -> bool:
 async def run_batch(
     paths: Iterable[Path],
     results: ResultsFile,
-    client: MemeflyClient,
+    client: MemePipeline,
     options: DecodingOptions,
     summary: BatchSummary,
     *,

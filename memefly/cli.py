@@ -260,9 +260,9 @@ def _cmd_generate(args) -> int:
     _quiet_tensorflow()
     import asyncio
 
-    from gateway.client import Item, ItemResult, MemeflyClient
+    from gateway.api.schemas import BatchItemError
     from gateway.errors import GatewayError
-    from gateway.schemas import BatchItemError
+    from gateway.pipeline import Item, ItemResult, MemePipeline
     from gateway.settings import Settings
     from model_export.first_run import BuildError
 
@@ -285,7 +285,7 @@ def _cmd_generate(args) -> int:
         raise CommandError(str(e)) from e
 
     async def run():
-        async with MemeflyClient(settings=settings) as client:
+        async with MemePipeline(settings=settings) as client:
             return await client.generate(items, options)
 
     try:
@@ -301,8 +301,8 @@ def _cmd_batch(args) -> int:
 
     from tqdm import tqdm
 
-    from gateway.client import MemeflyClient, client_settings
     from gateway.errors import GatewayError
+    from gateway.pipeline import MemePipeline, client_settings
     from gateway.rendering.renderer import Renderer
     from gateway.settings import Settings
     from memefly.batch import BatchSummary, RenderTo, run_batch
@@ -348,7 +348,7 @@ def _cmd_batch(args) -> int:
     summary = BatchSummary(total=len(paths))
 
     async def run(results, progress):
-        async with MemeflyClient(settings=settings, max_in_flight=args.concurrency) as client:
+        async with MemePipeline(settings=settings, max_in_flight=args.concurrency) as client:
             await run_batch(
                 paths, results, client, options, summary, concurrency=args.concurrency, render=render, progress=progress
             )

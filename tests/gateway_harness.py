@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.server import uvicorn_config
 from gateway.settings import Settings
 

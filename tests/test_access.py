@@ -1,11 +1,11 @@
-"""API keys and per-key rate limits (gateway/access.py) on a live gateway."""
+"""API keys and per-key rate limits (gateway/api/access.py) on a live gateway."""
 
 from __future__ import annotations
 
 import pytest
 from gateway_harness import gateway_settings, running_gateway
 
-from gateway.access import Keys
+from gateway.api.access import Keys
 from gateway.settings import Settings
 
 TEMPLATE = {"template": "Grumpy-Cat", "num_beams": 2, "num_return_sequences": 1, "max_length": 4}
@@ -128,7 +128,7 @@ def test_a_failing_counter_store_lets_requests_through_and_says_so(caplog):
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from gateway.access import AccessMiddleware
+    from gateway.api.access import AccessMiddleware
 
     async def work(request):
         return PlainTextResponse("done")

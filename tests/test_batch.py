@@ -1,4 +1,4 @@
-"""The batch client: MemeflyClient straight to TF Serving (the loopback server) or in-process,
+"""The batch client: MemePipeline straight to TF Serving (the loopback server) or in-process,
 and `memefly batch` over folders of good, corrupt and non-image files, interrupted and resumed."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.client import Item, MemeflyClient
+from gateway.pipeline import Item, MemePipeline
 from memefly import contract as c
 from memefly.batch_inputs import InputError, expand
 from memefly.batch_results import ResultsFile
@@ -125,9 +125,9 @@ def test_client_encodes_and_generates_with_an_error_per_bad_item(backend, loopba
 
     async def go():
         if backend == "grpc":
-            client = MemeflyClient(loopback.target, loopback.target, encoder_max_batch=2)
+            client = MemePipeline(loopback.target, loopback.target, encoder_max_batch=2)
         else:
-            client = MemeflyClient(models_dir=served_models_dir)
+            client = MemePipeline(models_dir=served_models_dir)
         async with client:
             assert client.settings.backend == backend
             probs = await client.encode([good[0], b"not an image", good[1], picture(1)[:100]])
@@ -150,7 +150,7 @@ def test_client_batches_images_into_encoder_calls_over_grpc(loopback, folder):
     images = [picture(100 + i) for i in range(12)]
 
     async def go():
-        async with MemeflyClient(loopback.target, loopback.target, encoder_max_batch=4) as client:
+        async with MemePipeline(loopback.target, loopback.target, encoder_max_batch=4) as client:
             loopback.calls.clear()
             return await client.encode(images)
 
@@ -177,7 +177,7 @@ def test_stream_keeps_to_its_concurrency_and_stops_cleanly(loopback, folder):
     in_flight, most = 0, 0
 
     async def go():
-        async with MemeflyClient(loopback.target, loopback.target) as client:
+        async with MemePipeline(loopback.target, loopback.target) as client:
             generate_one = client.generate_one
 
             async def counted(item, options):
@@ -361,7 +361,7 @@ def test_batch_does_not_write_model_side_failures_and_retries_them(loopback, fol
 
     async def go(fail: bool) -> BatchSummary:
         summary = BatchSummary(total=len(good))
-        async with MemeflyClient(loopback.target, loopback.target, retries=0) as client:
+        async with MemePipeline(loopback.target, loopback.target, retries=0) as client:
             if fail:  # ready first; then the encoder fails every call
                 loopback.fail_next(grpc.StatusCode.INTERNAL, count=1000, model=c.ENCODER_MODEL, rpc="Predict")
             with ResultsFile(out) as results:
@@ -388,7 +388,7 @@ def test_a_failed_drawing_keeps_the_memes_and_the_batch_goes_on(loopback, folder
 
     async def go() -> BatchSummary:
         summary = BatchSummary(total=len(good))
-        async with MemeflyClient(loopback.target, loopback.target) as client:
+        async with MemePipeline(loopback.target, loopback.target) as client:
             with ResultsFile(out) as results:
                 await run_batch(
                     good,

@@ -145,7 +145,7 @@ def test_model_server_command(server, variant):
     assert int(args["rest_api_port"]) == contract.REST_PORT
     assert args["enable_batching"] == "true"
     assert args["enable_model_warmup"] == "true"
-    # Replies as bytes, strings included (gateway/tensors.py reads that form).
+    # Replies as bytes, strings included (gateway/backends/tensors.py reads that form).
     assert args["enable_serialization_as_tensor_content"] == "true"
     # Every file named on the command line exists in the repository, via the mounts.
     files = {name: host_path(service, value) for name, value in args.items() if value.startswith("/")}

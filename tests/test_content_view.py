@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gateway.images import check_image
+from gateway.engine.images import check_image
 from memefly.content_view import content_box, content_view, most_confident
 
 

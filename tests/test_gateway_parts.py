@@ -11,14 +11,14 @@ import pytest
 from PIL import Image, ImageFile
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from gateway.admission import Overloaded
-from gateway.batcher import MicroBatcher
-from gateway.cache import LruCache
+from gateway.backends.tensors import from_proto, to_proto
+from gateway.engine.admission import Overloaded
+from gateway.engine.batcher import MicroBatcher
+from gateway.engine.cache import LruCache
+from gateway.engine.images import check_image, sniff_format
+from gateway.engine.scheduler import DecodeScheduler
 from gateway.errors import BadImage, ImageTooLarge, ModelUnavailable, UnsupportedImage
-from gateway.images import check_image, sniff_format
-from gateway.scheduler import DecodeScheduler
 from gateway.settings import Settings
-from gateway.tensors import from_proto, to_proto
 
 
 class CountingSearch:
@@ -309,7 +309,7 @@ def test_admission_learns_how_much_later_arrivals_slow_a_search_down():
 def test_a_render_whose_client_left_holds_its_worker_until_drawn():
     import time
 
-    from gateway.admission import WorkerPool
+    from gateway.engine.admission import WorkerPool
 
     async def scenario():
         pool = WorkerPool(1, deadline_s=0.25, name="render")
@@ -330,7 +330,7 @@ def test_a_render_whose_client_left_holds_its_worker_until_drawn():
 
 
 def test_cost_model_fits_fixed_and_per_item_cost_and_errs_high_from_one_size():
-    from gateway.admission import CostModel
+    from gateway.engine.admission import CostModel
 
     cost = CostModel()
     assert cost.seconds(10) is None

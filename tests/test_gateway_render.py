@@ -129,7 +129,7 @@ def test_render_sends_an_etag_renders_once_and_knows_what_the_client_has(client)
 
 
 def test_an_upload_the_client_has_is_not_even_decoded(client, gateway):
-    from gateway.images import sha256
+    from gateway.engine.images import sha256
     from gateway.rendering.renderer import RenderSpec
 
     broken = jpeg()[:300]  # would be 400 if decoded

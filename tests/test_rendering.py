@@ -243,7 +243,7 @@ def test_transparent_and_rotated_inputs_are_drawn_upright_on_white(font, tmp_pat
 def test_renders_that_would_finish_after_the_deadline_are_refused_at_once(font, tmp_path):
     import time
 
-    from gateway.admission import Overloaded, WorkerPool
+    from gateway.engine.admission import Overloaded, WorkerPool
 
     class SlowRenderer(Renderer):
         def render_now(self, source, spec):

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.errors import Forbidden, Gone, InvalidRequest
-from gateway.share_links import UploadLinks, decode_text, encode_text, parse_boxes, template_path
-from gateway.upload_store import LocalUploadStore
+from gateway.sharing.links import UploadLinks, decode_text, encode_text, parse_boxes, template_path
+from gateway.sharing.uploads import LocalUploadStore
 
 
 @given(st.text(max_size=60))
@@ -40,7 +40,7 @@ def test_paths_read_like_memegen_and_parse_back():
 
 
 def test_an_upload_url_lives_at_least_its_ttl_rounded_up_to_the_hour():
-    from gateway.share_links import url_expiry
+    from gateway.sharing.links import url_expiry
 
     assert url_expiry(7_200.0, 600) == 7_800  # a TTL under the hour is the step: 7,800 is a multiple of 600
     assert url_expiry(7_201.5, 86_400) == 97_200  # 93,601.5 rounded up to the hour
@@ -103,7 +103,7 @@ def test_the_local_store_keeps_uploads_until_their_last_url_expires_and_within_i
 def test_the_s3_store_keeps_uploads_until_their_last_url_expires(monkeypatch):
     from moto import mock_aws
 
-    from gateway.upload_store import make_store
+    from gateway.sharing.uploads import make_store
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")

@@ -23,8 +23,8 @@ spec = importlib.util.find_spec("tensorflow")
 stub = types.ModuleType("tensorflow")
 stub.__path__ = list(spec.submodule_search_locations)
 sys.modules["tensorflow"] = stub
-import gateway.app, gateway.backends.grpc_backend, gateway.client, memefly.batch, memefly.cli
-app = gateway.app.create_app(gateway.settings.Settings(backend="grpc"))
+import gateway.api.app, gateway.backends.grpc_backend, gateway.pipeline, memefly.batch, memefly.cli
+app = gateway.api.app.create_app(gateway.settings.Settings(backend="grpc"))
 # memefly batch imports what it needs when it runs: up to its first check of the arguments.
 assert memefly.cli.main(["batch", "--out", "unused.jsonl", "--encoder", "h:1", "--decoder", "h:1"]) == 2
 tops = {name.split(".")[0] for name in sys.modules}

@@ -32,7 +32,7 @@ assert hasattr(prediction_service_pb2_grpc, "PredictionServiceStub")
 assert hasattr(model_service_pb2_grpc, "ModelServiceStub")
 # The gateway's gRPC path itself: numpy <-> TensorProto and the backend module.
 import numpy as np
-from gateway.tensors import from_proto, to_proto
+from gateway.backends.tensors import from_proto, to_proto
 import gateway.backends.grpc_backend
 state = np.arange(6, dtype=np.float32).reshape(2, 3)
 assert from_proto(to_proto(state)).tolist() == state.tolist()

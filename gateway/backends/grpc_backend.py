@@ -20,9 +20,9 @@ from gateway.backends.protos import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from gateway.backends.tensors import from_proto, to_proto
 from gateway.errors import DeadlineExceeded, GatewayError, ModelError, ModelUnavailable, WrongTarget
 from gateway.settings import Settings
-from gateway.tensors import from_proto, to_proto
 from memefly import contract as c
 
 # The model server is at fault (or absent) for these; anything else means the call itself

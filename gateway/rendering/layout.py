@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
-from gateway.template_names import template_key
+from gateway.engine.template_names import template_key
 
 # A recognised template lends its layout to an uploaded image only when the encoder is this sure.
 LAYOUT_MIN_PROBABILITY = 0.5

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from gateway.admission import WorkerPool
+from gateway.engine.admission import WorkerPool
+from gateway.engine.template_names import template_key
 from gateway.errors import BadImage, NotFound
 from gateway.rendering.draw import draw_captions
 from gateway.rendering.fonts import MemeFont, font_file
 from gateway.rendering.layout import Layouts
 from gateway.rendering.output import CONTENT_TYPES, encode, open_for_drawing
-from gateway.template_names import template_key
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """A shareable URL for every meme of an answer: the app's one `Sharing` keeps the URL secret
-and the upload store, and makes each meme's URL (gateway/share_links.py says their form)."""
+and the upload store, and makes each meme's URL (gateway/sharing/links.py says their form)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from fastapi import Request
 
 from gateway.rendering.layout import layout_for
 from gateway.settings import Settings
-from gateway.share_links import UploadLinks, template_path, url_expiry
-from gateway.upload_store import UploadStore, make_store
+from gateway.sharing.links import UploadLinks, template_path, url_expiry
+from gateway.sharing.uploads import UploadStore, make_store
 
 log = logging.getLogger(__name__)
 

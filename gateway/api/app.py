@@ -1,6 +1,6 @@
 """The FastAPI application: `create_app()` wires settings, backend, service, routes and error handling.
 
-uvicorn --factory gateway.app:create_app      (or: memefly serve)
+uvicorn --factory gateway.api.app:create_app      (or: memefly serve)
 """
 
 from __future__ import annotations
@@ -18,22 +18,22 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
 from gateway import tracing
-from gateway.access import AccessMiddleware, Keys
-from gateway.admission import Overloaded, WorkerPool
+from gateway.api.access import AccessMiddleware, Keys
+from gateway.api.draining import Drain, DrainMiddleware
+from gateway.api.image_routes import router as image_router
+from gateway.api.meme_routes import router
+from gateway.api.middleware import BodyLimitMiddleware, MetricsMiddleware, SecurityHeadersMiddleware
+from gateway.api.render_routes import router as render_router
+from gateway.api.request_ids import HEADER, add_request_ids
+from gateway.api.responses import STATIC_DIR
 from gateway.backends import Backend
-from gateway.draining import Drain, DrainMiddleware
+from gateway.engine.admission import Overloaded, WorkerPool
+from gateway.engine.service import MemeService
 from gateway.errors import CLIENT_CLOSED, GatewayError
-from gateway.image_routes import router as image_router
 from gateway.metrics import Metrics
-from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware, SecurityHeadersMiddleware
-from gateway.render_routes import STATIC_DIR
-from gateway.render_routes import router as render_router
 from gateway.rendering.renderer import Renderer
-from gateway.request_ids import HEADER, add_request_ids
-from gateway.routes import router
-from gateway.service import MemeService
 from gateway.settings import Settings
-from gateway.sharing import Sharing
+from gateway.sharing.meme_urls import Sharing
 
 log = logging.getLogger("gateway")
 

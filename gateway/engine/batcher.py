@@ -6,7 +6,7 @@ next call (up to `max_batch`), so batches grow with the load and a lone request 
 wait. `max_wait_s` > 0 adds a wait for company after the first item. A caller that is
 cancelled while waiting drops out of its batch. `call` may return an exception in an item's
 place: that caller alone gets it. With a deadline, an item that the queue would not get
-through in time is refused at once (admission control, gateway/admission.py).
+through in time is refused at once (admission control, gateway/engine/admission.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from gateway import tracing
-from gateway.admission import Correction, CostModel, admit, ceil_div
+from gateway.engine.admission import Correction, CostModel, admit, ceil_div
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway import tracing
-from gateway.admission import EWMA, Correction, CostModel, admit, ceil_div
+from gateway.engine.admission import EWMA, Correction, CostModel, admit, ceil_div
 from gateway.errors import GatewayError, InvalidRequest
 from memefly.decoding.search import Search, SearchTable
 

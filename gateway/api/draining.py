@@ -16,7 +16,7 @@ import time
 
 import uvicorn
 
-from gateway.middleware import send_detail
+from gateway.api.middleware import send_detail
 
 log = logging.getLogger(__name__)
 ALWAYS_ANSWERED = ("/healthz", "/metrics", "/readyz")  # /readyz says 503 by itself while draining

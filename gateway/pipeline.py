@@ -2,11 +2,11 @@
 the cache, the micro-batched encoder and the continuous-batched decoding, straight against
 the two TF Serving models over gRPC, or against the SavedModels in this process.
 
-    async with MemeflyClient("tfs-encoder:8500", "tfs-decoder:8500") as client:      # TF Serving
+    async with MemePipeline("tfs-encoder:8500", "tfs-decoder:8500") as client:      # TF Serving
         probs = await client.encode([jpeg_bytes, png_bytes])         # template_probs, or an error each
         results = await client.generate([jpeg_bytes, "Drake Hotline Bling"], DecodingOptions(num_beams=8))
 
-    async with MemeflyClient(models_dir="models") as client:                           # in-process
+    async with MemePipeline(models_dir="models") as client:                           # in-process
         async for result in client.stream(items, options, concurrency=64):             # as they finish
             ...
 
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gateway.api.schemas import BatchItemError, MemeResponse
+from gateway.engine.service import MemeService
 from gateway.errors import GatewayError, ModelUnavailable
-from gateway.schemas import BatchItemError, MemeResponse
-from gateway.service import MemeService
 from gateway.settings import Settings
 from memefly.decoding.options import DecodingOptions
 
@@ -78,7 +78,7 @@ def client_settings(
     return chosen
 
 
-class MemeflyClient:
+class MemePipeline:
     def __init__(
         self,
         encoder_target: str | None = None,
@@ -101,7 +101,7 @@ class MemeflyClient:
         self.max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)  # bounds memory for long lists of items
 
-    async def __aenter__(self) -> MemeflyClient:
+    async def __aenter__(self) -> MemePipeline:
         await self.service.start()
         state = await self.service.wait_ready(self.ready_timeout_s, first_check_only=True)
         if not state.ready:

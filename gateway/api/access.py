@@ -36,7 +36,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
-from gateway.middleware import send_detail
+from gateway.api.middleware import send_detail
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+from gateway.api.schemas import MAX_BOX_CHARS, MAX_BOXES
 from gateway.errors import Forbidden, Gone, InvalidRequest
-from gateway.schemas import MAX_BOX_CHARS, MAX_BOXES
 
 FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}  # extension -> render format
 _ESCAPES = {"~": "~t", "_": "~u", " ": "_", "?": "~q", "&": "~a", "%": "~p", "#": "~h", "/": "~s", "\\": "~b"}

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.engine.service import MemeService
 from gateway.rendering.renderer import Renderer
-from gateway.service import MemeService
 
 
 # async: FastAPI would run a plain `def` dependency on a worker thread, per request.

@@ -1,4 +1,4 @@
-"""HTTP for shared image URLs: GET a meme drawn from its URL alone (gateway/share_links.py),
+"""HTTP for shared image URLs: GET a meme drawn from its URL alone (gateway/sharing/links.py),
 with an ETag and a Cache-Control that lets browsers and CDNs keep it."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from gateway.dependencies import RendererDep, Service
+from gateway.api.dependencies import RendererDep, Service
+from gateway.api.responses import already_have, caption_headers, client_has, image_response, render_spec
+from gateway.api.schemas import RenderOptions
 from gateway.errors import Gone, NotFound
-from gateway.render_routes import already_have, caption_headers, client_has, image_response, render_spec
-from gateway.schemas import RenderOptions
 from gateway.settings import MAX_RENDER_SIDE
-from gateway.share_links import UPLOAD_ID, decode_text, parse_boxes
-from gateway.sharing import Sharing
+from gateway.sharing.links import UPLOAD_ID, decode_text, parse_boxes
+from gateway.sharing.meme_urls import Sharing
 
 router = APIRouter()
 # A template URL names the text, not the picture: a new template image or renderer draws it anew,

@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.admission import Overloaded
 from gateway.backends import Backend, make_backend
-from gateway.batcher import MicroBatcher
-from gateway.cache import LruCache
+from gateway.engine.admission import Overloaded
+from gateway.engine.batcher import MicroBatcher
+from gateway.engine.cache import LruCache
+from gateway.engine.images import CheckedImage, already_checked, check_image, sha256
+from gateway.engine.scheduler import DecodeScheduler
+from gateway.engine.served_models import ServedModels, Template
+from gateway.engine.template_names import template_key
 from gateway.errors import DeadlineExceeded, GatewayError, InvalidRequest, ModelError, ModelUnavailable
-from gateway.images import CheckedImage, already_checked, check_image, sha256
 from gateway.metrics import Metrics
 from gateway.rendering.layout import Layouts
-from gateway.scheduler import DecodeScheduler
-from gateway.served_models import ServedModels, Template
 from gateway.settings import Settings
-from gateway.template_names import template_key
 from memefly import contract as c
 from memefly.content_view import most_confident
 from memefly.decoding.captioner import Captioner, template_box_counts, template_input_key
@@ -164,7 +164,7 @@ class MemeService:
             self._connected.clear()
 
     def start_draining(self) -> None:
-        """Shutting down: /readyz says 503 from now on (gateway/draining.py refuses new requests);
+        """Shutting down: /readyz says 503 from now on (gateway/api/draining.py refuses new requests);
         requests already inside still run, so the model readiness they check is left alone."""
         self.draining = True
         self.metrics.ready.set(0)

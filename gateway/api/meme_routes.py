@@ -10,13 +10,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from gateway.dependencies import RendererDep, Service
-from gateway.errors import CLIENT_CLOSED, GatewayError, InvalidRequest
-from gateway.render_routes import caption_headers, image_response, render_spec
-from gateway.rendering.layout import layout_for
-from gateway.rendering.renderer import Renderer
-from gateway.request_parsing import body_doc, decode_base64, image_or_template, parse
-from gateway.schemas import (
+from gateway.api.dependencies import RendererDep, Service
+from gateway.api.request_parsing import body_doc, decode_base64, image_or_template, parse
+from gateway.api.responses import caption_headers, image_response, render_spec
+from gateway.api.schemas import (
     BatchItem,
     BatchItemError,
     BatchRequest,
@@ -27,7 +24,10 @@ from gateway.schemas import (
     TemplateOut,
     TemplatesResponse,
 )
-from gateway.service import MemeResult, MemeService
+from gateway.engine.service import MemeResult, MemeService
+from gateway.errors import CLIENT_CLOSED, GatewayError, InvalidRequest
+from gateway.rendering.layout import layout_for
+from gateway.rendering.renderer import Renderer
 from memefly.decoding.options import DecodingOptions
 
 router = APIRouter()
