@@ -12,7 +12,7 @@ format) and `?size=` are free to change, as on a template URL.
 
 Text in a segment: "_" is a space, and "~" escapes what a path cannot hold or would read
 otherwise (~u "_", ~t "~", ~s "/", ~b "\\", ~q "?", ~h "#", ~p "%", ~a "&", ~n a new line);
-an empty box is a lone "_". Anything else is percent-encoded as usual.
+an empty box is a lone "_" (so a box of one space is "%20"). Anything else is percent-encoded as usual.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import hmac
 import json
 import re
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
@@ -40,6 +41,8 @@ UPLOAD_ID = re.compile(r"[0-9a-f]{64}")
 def encode_text(text: str) -> str:
     if not text:
         return "_"
+    if text == " ":  # "_" alone is the empty box; a lone space goes percent-encoded instead
+        return "%20"
     return quote("".join(_ESCAPES.get(char, char) for char in text), safe=_SAFE)
 
 
@@ -99,7 +102,7 @@ def _extension(render_format: str) -> str:
     return "jpg" if render_format == "jpeg" else render_format
 
 
-def template_path(template: str, boxes, render_format: str = "png") -> str:
+def template_path(template: str, boxes: Iterable[str], render_format: str = "png") -> str:
     segments = "/".join(encode_text(box) for box in boxes)
     return f"/images/templates/{encode_text(template)}/{segments}.{_extension(render_format)}"
 
@@ -112,7 +115,7 @@ class UploadLinks:
             raise ValueError("the URL secret must be at least 16 bytes")
         self._secret = secret
 
-    def path(self, upload_id: str, boxes, render_format: str, layout: str | None, expires: int) -> str:
+    def path(self, upload_id: str, boxes: Sequence[str], render_format: str, layout: str | None, expires: int) -> str:
         segments = "/".join(encode_text(box) for box in boxes)
         query = {"layout": layout} if layout else {}
         query.update(expires=str(expires), sig=self._signature(upload_id, tuple(boxes), layout, expires))
@@ -132,7 +135,7 @@ class UploadLinks:
             raise Gone("this image URL has expired, and its upload with it: generate the memes again")
         return when
 
-    def _signature(self, upload_id, boxes, layout, expires: int) -> str:
+    def _signature(self, upload_id: str, boxes: Sequence[str], layout: str | None, expires: int) -> str:
         message = json.dumps([upload_id, list(boxes), layout or "", expires], ensure_ascii=False)
         digest = hmac.new(self._secret, message.encode("utf-8"), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:18]).decode("ascii")
