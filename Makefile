@@ -34,10 +34,12 @@ test: install
 test-fast: install
 	$(VENV)/bin/python -m pytest -m "not slow"
 
-# ruff's rules and line length are in pyproject.toml; `ruff format .` and `ruff check --fix .` mend most.
+# ruff's rules and line length, and mypy's strictness per package, are in pyproject.toml;
+# `ruff format .` and `ruff check --fix .` mend most ruff findings.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 train: install
 	$(VENV)/bin/memefly data prepare

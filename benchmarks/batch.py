@@ -9,7 +9,7 @@ images, each varied by a pixel, so no cache helps) with the default options (5 b
 memes, up to 32 tokens), and each row gets a fresh server process:
 - "POST /memes, one at a time": `memefly serve` over gRPC to that server, and a client that
   uploads image after image, waiting for each answer (the HTTP round trip per image);
-- "batch client (library)": MemePipeline + memefly.batch.run_batch in this process,
+- "batch client (library)": MemePipeline + memefly.cli.batch_run.run_batch in this process,
   writing the JSONL, images batched into encoder calls and beams into decoder calls;
 - "memefly batch (command)": the command itself, timed from start to exit, so including
   its start-up (imports, connecting, warm-up).
@@ -38,8 +38,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from _servers import ROOT, gateway, loopback_serving  # noqa: E402
 
 from gateway.pipeline import MemePipeline  # noqa: E402
-from memefly.batch import BatchSummary, run_batch  # noqa: E402
-from memefly.batch_results import ResultsFile  # noqa: E402
+from memefly.cli.batch_results import ResultsFile  # noqa: E402
+from memefly.cli.batch_run import BatchSummary, run_batch  # noqa: E402
 from memefly.decoding.options import DecodingOptions  # noqa: E402
 from memefly.paths import models_dir as default_models_dir  # noqa: E402
 from memefly.paths import templates_dir  # noqa: E402

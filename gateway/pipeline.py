@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +31,8 @@ from gateway.engine.service import MemeService
 from gateway.errors import GatewayError, ModelUnavailable
 from gateway.settings import Settings
 from memefly.decoding.options import DecodingOptions
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,12 @@ class ItemResult:
     response: MemeResponse | None = None
     error: BatchItemError | None = None
 
-    def to_json(self) -> dict:
-        body = {"input": self.label}
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"input": self.label}
         if self.error is not None:
             body["error"] = self.error.model_dump()
         else:
+            assert self.response is not None, "an ItemResult has a response or an error"
             body.update(self.response.model_dump(mode="json"))
         return body
 
@@ -60,7 +64,7 @@ def client_settings(
     *,
     models_dir: Path | str | None = None,
     settings: Settings | None = None,
-    **overrides,
+    **overrides: Any,
 ) -> Settings:
     """Targets mean TF Serving over gRPC (the decoder's defaults to the encoder's); models_dir
     means the SavedModels in-process; neither: `settings`, else MEMEFLY_* from the environment."""
@@ -73,9 +77,7 @@ def client_settings(
         overrides.update(backend="grpc", encoder_target=encoder_target, decoder_target=decoder_target or encoder_target)
     elif models_dir is not None:
         overrides.update(backend="inprocess", models_dir=Path(models_dir))
-    chosen = replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    chosen.validate()
-    return chosen
+    return base.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
 class MemePipeline:
@@ -88,8 +90,8 @@ class MemePipeline:
         settings: Settings | None = None,
         ready_timeout_s: float = 300.0,
         max_in_flight: int = 64,
-        **setting_overrides,
-    ):
+        **setting_overrides: Any,
+    ) -> None:
         """`setting_overrides`: any field of gateway.settings.Settings, e.g. encoder_max_batch=64."""
         # A library caller with many items would rather queue than be refused (admission control).
         setting_overrides.setdefault("admission_control", False)
@@ -109,7 +111,7 @@ class MemePipeline:
             raise state.error or ModelUnavailable(state.reason)
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.service.stop()
 
     @property
@@ -137,7 +139,7 @@ class MemePipeline:
         self, items: Iterable[Item | bytes | str], options: DecodingOptions | None = None
     ) -> list[ItemResult]:
         """One result per item, in order. An item is an Item, image bytes, or a template name."""
-        options = options or DecodingOptions()
+        options = options or _default_options()
         return list(await asyncio.gather(*(self.generate_one(_item(i, x), options) for i, x in enumerate(items))))
 
     async def stream(
@@ -149,9 +151,9 @@ class MemePipeline:
     ) -> AsyncIterator[ItemResult]:
         """Results as they finish, with at most `concurrency` items in flight: items are taken
         from the iterable only as places free up, so a list of millions stays cheap."""
-        options = options or DecodingOptions()
+        options = options or _default_options()
         limit = max(1, concurrency or self.max_in_flight)
-        pending: set[asyncio.Task] = set()
+        pending: set[asyncio.Task[ItemResult]] = set()
         try:
             async for item in _aiter(items):
                 while len(pending) >= limit:
@@ -186,7 +188,12 @@ def _item(index: int, value: Item | bytes | str) -> Item:
     return Item(value, template=value)
 
 
-async def _aiter(items):
+def _default_options() -> DecodingOptions:
+    # model_validate, not DecodingOptions(): mypy sees Field(default)s given by position as required arguments.
+    return DecodingOptions.model_validate({})
+
+
+async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
     if isinstance(items, AsyncIterable):
         async for item in items:
             yield item

@@ -16,6 +16,7 @@ import asyncio
 import logging
 
 import uvicorn
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.logs import uvicorn_log_config
@@ -37,7 +38,8 @@ def with_header_timeout(header_timeout_s: float) -> type[HttpToolsProtocol]:
 
         _received = False  # any byte on this connection yet
 
-        def connection_made(self, transport):  # type: ignore[override]
+        # The ignore: uvicorn's own connection_made narrows asyncio's BaseTransport to Transport the same way.
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
 
@@ -57,7 +59,7 @@ def with_header_timeout(header_timeout_s: float) -> type[HttpToolsProtocol]:
             super().on_response_complete()
             self._disarm()  # idle now: uvicorn's keep-alive timeout takes over
 
-        def connection_lost(self, exc) -> None:
+        def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
@@ -87,7 +89,9 @@ def with_header_timeout(header_timeout_s: float) -> type[HttpToolsProtocol]:
     return HeaderTimeoutProtocol
 
 
-def uvicorn_config(app, settings: Settings, *, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
+def uvicorn_config(
+    app: ASGIApp, settings: Settings, *, host: str, port: int, log_level: str = "info"
+) -> uvicorn.Config:
     """The one uvicorn configuration (memefly serve, and the tests' live gateways)."""
     # The drain (MEMEFLY_SHUTDOWN_GRACE_S) has answered every request by the time uvicorn's own
     # shutdown runs: its grace only covers responses still being written.

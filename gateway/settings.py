@@ -1,11 +1,16 @@
-"""Every gateway setting, read once from environment variables (documented in the README)."""
+"""Every gateway setting, read once from environment variables (documented in the README):
+MEMEFLY_<FIELD>, parsed by type with pydantic-settings."""
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from memefly import contract as c
 from memefly.decoding.limits import MAX_BEAMS, MAX_CANDIDATES
@@ -16,11 +21,15 @@ from memefly.paths import templates_dir as default_templates_dir
 MAX_RENDER_SIDE = 8192  # the most MEMEFLY_RENDER_MAX_SIDE may be (and so any requested size)
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
+    """Settings(...) is what it is given (and the defaults below); Settings.from_env() reads the
+    MEMEFLY_* variables. Checked whole on construction: a bad value is a ValueError."""
+
+    model_config = SettingsConfigDict(env_prefix="MEMEFLY_", env_ignore_empty=True, frozen=True, extra="forbid")
+
     # Where the models are: "grpc" (TF Serving) or "inprocess" (the SavedModels in this process).
     backend: str = "inprocess"
-    models_dir: Path = field(default_factory=default_models_dir)
+    models_dir: Path = Field(default_factory=default_models_dir)
     # The pinned pair: both models at this version. None: the newest version of the decoder
     # (in-process: the newest version both model directories have).
     model_version: int | None = None
@@ -64,7 +73,7 @@ class Settings:
     # `KEY [LIMIT]` lines; requests per key (or per client address without keys) as "N/minute";
     # where the counts live (async+redis://host:6379 to share them between replicas); the
     # browser origins allowed to call the API (comma-separated, or *). All empty: no checks.
-    api_keys: str = field(default="", repr=False)
+    api_keys: str = Field(default="", repr=False)
     api_keys_file: str = ""
     rate_limit: str = ""
     rate_limit_storage: str = "async+memory://"
@@ -75,8 +84,8 @@ class Settings:
     # where uploads are kept for them (local: upload_dir; s3://bucket/prefix; off: no upload
     # URLs), for how long after each request, and up to how many bytes (local).
     public_url: str = ""
-    url_secret: str = field(default="", repr=False)
-    data_dir: Path = field(default_factory=default_data_dir)
+    url_secret: str = Field(default="", repr=False)
+    data_dir: Path = Field(default_factory=default_data_dir)
     upload_store: str = "local"
     upload_dir: Path | None = None  # None: data_dir/uploads
     upload_ttl_s: int = 7 * 24 * 3600
@@ -109,7 +118,7 @@ class Settings:
     # Rendering (render=png|jpeg|webp, POST /render): blank template images are read from
     # templates_dir (`memefly data download` fills it); rendered images are at most
     # render_max_side pixels on their longer side; the latest renders are kept up to render_cache_bytes.
-    templates_dir: Path = field(default_factory=default_templates_dir)
+    templates_dir: Path = Field(default_factory=default_templates_dir)
     render_max_side: int = 2048
     render_jpeg_quality: int = 85
     render_cache_bytes: int = 64 * 1024 * 1024
@@ -126,20 +135,44 @@ class Settings:
         return [o.removesuffix(":80") if o.startswith("http://") else o for o in origins]
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
-        """MEMEFLY_<FIELD> for every field (e.g. MEMEFLY_BACKEND=grpc); overrides win."""
-        environ = os.environ if environ is None else environ
-        values = {}
-        for setting in fields(cls):
-            raw = environ.get(f"MEMEFLY_{setting.name.upper()}")
-            if raw is not None and raw != "":
-                values[setting.name] = _parse(setting.name, setting.type, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
-        settings.validate()
-        return settings
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # the environment only through from_env()
 
-    def validate(self) -> None:
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """MEMEFLY_<FIELD> for every field (e.g. MEMEFLY_BACKEND=grpc); overrides that are not None win."""
+        values = {**_Environment(cls, os.environ if environ is None else environ)()}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except ValidationError as error:
+            raise ValueError(_first_problem(error)) from None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with CHANGES, checked as a new one is."""
+        try:
+            return type(self)(**{**self.model_dump(), **changes})
+        except ValidationError as error:
+            raise ValueError(_first_problem(error)) from None
+
+    @field_validator("model_version", mode="before")
+    @classmethod
+    def _latest_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("latest", "none") else value
+
+    @model_validator(mode="after")
+    def _checked(self) -> Settings:
+        self._check()
+        return self
+
+    def _check(self) -> None:
         if self.backend not in ("grpc", "inprocess"):
             raise ValueError(f"MEMEFLY_BACKEND must be 'grpc' or 'inprocess', not {self.backend!r}")
         for name in (
@@ -202,22 +235,25 @@ class Settings:
         storage(self.rate_limit_storage)
 
 
-def _parse(name: str, kind: str, raw: str):
-    try:
-        if kind == "bool":
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "int | None":
-            return None if raw.lower() in ("latest", "none") else int(raw)
-        if kind in ("Path", "Path | None"):
-            return Path(raw)
-        return raw
-    except ValueError:
-        raise ValueError(f"MEMEFLY_{name.upper()}={raw!r} is not a valid {kind}") from None
+class _Environment(EnvSettingsSource):
+    """The MEMEFLY_* variables of ENVIRON (os.environ, or a mapping a test or a caller gives)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self._environ.items() if value != ""}
+
+
+def _first_problem(error: ValidationError) -> str:
+    """The first problem in the words the gateway has always used: its check's own message, or
+    MEMEFLY_<FIELD>=<value> is not a valid <type>."""
+    problem = error.errors()[0]
+    if problem["type"] == "value_error" and "error" in problem.get("ctx", {}):
+        return str(problem["ctx"]["error"])
+    name = str(problem["loc"][0]) if problem["loc"] else ""
+    if name not in Settings.model_fields:
+        return problem["msg"]
+    kind = Settings.model_fields[name].annotation
+    return f"MEMEFLY_{name.upper()}={problem['input']!r} is not a valid {getattr(kind, '__name__', str(kind))}"

@@ -16,10 +16,17 @@ every model call it was part of.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.util.types import AttributeValue
 
 tracer = trace.get_tracer("memefly.gateway")
 
@@ -33,7 +40,7 @@ def wanted(environ: Mapping[str, str] = os.environ) -> bool:
     return bool(environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def _exporters(environ: Mapping[str, str]):
+def _exporters(environ: Mapping[str, str]) -> Iterator[SpanExporter]:
     for name in (environ.get("OTEL_TRACES_EXPORTER") or "otlp").split(","):
         name = name.strip().lower()
         if name == "console":
@@ -45,15 +52,20 @@ def _exporters(environ: Mapping[str, str]):
                 "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
             )
             if protocol == "grpc":
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+                yield GrpcExporter()
             else:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-            yield OTLPSpanExporter()
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+                yield HttpExporter()
         elif name != "none":
             raise ValueError(f"OTEL_TRACES_EXPORTER: {name!r} is not otlp, console or none")
 
 
-def set_up(app, environ: Mapping[str, str] = os.environ, exporter=None):
+def set_up(
+    app: FastAPI, environ: Mapping[str, str] = os.environ, exporter: SpanExporter | None = None
+) -> TracerProvider | None:
     """Traces for APP when the environment asks for them (or EXPORTER is given: tests). Returns
     the tracer provider, or None when tracing is off."""
     if exporter is None and not wanted(environ):
@@ -74,7 +86,7 @@ def set_up(app, environ: Mapping[str, str] = os.environ, exporter=None):
     global tracer
     tracer = provider.get_tracer("memefly.gateway")
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
-    client = GrpcAioInstrumentorClient()
+    client = GrpcAioInstrumentorClient()  # type: ignore[no-untyped-call]  # its __init__ is unannotated
     if not client.is_instrumented_by_opentelemetry:
         client.instrument(tracer_provider=provider)
     return provider
@@ -87,7 +99,9 @@ def current() -> trace.SpanContext | None:
 
 
 @contextmanager
-def batch_call(name: str, requests: Iterable[trace.SpanContext | None], **attributes):
+def batch_call(
+    name: str, requests: Iterable[trace.SpanContext | None], **attributes: AttributeValue
+) -> Iterator[trace.Span]:
     """A span for one model call made for many requests, linked to each of their spans."""
     links = [trace.Link(context) for context in requests if context is not None]
     with tracer.start_as_current_span(name, links=links, attributes=attributes) as span:

@@ -19,8 +19,14 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+    from multiprocessing.synchronize import Event
+    from types import FrameType
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +35,12 @@ RESTART_BACKOFF_S = 1.0  # a slot is started again no sooner than this after its
 
 
 def serve_one(
-    settings: Settings, host: str, port: int, log_level: str, sockets: list[socket.socket] | None = None, listening=None
+    settings: Settings,
+    host: str,
+    port: int,
+    log_level: str,
+    sockets: list[socket.socket] | None = None,
+    listening: Event | None = None,
 ) -> None:
     """One gateway process: the app, uvicorn with memefly's configuration, draining on SIGTERM.
     As a worker (SOCKETS given), sets the LISTENING event once it takes connections."""
@@ -57,8 +68,8 @@ def serve_one(
 
 @dataclass
 class _Worker:
-    process: multiprocessing.Process
-    listening: object  # a multiprocessing Event
+    process: BaseProcess
+    listening: Event  # set once the worker takes connections
     started_at: float
 
 
@@ -77,7 +88,7 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> int:
     from gateway.logs import uvicorn_log_config
 
     listener = uvicorn.Config(
-        app=None,
+        app="",  # no app: this config only binds the socket
         host=host,
         port=port,  # as uvicorn binds it (IPv6 too)
         log_config=uvicorn_log_config(log_level),
@@ -86,7 +97,7 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> int:
     workers: list[_Worker] = []
     received: list[int] = []  # the signal handler only appends: the loop below acts on it
 
-    def on_signal(sig, frame) -> None:
+    def on_signal(sig: int, frame: FrameType | None) -> None:
         received.append(sig)
 
     def start() -> _Worker:

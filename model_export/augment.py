@@ -30,7 +30,7 @@ _BOLD_FONTS = (
 
 
 @lru_cache(maxsize=64)
-def text_font(size: int, bold: bool = True) -> ImageFont.ImageFont:
+def text_font(size: int, bold: bool = True) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """Text of SIZE pixels: a bold system font when BOLD is asked and one is installed, else Pillow's own."""
     for name in _BOLD_FONTS if bold else ():
         try:
@@ -134,7 +134,7 @@ def _screenshot(img: Image.Image, rng: random.Random) -> Image.Image:
         draw.text((width * 0.05, y), _words(rng, 3, 7), font=body, fill=ink)
         y += int(width * 0.06)
     shown = int(width * rng.uniform(0.6, 0.98))
-    picture = img.resize((shown, max(8, int(img.size[1] * shown / img.size[0]))), Image.BILINEAR)
+    picture = img.resize((shown, max(8, int(img.size[1] * shown / img.size[0]))), Image.Resampling.BILINEAR)
     canvas.paste(picture, ((width - shown) // 2, y))
     y += picture.size[1] + int(width * 0.03)
     while y < height - width * 0.08:
@@ -147,21 +147,23 @@ def _screenshot(img: Image.Image, rng: random.Random) -> Image.Image:
 def _greyscale(img: Image.Image, rng: random.Random) -> Image.Image:
     grey = ImageOps.grayscale(_rescale(img, rng)).convert("RGB")
     angle = rng.uniform(-12, 12) if rng.random() < 0.7 else 0.0
-    return grey.rotate(angle, resample=Image.BILINEAR, expand=True, fillcolor=rng.choice([(255, 255, 255), (0, 0, 0)]))
+    return grey.rotate(
+        angle, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=rng.choice([(255, 255, 255), (0, 0, 0)])
+    )
 
 
 def _rescale(img: Image.Image, rng: random.Random) -> Image.Image:
     """A slight random resize, as re-uploads have: no two views of a kind are the same image."""
     w, h = img.size
     scale = rng.uniform(0.6, 1.0)
-    return img.resize((max(16, int(w * scale)), max(16, int(h * scale))), Image.BILINEAR)
+    return img.resize((max(16, int(w * scale)), max(16, int(h * scale))), Image.Resampling.BILINEAR)
 
 
 def _jpeg(img: Image.Image, rng: random.Random) -> Image.Image:
     """A thumbnail re-saved as JPEG one to three times, as images are on their way round."""
     w, h = img.size
     scale = min(1.0, rng.uniform(120, 400) / max(w, h))
-    img = img.resize((max(16, int(w * scale)), max(16, int(h * scale))), Image.BILINEAR)
+    img = img.resize((max(16, int(w * scale)), max(16, int(h * scale))), Image.Resampling.BILINEAR)
     for _ in range(rng.randint(1, 3)):
         img = resave_jpeg(img, rng.randint(5, 40))
     return img
@@ -215,7 +217,7 @@ def _perspective(img: Image.Image, rng: random.Random) -> Image.Image:
         (cw * (0 + jitter[6]), ch * (1 + jitter[7])),
     ]
     data = [c for corner in corners for c in corner]
-    warped = canvas.transform((cw, ch), Image.QUAD, data, resample=Image.BILINEAR)
+    warped = canvas.transform((cw, ch), Image.Transform.QUAD, data, resample=Image.Resampling.BILINEAR)
     warped = warped.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
     warped = ImageEnhance.Brightness(warped).enhance(rng.uniform(0.8, 1.25))
     return resave_jpeg(warped, rng.randint(60, 90))

@@ -82,7 +82,7 @@ def read_imgflip575k(root: str | Path) -> RawDataset:
             f"no ImgFlip575K captions at {memes_dir}; set MEMEFLY_DATASET_DIR or --dataset to the "
             "folder that holds dataset/memes and dataset/templates"
         )
-    images = {}
+    images: dict[str, str] = {}
     if (templates_dir / "img").is_dir():
         for path in sorted((templates_dir / "img").iterdir()):
             if path.suffix.lower() in IMAGE_EXTENSIONS:

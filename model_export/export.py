@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,7 +36,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 @dataclass
 class ExportConfig:
-    run: str
+    run: str | Path  # a training run directory
     models_dir: str
     version: int
     weights: str = "imagenet"  # "imagenet", a no-top weights file, or "random"
@@ -96,9 +96,12 @@ def _views(
     return data, labels, kinds
 
 
-def _unseen(views, fitted: set) -> tuple[list, list, list]:
-    keep = [i for i, data in enumerate(views[0]) if hashlib.sha256(data).digest() not in fitted]
-    return tuple([part[i] for i in keep] for part in views)
+def _unseen(
+    views: tuple[list[bytes], list[int], list[str]], fitted: set[bytes]
+) -> tuple[list[bytes], list[int], list[str]]:
+    data, labels, kinds = views
+    keep = [i for i, view in enumerate(data) if hashlib.sha256(view).digest() not in fitted]
+    return [data[i] for i in keep], [labels[i] for i in keep], [kinds[i] for i in keep]
 
 
 def _kinds_in_turn(index: int, count: int) -> list[str]:
@@ -198,7 +201,7 @@ def fit_head(extractor, matcher, images, names, config: ExportConfig, log):
     known = known_score(test_probs) >= threshold
     other_kinds = np.array([kind for kind, _ in test_other])
     unknown = known_score(served_probs(head, test_other_served)) < threshold
-    report = {
+    report: dict[str, Any] = {
         "threshold": threshold,
         "match_weight": head.match_weight,
         "known_rate": {str(k): float(known[kinds == k].mean()) for k in dict.fromkeys(kinds)},

@@ -2,7 +2,7 @@
 
 Measured with the decoder's own metric code on the same test captions, vocabulary and samples:
 
-    python benchmarks/kn_baseline.py runs/small          (or: python -m model_export.kn_baseline)
+    python benchmarks/kn_baseline.py runs/small
 
 prints the run's metrics.json (from `memefly evaluate`) and the baseline side by side, and
 writes RUN/baseline_metrics.json.
@@ -16,14 +16,16 @@ A context v never seen with template t falls back to Pc_t.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from memefly.contract import START_ID
+
+if TYPE_CHECKING:
+    from memefly.decoding.captioner import Captioner
 
 ANCHOR = {  # the issue's measurement on held-out ImgFlip575K captions, for reference
     "recognition top-1": 0.46,
@@ -33,6 +35,8 @@ ANCHOR = {  # the issue's measurement on held-out ImgFlip575K captions, for refe
 
 
 class KneserNeyBigram:
+    captioner: Captioner  # the served search's rules, for `generate`: set by the caller (see `compare`)
+
     def __init__(self, sequences, template_ids, num_templates: int, vocab_size: int):
         self.num_templates, self.vocab_size = num_templates, vocab_size
         bigrams: Counter = Counter()
@@ -118,8 +122,9 @@ class KneserNeyBigram:
         )
 
 
-def main(argv=None) -> int:
-    from gateway.rendering.layout import Layouts
+def compare(run_path, panels: dict, prepared=None, per_template: int = 20, max_test=None, seed: int = 0) -> str:
+    """The baseline's metrics beside the run's (RUN/metrics.json), as a table with samples;
+    writes RUN/baseline_metrics.json. PANELS: the templates' box counts (the served layouts')."""
     from model_export import run_dir as rd
     from model_export.evaluate import (
         evaluate_caption_model,
@@ -129,22 +134,14 @@ def main(argv=None) -> int:
         split_sequences,
     )
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="a training run directory (its vocabulary, templates and data)")
-    parser.add_argument("--prepared", help="prepared captions (default: the run's own)")
-    parser.add_argument("--per-template", type=int, default=20)
-    parser.add_argument("--max-test", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    run = rd.load_run(args.run)
-    prepared = args.prepared or run.config["prepared"]
-    data, captions = load_evaluation_data(run, prepared, args.max_test, args.seed)
+    run = rd.load_run(run_path)
+    prepared = prepared or run.config["prepared"]
+    data, captions = load_evaluation_data(run, prepared, max_test, seed)
     index = {name: i for i, name in enumerate(run.template_names)}
     train_seqs, train_tids = split_sequences(run.tokenizer, captions, "train", index)
     baseline = KneserNeyBigram(train_seqs, train_tids, len(index), len(run.vocabulary))
-    baseline.captioner = served_captioner(run, data.training_captions, Layouts.shipped().panels)
-    metrics = evaluate_caption_model(baseline, data, args.per_template, args.seed)
+    baseline.captioner = served_captioner(run, data.training_captions, panels)
+    metrics = evaluate_caption_model(baseline, data, per_template, seed)
     metrics["discount"] = baseline.d
     (run.path / "baseline_metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False))
 
@@ -152,15 +149,11 @@ def main(argv=None) -> int:
     if (run.path / rd.METRICS).exists():
         columns["decoder"] = json.loads((run.path / rd.METRICS).read_text())
     columns["KN bigram"] = metrics
-    print(format_table(columns))
-    print(
-        "anchor from the issue (KN bigram on held-out ImgFlip575K): " + ", ".join(f"{k} {v}" for k, v in ANCHOR.items())
-    )
-    print("KN bigram samples:")
-    for name, caps in list(metrics["samples"].items())[:5]:
-        print(f"  {name}: {caps[0]}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    lines = [
+        format_table(columns),
+        "anchor from the issue (KN bigram on held-out ImgFlip575K): "
+        + ", ".join(f"{k} {v}" for k, v in ANCHOR.items()),
+        "KN bigram samples:",
+    ]
+    lines += [f"  {name}: {caps[0]}" for name, caps in list(metrics["samples"].items())[:5]]
+    return "\n".join(lines)

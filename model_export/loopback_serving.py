@@ -53,6 +53,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.core.framework import types_pb2  # noqa: E402
+from tensorflow.core.protobuf import meta_graph_pb2  # noqa: E402
 from tensorflow_serving.apis import (  # noqa: E402
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -200,7 +201,7 @@ def _varint(number: int) -> bytes:
             return bytes(out)
 
 
-def _input_feeds(signature, inputs) -> list[tuple[str, object, np.ndarray, int]]:
+def _input_feeds(signature, inputs) -> list[tuple[str, meta_graph_pb2.TensorInfo, np.ndarray, int]]:
     """(alias, TensorInfo, array, sent dtype) per signature input, checked as predict_util.cc
     and saved_model::GetInputValues check them."""
     expected, sent = set(signature.inputs), set(inputs)
@@ -280,7 +281,7 @@ class LoopbackServer:
         log: Callable[[str], None] | None = None,
     ):
         self._owns_models = isinstance(models, (str, Path))
-        if self._owns_models:
+        if isinstance(models, (str, Path)):
             models = load_models(models, model_names, log)
         elif model_names is not None:
             models = {name: models[name] for name in model_names}
@@ -326,6 +327,7 @@ class LoopbackServer:
             server, executor = self._server, self._executor
             self._server = self._executor = None
         if server is not None:
+            assert executor is not None  # set with the server
             server.stop(grace).wait()
             executor.shutdown(wait=False, cancel_futures=True)
 

@@ -10,6 +10,7 @@ crops of several templates: close to a template, yet none of them.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -30,7 +31,7 @@ def _noise(rng: random.Random, templates: list[Image.Image]) -> Image.Image:
     w, h = _size(rng)
     cells = rng.choice([4, 8, 16, 1])  # coarse blobs to per-pixel noise
     small = np.random.default_rng(rng.getrandbits(32)).integers(0, 256, (max(1, h // cells), max(1, w // cells), 3))
-    return Image.fromarray(small.astype(np.uint8)).resize((w, h), Image.BILINEAR)
+    return Image.fromarray(small.astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)
 
 
 def _gradient(rng: random.Random, templates: list[Image.Image]) -> Image.Image:
@@ -84,7 +85,7 @@ def _mosaic(rng: random.Random, templates: list[Image.Image]) -> Image.Image:
         tw, th = template.size
         cw, ch = int(tw * rng.uniform(0.3, 0.6)), int(th * rng.uniform(0.3, 0.6))
         x, y = rng.randint(0, tw - cw), rng.randint(0, th - ch)
-        piece = template.crop((x, y, x + cw, y + ch)).convert("RGB").resize((cell_w, cell_h), Image.BILINEAR)
+        piece = template.crop((x, y, x + cw, y + ch)).convert("RGB").resize((cell_w, cell_h), Image.Resampling.BILINEAR)
         image.paste(piece, ((i % columns) * cell_w, (i // columns) * cell_h))
     return image
 
@@ -97,7 +98,7 @@ def _blur(rng: random.Random, templates: list[Image.Image]) -> Image.Image:
 _MAKE = {"noise": _noise, "gradient": _gradient, "shapes": _shapes, "text": _text, "mosaic": _mosaic, "blur": _blur}
 
 
-def non_template_images(count: int, seed: int, templates: list[Image.Image] = ()) -> list[tuple[str, Image.Image]]:
+def non_template_images(count: int, seed: int, templates: Sequence[Image.Image] = ()) -> list[tuple[str, Image.Image]]:
     """COUNT (kind, image) pairs, the kinds in turn; the same for the same seed and templates."""
     rng = random.Random(seed)
     templates = list(templates)

@@ -99,6 +99,7 @@ def fit_template_head(
         accuracy = np.mean(head.logits(calib_features).argmax(axis=1) == calib_labels)
         if best is None or accuracy > best[0]:
             best = (accuracy, head)
+    assert best is not None  # RIDGE_STRENGTHS is not empty
     head = best[1]
     head.temperature = float(
         min(TEMPERATURES, key=lambda t: _smoothed_nll(_with(head, t), calib_features, calib_labels))
@@ -163,6 +164,7 @@ def choose_match_weight(head: TemplateHead, views: Encoded, labels: np.ndarray, 
         rank = (float(np.mean(right & (known_score(probs) >= threshold))), float(np.mean(right)), -weight)
         if best is None or rank > best[0]:
             best = (rank, weight, threshold)
+    assert best is not None  # MATCH_WEIGHTS is not empty
     return best[1], best[2]
 
 

@@ -61,16 +61,18 @@ def template_descriptors(images) -> np.ndarray:
     out = np.empty((len(images), len(cut) + 2 * len(TILTS), MATCH_SIZE * MATCH_SIZE), np.float32)
     for t, image in enumerate(images):
         grey = image.convert("L")
-        square = grey.resize((_BASE, _BASE), Image.BILINEAR)
+        square = grey.resize((_BASE, _BASE), Image.Resampling.BILINEAR)
         views = [
             square.resize(
-                (MATCH_SIZE, MATCH_SIZE), Image.BILINEAR, box=(x * _BASE, y * _BASE, (x + w) * _BASE, (y + h) * _BASE)
+                (MATCH_SIZE, MATCH_SIZE),
+                Image.Resampling.BILINEAR,
+                box=(x * _BASE, y * _BASE, (x + w) * _BASE, (y + h) * _BASE),
             )
             for x, y, w, h in cut
         ]
         views += [
-            grey.rotate(angle, resample=Image.BILINEAR, expand=True, fillcolor=fill).resize(
-                (MATCH_SIZE, MATCH_SIZE), Image.BILINEAR
+            grey.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=fill).resize(
+                (MATCH_SIZE, MATCH_SIZE), Image.Resampling.BILINEAR
             )
             for fill in (255, 0)
             for angle in TILTS

@@ -15,19 +15,21 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 
-def run(model_dir: str, cases_path: str, atol: float) -> dict:
-    cases = defaultdict(lambda: {"in": {}, "out": {}})
+def run(model_dir: str, cases_path: str, atol: float) -> dict[str, Any]:
+    # case -> "in" or "out" -> tensor name -> array
+    cases: defaultdict[str, dict[str, dict[str, np.ndarray]]] = defaultdict(lambda: {"in": {}, "out": {}})
     with np.load(cases_path) as data:
         for key in data.files:
             case, kind, name = key.split("/", 2)
             cases[case][kind][name] = data[key]
 
-    report = {"model": model_dir, "signatures": {}, "ok": True}
+    report: dict[str, Any] = {"model": model_dir, "signatures": {}, "ok": True}
     graph = tf.Graph()
     with tf.compat.v1.Session(graph=graph) as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], model_dir)
@@ -54,7 +56,7 @@ def run(model_dir: str, cases_path: str, atol: float) -> dict:
                 report["ok"] = False
                 continue
             for name, value in zip(names, values, strict=True):
-                out = {"shape": list(value.shape), "dtype": str(value.dtype)}
+                out: dict[str, Any] = {"shape": list(value.shape), "dtype": str(value.dtype)}
                 if name in io["out"]:
                     expected = io["out"][name]
                     if value.dtype.kind in "SUO":

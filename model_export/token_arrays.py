@@ -10,6 +10,7 @@ tokens.npz: for each split, `{split}_ids` (int32, all captions' tokens end to en
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ def write_token_arrays(config) -> Path:
     index = {t["name"]: i for i, t in enumerate(templates)}
     captions = load_captions(config.prepared)
     tokenizer = Tokenizer(vocabulary)
-    arrays = {}
+    arrays: dict[str, Any] = {}  # Any: numpy's stub would match **arrays against savez's allow_pickle: bool
     for split in ("train", "validation"):
         texts, ids = split_texts(captions, split, index, config.exclude_offensive)
         if split == "train":

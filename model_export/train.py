@@ -81,7 +81,9 @@ class RunCompleteError(Exception):
     """The run directory holds a finished run; training it again would start from scratch."""
 
 
-def split_texts(captions, split: str, template_index: dict[str, int], exclude_offensive: bool):
+def split_texts(
+    captions, split: str, template_index: dict[str, int], exclude_offensive: bool
+) -> tuple[list[str], list[int]]:
     from model_export.text import join_boxes
 
     rows = [
@@ -262,14 +264,14 @@ def train(config: TrainConfig, extra_callbacks=(), verbose: int = 1) -> Path:
     final.set_weights(model.get_weights())
     final.save_weights(run / rd.FINAL_WEIGHTS)
 
-    val_ids = tokenizer.encode(tf.constant(val_texts)).flat_values.numpy() if val_texts else np.zeros(0)
+    val_tokens = tokenizer.encode(tf.constant(val_texts)).flat_values.numpy() if val_texts else np.zeros(0)
     trained_tokens = sum(history.history.get("tokens", []))
     stats = {
         "train_captions": len(train_texts),
         "validation_captions": len(val_texts),
         "vocabulary_size": len(vocabulary),
         # Coverage: the share of validation tokens the vocabulary does not know.
-        "validation_unk_rate": round(float(np.mean(val_ids == UNK_ID)), 4) if val_ids.size else None,
+        "validation_unk_rate": round(float(np.mean(val_tokens == UNK_ID)), 4) if val_tokens.size else None,
         "templates": len(templates),
         "parameters": int(final.count_params()),
         "epochs_run": len(history.history.get("loss", [])),

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from model_export.kn_baseline import KneserNeyBigram, main
+from model_export.kn_baseline import KneserNeyBigram, compare
 
 VOCAB = 12
 
@@ -30,12 +30,12 @@ def test_seen_bigrams_are_likelier_under_their_template(model):
     assert model.score([np.array([5, 6, 2])], [0])[0] > model.score([np.array([5, 6, 2])], [2])[0]
 
 
-def test_benchmark_script_prints_both_columns(tiny_run, capsys):
+def test_the_comparison_shows_both_columns(tiny_run):
+    from gateway.rendering.layout import Layouts
     from model_export.evaluate import evaluate_run
 
     evaluate_run(tiny_run, per_template=5)
-    assert main([str(tiny_run), "--per-template", "5"]) == 0
-    out = capsys.readouterr().out
+    out = compare(tiny_run, Layouts.shipped().panels, per_template=5)
     assert "decoder" in out and "KN bigram" in out and "anchor" in out
     metrics = json.loads((tiny_run / "baseline_metrics.json").read_text())
     assert metrics["conditioning_gain"] > 1.0 and 0 < metrics["discount"] < 1

@@ -22,8 +22,8 @@ from PIL import Image
 
 from gateway.pipeline import Item, MemePipeline
 from memefly import contract as c
-from memefly.batch_inputs import InputError, expand
-from memefly.batch_results import ResultsFile
+from memefly.cli.batch_inputs import InputError, expand
+from memefly.cli.batch_results import ResultsFile
 from memefly.decoding.options import DecodingOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -352,7 +352,7 @@ def test_batch_interrupted_then_resumed_has_every_image_exactly_once(loopback, f
 
 
 def test_batch_does_not_write_model_side_failures_and_retries_them(loopback, folder, tmp_path):
-    from memefly.batch import BatchSummary, run_batch
+    from memefly.cli.batch_run import BatchSummary, run_batch
 
     loopback.reset()
     good = folder["good"][:3]
@@ -378,7 +378,7 @@ def test_batch_does_not_write_model_side_failures_and_retries_them(loopback, fol
 
 
 def test_a_failed_drawing_keeps_the_memes_and_the_batch_goes_on(loopback, folder, tmp_path, font_renderer):
-    from memefly.batch import BatchSummary, RenderTo, run_batch
+    from memefly.cli.batch_run import BatchSummary, RenderTo, run_batch
 
     loopback.reset()
     good = folder["good"][:2]

@@ -17,7 +17,17 @@ def test_cli_module_does_not_import_tensorflow():
 
 
 @pytest.mark.parametrize(
-    "argv", [["data", "prepare"], ["data", "download"], ["train"], ["evaluate"], ["export"], ["serve"], ["generate"]]
+    "argv",
+    [
+        ["data", "prepare"],
+        ["data", "download"],
+        ["train"],
+        ["evaluate"],
+        ["export"],
+        ["serve"],
+        ["generate"],
+        ["batch"],
+    ],
 )
 def test_every_subcommand_has_help_with_examples(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -26,9 +36,19 @@ def test_every_subcommand_has_help_with_examples(argv, capsys):
     assert "examples:" in capsys.readouterr().out
 
 
-def test_subcommands_are_listed():
-    choices = build_parser()._subparsers._group_actions[0].choices
-    assert {"data", "train", "evaluate", "export", "serve", "generate"} <= set(choices)
+def test_memefly_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    listed = capsys.readouterr().out
+    for command in ("data", "train", "evaluate", "export", "serve", "loopback", "generate", "batch"):
+        assert f"    {command} " in listed, command
+
+
+def test_batch_takes_the_models_folder_by_the_name_serve_and_generate_use():
+    for flag in ("--models-dir", "--models"):  # --models: batch's first name for it, still taken
+        args = build_parser().parse_args(["batch", "x.jpg", "--out", "o.jsonl", flag, "/srv/models"])
+        assert str(args.models_dir) == "/srv/models"
 
 
 def test_serve_starts_the_gateway_on_the_exported_models(served_models_dir, tmp_path):

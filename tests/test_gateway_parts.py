@@ -565,12 +565,9 @@ def test_image_checks():
 @contextmanager
 def gateway_without_models(tmp_path, **settings):
     """A live gateway whose model servers are unreachable: enough for what happens before a request is handled."""
-    import dataclasses
-
     from gateway_harness import running_gateway
 
-    settings = dataclasses.replace(
-        Settings.from_env({}),
+    settings = Settings.from_env({}).replace(
         backend="grpc",
         encoder_target="127.0.0.1:1",
         decoder_target="127.0.0.1:1",

@@ -17,7 +17,7 @@ from net import free_port
 ROOT = Path(__file__).resolve().parent.parent
 NO_TENSORFLOW = """
 import importlib.util, sys
-import gateway.api.app, gateway.backends.grpc_backend, gateway.pipeline, memefly.batch, memefly.http
+import gateway.api.app, gateway.backends.grpc_backend, gateway.pipeline, memefly.cli.batch_run, memefly.http
 app = gateway.api.app.create_app(gateway.settings.Settings(backend="grpc"))
 assert importlib.util.find_spec("tensorflow") is None, "TensorFlow is installed"
 assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_serving", "keras")]

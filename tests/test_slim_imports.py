@@ -23,7 +23,7 @@ spec = importlib.util.find_spec("tensorflow")
 stub = types.ModuleType("tensorflow")
 stub.__path__ = list(spec.submodule_search_locations)
 sys.modules["tensorflow"] = stub
-import gateway.api.app, gateway.backends.grpc_backend, gateway.pipeline, memefly.batch, memefly.cli
+import gateway.api.app, gateway.backends.grpc_backend, gateway.pipeline, memefly.cli.batch_run, memefly.cli
 app = gateway.api.app.create_app(gateway.settings.Settings(backend="grpc"))
 # memefly batch imports what it needs when it runs: up to its first check of the arguments.
 assert memefly.cli.main(["batch", "--out", "unused.jsonl", "--encoder", "h:1", "--decoder", "h:1"]) == 2

@@ -35,6 +35,7 @@ from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.middleware import send_detail
 
@@ -121,7 +122,7 @@ def storage(uri: str) -> Storage:
 
 
 class AccessMiddleware:
-    def __init__(self, app, keys: Keys, default_limit: str, storage_uri: str):
+    def __init__(self, app: ASGIApp, keys: Keys, default_limit: str, storage_uri: str) -> None:
         self.app = app
         self.keys = keys
         self.default_limit = parse_limit(default_limit) if default_limit else None
@@ -129,7 +130,7 @@ class AccessMiddleware:
         self.limiter = MovingWindowRateLimiter(storage(storage_uri)) if (self.default_limit or keys.limits) else None
         self._warned_at = -math.inf
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if (
             scope["type"] != "http"
@@ -164,7 +165,7 @@ class AccessMiddleware:
                 return await self._refuse(send, limit, who)
         return await self.app(scope, receive, send)
 
-    async def _refuse(self, send, limit: RateLimitItem, who: str):
+    async def _refuse(self, send: Send, limit: RateLimitItem, who: str) -> None:
         retry_after = await self._retry_after(limit, who)
         return await send_detail(
             send,
@@ -174,6 +175,7 @@ class AccessMiddleware:
         )
 
     async def _hit(self, limit: RateLimitItem, who: str) -> bool:
+        assert self.limiter is not None  # there is one whenever there is a limit to hit
         try:
             return await self.limiter.hit(limit, who)
         except StorageError as error:  # fail open: a guard, not a reason for an outage
@@ -184,6 +186,7 @@ class AccessMiddleware:
             return True
 
     async def _retry_after(self, limit: RateLimitItem, who: str) -> int:
+        assert self.limiter is not None  # asked only after _hit refused
         try:
             stats = await self.limiter.get_window_stats(limit, who)
         except StorageError:

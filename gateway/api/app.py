@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from asgi_correlation_id import correlation_id
 from fastapi import FastAPI, Request
@@ -35,20 +37,25 @@ from gateway.rendering.renderer import Renderer
 from gateway.settings import Settings
 from gateway.sharing.meme_urls import Sharing
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
 log = logging.getLogger("gateway")
 
 
 FIRST_CHECK_WAIT_S = 120.0  # a worker's start-up check (loading in-process models included)
 
 
-def create_app(settings: Settings | None = None, backend: Backend | None = None, span_exporter=None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, backend: Backend | None = None, span_exporter: SpanExporter | None = None
+) -> FastAPI:
     """SPAN_EXPORTER: trace into this OpenTelemetry exporter whatever OTEL_* say (tests)."""
     settings = settings or Settings.from_env()
     metrics = Metrics()
     service = MemeService(settings, backend=backend, metrics=metrics)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Start-up checks run in the background: /healthz answers at once, /readyz says when.
         await service.start()
         if service.settings.workers > 1:
@@ -94,7 +101,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(GatewayError)
-    async def gateway_error(request: Request, error: GatewayError):
+    async def gateway_error(request: Request, error: GatewayError) -> JSONResponse:
         if isinstance(error, Overloaded):  # expected under load, and counted in /metrics: not a warning
             metrics.refused.labels(error.queue).inc()
             log.info("%s %s -> %d: %s", request.method, request.url.path, error.status, error.logged)
@@ -103,7 +110,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         return JSONResponse({"detail": error.detail}, status_code=error.status, headers=error.headers)
 
     @app.exception_handler(ClientDisconnect)
-    async def client_left(request: Request, error: ClientDisconnect):
+    async def client_left(request: Request, error: ClientDisconnect) -> Response:
         # The client's doing, not ours: no 5xx for alerts, no traceback for the log. Nobody reads the answer.
         log.info(
             "%s %s -> %d: the client went away before its request was read",
@@ -114,7 +121,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None,
         return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception):
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         # Answered outside the request-id middleware (Starlette's ServerErrorMiddleware): add it here.
         request_id = correlation_id.get()

@@ -12,11 +12,13 @@ from gateway.rendering.renderer import Renderer
 
 # async: FastAPI would run a plain `def` dependency on a worker thread, per request.
 async def get_service(request: Request) -> MemeService:
-    return request.app.state.service
+    service: MemeService = request.app.state.service
+    return service
 
 
 async def get_renderer(request: Request) -> Renderer:
-    return request.app.state.renderer
+    renderer: Renderer = request.app.state.renderer
+    return renderer
 
 
 Service = Annotated[MemeService, Depends(get_service)]

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
+from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.middleware import send_detail
 
@@ -32,10 +36,10 @@ class Drain:
     def __init__(self, retry_after_s: int):
         self.retry_after_s = retry_after_s
         self.draining = False
-        self.in_flight: set[asyncio.Task] = set()
+        self.in_flight: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.on_start: list = []  # callbacks run when draining starts (the service's readiness)
+        self.on_start: list[Callable[[], object]] = []  # callbacks run when draining starts (the service's readiness)
 
     def start(self) -> None:
         if not self.draining:
@@ -55,30 +59,30 @@ class Drain:
             await asyncio.gather(*left, return_exceptions=True)
             return len(left)
 
-    def _track(self, task: asyncio.Task) -> None:
+    def _track(self, task: asyncio.Task[None]) -> None:
         self.in_flight.add(task)
         self._idle.clear()
         task.add_done_callback(self._untrack)
 
-    def _untrack(self, task: asyncio.Task) -> None:
+    def _untrack(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
         if not self.in_flight:
             self._idle.set()
 
 
 class DrainMiddleware:
-    def __init__(self, app, drain: Drain):
+    def __init__(self, app: ASGIApp, drain: Drain) -> None:
         self.app = app
         self.drain = drain
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self.drain.draining and not scope["path"].startswith(ALWAYS_ANSWERED):
             return await _unavailable(send, self.drain.retry_after_s)
         started = False
 
-        async def tracking_send(message):
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -96,7 +100,7 @@ class DrainMiddleware:
                 await _unavailable(send, self.drain.retry_after_s)
 
 
-async def _unavailable(send, retry_after_s: int) -> None:
+async def _unavailable(send: Send, retry_after_s: int) -> None:
     await send_detail(
         send,
         503,
@@ -108,20 +112,22 @@ async def _unavailable(send, retry_after_s: int) -> None:
 class DrainingServer(uvicorn.Server):
     """uvicorn, with a drain before its own shutdown (which closes the port and waits a little)."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain, grace_s: float, on_started=None):
+    def __init__(
+        self, config: uvicorn.Config, drain: Drain, grace_s: float, on_started: Callable[[], object] | None = None
+    ) -> None:
         super().__init__(config)
         self.drain, self.grace_s = drain, grace_s
         self.on_started = on_started  # called once listening (gateway/workers.py)
-        self._draining_task: asyncio.Task | bool | None = None
+        self._draining_task: asyncio.Task[None] | bool | None = None
         self._first_signal_at = 0.0
 
-    async def startup(self, sockets=None) -> None:
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
         if self.started and self.on_started is not None:
             self.on_started()
 
-    def handle_exit(self, sig, frame) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         loop = getattr(self, "_loop", None)
         if self._draining_task is not None and time.monotonic() - self._first_signal_at < DUPLICATE_SIGNAL_S:
             return  # the same stop, delivered twice (to the process group and forwarded by a parent)
@@ -132,12 +138,12 @@ class DrainingServer(uvicorn.Server):
         self._first_signal_at = time.monotonic()
         loop.call_soon_threadsafe(self._begin_drain, sig, frame)
 
-    def _begin_drain(self, sig, frame) -> None:
+    def _begin_drain(self, sig: int, frame: FrameType | None) -> None:
         log.info("signal %s: draining for up to %g s (503 to new requests)", sig, self.grace_s)
         self.drain.start()
         self._draining_task = asyncio.get_running_loop().create_task(self._drain_then_exit(sig, frame))
 
-    async def _drain_then_exit(self, sig, frame) -> None:
+    async def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
         cut = await self.drain.finish(self.grace_s)
         log.info("drained: %d request(s) cut off with 503; shutting down", cut)
         super().handle_exit(sig, frame)

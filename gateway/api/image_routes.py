@@ -25,7 +25,8 @@ _IMAGE = {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "des
 
 
 async def get_sharing(request: Request) -> Sharing:
-    return request.app.state.sharing
+    sharing: Sharing = request.app.state.sharing
+    return sharing
 
 
 SharingDep = Annotated[Sharing, Depends(get_sharing)]
@@ -44,7 +45,7 @@ Size = Annotated[
 )
 async def template_meme(
     request: Request, template: str, boxes: str, service: Service, renderer: RendererDep, size: Size = None
-):
+) -> Response:
     """A meme on a template's blank image, from its URL: one path segment per box ("_" for a
     space), the extension picks the format. Anyone may write one, as with memegen."""
     texts, render_format = parse_boxes(boxes)
@@ -71,7 +72,7 @@ async def upload_meme(
     sig: str = "",
     layout: Annotated[str | None, Query(max_length=200)] = None,
     size: Size = None,
-):
+) -> Response:
     """A meme on an uploaded image, from the URL POST /memes gave for it: signed (403 if
     changed) and kept until it expires (410 after)."""
     if not UPLOAD_ID.fullmatch(upload_id):

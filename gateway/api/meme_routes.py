@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Annotated, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
@@ -24,6 +26,7 @@ from gateway.api.schemas import (
     TemplateOut,
     TemplatesResponse,
 )
+from gateway.engine.images import CheckedImage
 from gateway.engine.service import MemeResult, MemeService
 from gateway.errors import CLIENT_CLOSED, GatewayError, InvalidRequest
 from gateway.rendering.layout import layout_for
@@ -31,12 +34,13 @@ from gateway.rendering.renderer import Renderer
 from memefly.decoding.options import DecodingOptions
 
 router = APIRouter()
+T = TypeVar("T")
 
 _BODY_DOC = body_doc(MemeRequest, {"image": False})
 _BATCH_DOC = body_doc(BatchRequest, {"images": True})
 
 
-def _options(body) -> DecodingOptions:
+def _options(body: DecodingOptions) -> DecodingOptions:
     # Only what the client set: defaults (and the do_sample rule on num_beams) apply as in the request.
     return DecodingOptions.model_validate(
         body.model_dump(include=set(DecodingOptions.model_fields), exclude_unset=True)
@@ -50,7 +54,7 @@ async def _response(
     return MemeResponse.from_result(result, service.model_info, urls)
 
 
-async def _unless_disconnected(request: Request, work):
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     """Runs `work`; if the client disconnects first, cancels it (freeing its beams) and returns None."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnect(request))
@@ -90,7 +94,7 @@ async def create_memes(
             "then a `result` event with the answer POST /memes gives (or an `error` event)"
         ),
     ] = False,
-):
+) -> Response:
     """Meme captions for an image (or a named template): the top candidates, each split into its boxes."""
     service.require_ready()
     body, files = await parse(request, MemeRequest, max_files=1)
@@ -102,6 +106,7 @@ async def create_memes(
         return await streamed_memes(request, service, image, body, data)
     template_picture = None
     if body.render and image is None:  # before generating: no blank image, no meme to draw
+        assert body.template is not None  # no image: image_or_template made sure a template is named
         template_picture = renderer.template_source(service.template_name(body.template))
     result = await _unless_disconnected(request, service.memes(image, body.template, _options(body)))
     if result is None:
@@ -113,11 +118,13 @@ async def create_memes(
     return JSONResponse(response.model_dump(mode="json"))
 
 
-def _event(kind: str, data) -> bytes:
+def _event(kind: str, data: object) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def streamed_memes(request: Request, service: MemeService, image, body: MemeRequest, upload: bytes | None):
+async def streamed_memes(
+    request: Request, service: MemeService, image: CheckedImage | None, body: MemeRequest, upload: bytes | None
+) -> Response:
     """POST /memes?stream=true. The answer starts with the first caption, so a request refused
     or failed before any caption gets its usual status and JSON error, not a stream."""
     captions: asyncio.Queue[list[str]] = asyncio.Queue()
@@ -140,7 +147,7 @@ async def streamed_memes(request: Request, service: MemeService, image, body: Me
     if first is None:
         work.result()  # failed before any caption: raises, and the error handler answers
 
-    async def events():
+    async def events() -> AsyncIterator[bytes]:
         try:
             caption, index = first, 0
             while caption is not None:
@@ -168,14 +175,21 @@ async def _rendered_meme(
     body: MemeRequest,
     result: MemeResult,
     data: bytes | None,
-    template_picture,
+    template_picture: tuple[Path, str] | None,
 ) -> Response:
+    assert body.render is not None  # only called for render=
     if body.rank > len(result.memes):
         raise InvalidRequest(f"rank {body.rank}: only {len(result.memes)} memes were generated")
     meme = result.memes[body.rank - 1]
     layout = layout_for(body.layout or body.template, result.templates)
     spec = render_spec(service.settings, body, meme.boxes, body.render, layout)
-    source, source_id = (data, result.image_sha256) if data is not None else template_picture
+    source: bytes | Path
+    if data is not None:
+        assert result.image_sha256 is not None  # the memes of an upload carry its SHA-256
+        source, source_id = data, result.image_sha256
+    else:
+        assert template_picture is not None  # found before generating (create_memes)
+        source, source_id = template_picture
     return await image_response(
         request, renderer, source, source_id, spec, headers=caption_headers(meme.boxes, result.templates[0][0])
     )
@@ -187,16 +201,16 @@ async def _rendered_meme(
     openapi_extra=_BATCH_DOC,
     responses={400: {}, 413: {}, 415: {}, 422: {}, 503: {}},
 )
-async def create_memes_batch(request: Request, service: Service):
+async def create_memes_batch(request: Request, service: Service) -> BatchResponse | Response:
     """Several images in one request (multipart `images` parts, or JSON `images_base64`); one result or error each."""
     service.require_ready()
     limit = service.settings.max_batch_images
-    body, files = await parse(
-        request,
-        BatchRequest if "json" in request.headers.get("content-type", "") else _MultipartBatch,
-        max_files=limit + 1,
+    model: type[BatchRequest | _MultipartBatch] = (
+        BatchRequest if "json" in request.headers.get("content-type", "") else _MultipartBatch
     )
-    images = files or [None] * len(body.images_base64 or [])
+    body, files = await parse(request, model, max_files=limit + 1)
+    encoded = body.images_base64 or []
+    images: list[bytes] | list[None] = files or [None] * len(encoded)
     if not images:
         raise InvalidRequest("send at least one image")
     if len(images) > limit:
@@ -209,7 +223,7 @@ async def create_memes_batch(request: Request, service: Service):
                 files[index]
                 if files
                 else decode_base64(
-                    body.images_base64[index],
+                    encoded[index],
                     max_bytes=service.settings.max_upload_bytes,
                     field=f"images_base64[{index}]",
                 )
@@ -219,7 +233,7 @@ async def create_memes_batch(request: Request, service: Service):
         except GatewayError as error:
             return BatchItem(index=index, error=BatchItemError(status=error.status, detail=error.detail))
 
-    async def all_items():
+    async def all_items() -> list[BatchItem]:
         return await asyncio.gather(*(one(i) for i in range(len(images))))
 
     results = await _unless_disconnected(request, all_items())
@@ -228,12 +242,14 @@ async def create_memes_batch(request: Request, service: Service):
     return BatchResponse(results=results)
 
 
-class _MultipartBatch(BatchRequest):
+class _MultipartBatch(DecodingOptions):
+    """BatchRequest as multipart: the images come as `images` file parts."""
+
     images_base64: list[str] | None = None  # multipart sends files instead
 
 
 @router.get("/templates", response_model=TemplatesResponse)
-async def list_templates(service: Service, renderer: RendererDep):
+async def list_templates(service: Service, renderer: RendererDep) -> TemplatesResponse:
     """The templates the served models know, in the models' order."""
     service.require_ready()
     return TemplatesResponse(
@@ -249,14 +265,14 @@ async def list_templates(service: Service, renderer: RendererDep):
     )
 
 
-@router.get("/healthz")
-async def healthz():
+@router.get("/healthz", response_model=None)  # the return annotation is for type checkers, not a response model
+async def healthz() -> dict[str, str]:
     """Liveness: the process answers. Readiness is /readyz."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", response_model=Readyz, responses={503: {"model": Readyz}})
-async def readyz(service: Service):
+async def readyz(service: Service) -> Readyz | JSONResponse:
     """200 once the models are checked and warm; 503 (with the reason) before that or when they go away."""
     state = service.readiness
     ready, reason = (False, "shutting down") if service.draining else (state.ready, state.reason)
@@ -269,5 +285,5 @@ async def readyz(service: Service):
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(service: Service):
+async def metrics(service: Service) -> Response:
     return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

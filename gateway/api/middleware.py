@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.metrics import Metrics
 
@@ -13,17 +15,17 @@ from gateway.metrics import Metrics
 class MetricsMiddleware:
     """Counts and times every request by route template (not raw path: bounded label values)."""
 
-    def __init__(self, app, metrics: Metrics):
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = {"code": 500}
 
-        async def send_and_record(message):
+        async def send_and_record(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)
@@ -50,15 +52,15 @@ _DOCS = ("/docs", "/redoc")
 class SecurityHeadersMiddleware:
     """nosniff on every answer; the page's Content-Security-Policy and no framing on all but /docs."""
 
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         docs = scope["path"].startswith(_DOCS)
 
-        async def with_headers(message):
+        async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.append((b"x-content-type-options", b"nosniff"))
@@ -88,12 +90,12 @@ class BodyLimitMiddleware:
     body has not arrived within `timeout_s` of the first read: a slow client cannot hold a
     request open."""
 
-    def __init__(self, app, limit_for: Callable[[str], int], timeout_s: float = 30.0):
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int], timeout_s: float = 30.0) -> None:
         self.app = app
         self.limit_for = limit_for  # path -> bytes
         self.timeout_s = timeout_s
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.limit_for(scope["path"])
@@ -105,7 +107,7 @@ class BodyLimitMiddleware:
         deadline: float | None = None
         complete = False
 
-        async def counting_receive():
+        async def counting_receive() -> Message:
             nonlocal seen, deadline, complete
             if complete:  # after the body only the disconnect can come: no deadline on waiting for it
                 return await receive()
@@ -122,7 +124,7 @@ class BodyLimitMiddleware:
                 complete = not message.get("more_body", False)
             return message
 
-        async def tracking_send(message):
+        async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 started["response"] = True
             await send(message)
@@ -139,13 +141,13 @@ class BodyLimitMiddleware:
                 )
 
 
-async def _reject(send, limit: int, status: int = 413, detail: str | None = None) -> None:
+async def _reject(send: Send, limit: int, status: int = 413, detail: str | None = None) -> None:
     await send_detail(
         send, status, detail or f"the request body is over the {limit:,}-byte limit", [(b"connection", b"close")]
     )
 
 
-async def send_detail(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def send_detail(send: Send, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """An answer from a raw ASGI middleware, as the app's errors look: {"detail": ...} in JSON."""
     body = json.dumps({"detail": detail}).encode()
     await send(

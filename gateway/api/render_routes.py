@@ -33,7 +33,7 @@ router = APIRouter()
         422: {},
     },
 )
-async def render(request: Request, service: Service, renderer: RendererDep):
+async def render(request: Request, service: Service, renderer: RendererDep) -> Response:
     """Draws the given boxes onto an uploaded image or a named template's blank image (no generation)."""
     body, files = await parse(request, RenderRequest, max_files=1)
     data = image_or_template(body, files, max_bytes=service.settings.max_upload_bytes)
@@ -43,6 +43,7 @@ async def render(request: Request, service: Service, renderer: RendererDep):
         if not client_has(request, renderer.etag(digest, spec)):  # a 412 needs no decoding
             await service.check_upload(data)  # the upload limits (size, type, pixels) apply here too
         return await image_response(request, renderer, data, digest, spec)
+    assert body.template is not None  # no image: image_or_template made sure a template is named
     path, source_id = renderer.template_source(body.template)
     return await image_response(request, renderer, path, source_id, spec)
 
@@ -65,7 +66,7 @@ async def template_image(
             description="longest side, in pixels (default and limit: MEMEFLY_RENDER_MAX_SIDE)",
         ),
     ] = None,
-):
+) -> Response:
     """A template's blank image, as a JPEG (thumbnails for the web page)."""
     size = size or service.settings.render_max_side
     if size > service.settings.render_max_side:
@@ -78,6 +79,6 @@ async def template_image(
 
 
 @router.get("/", include_in_schema=False)
-async def page():
+async def page() -> FileResponse:
     """The web page: plain HTML, CSS and JavaScript from gateway/api/static, no build step."""
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
+from fastapi import FastAPI
 from opentelemetry import trace
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 HEADER = "X-Request-ID"
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -20,7 +22,7 @@ def acceptable(value: str) -> bool:
     return bool(_PLAIN_ID.fullmatch(value))
 
 
-def add_request_ids(app) -> None:
+def add_request_ids(app: FastAPI) -> None:
     """Outermost middleware: every answer, errors and refusals included, carries the id."""
     app.add_middleware(_IdOnSpan)  # inside the id's middleware: the id is known there
     app.add_middleware(CorrelationIdMiddleware, header_name=HEADER, validator=acceptable)
@@ -29,10 +31,10 @@ def add_request_ids(app) -> None:
 class _IdOnSpan:
     """Puts the request id on the request's trace span (when tracing is on: gateway/tracing.py)."""
 
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             span = trace.get_current_span()
             if span.is_recording():

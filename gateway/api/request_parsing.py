@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -25,9 +26,20 @@ FILE_FIELDS = {"image", "images"}
 # limits allow (100 excluded captions of 500 characters, 200 blocked words...), JSON-escaped.
 SMALL_JSON_BYTES = 512 * 1024
 MAX_JSON_CONTAINERS = 10_000  # "[" and "{" in the whole body, strings included
+Model = TypeVar("Model", bound=BaseModel)
 
 
-async def parse(request: Request, model: type[BaseModel], *, max_files: int) -> tuple[BaseModel, list[bytes]]:
+class ImageOrTemplate(Protocol):
+    """A request that sends one image or names a template (MemeRequest, RenderRequest)."""
+
+    @property
+    def image_base64(self) -> str | None: ...
+
+    @property
+    def template(self) -> str | None: ...
+
+
+async def parse(request: Request, model: type[Model], *, max_files: int) -> tuple[Model, list[bytes]]:
     """The validated fields, and the uploaded files in order (multipart only)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
@@ -42,7 +54,7 @@ async def parse(request: Request, model: type[BaseModel], *, max_files: int) -> 
         return validate(model, data), []
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
         form = await request.form(max_files=max_files, max_fields=500)
-        data: dict = {}
+        fields: dict[str, Any] = {}
         files: list[bytes] = []
         for key in dict.fromkeys(form.keys()):
             values = form.getlist(key)
@@ -52,10 +64,10 @@ async def parse(request: Request, model: type[BaseModel], *, max_files: int) -> 
                         raise BadRequestBody(f"`{key}` must be a file part (curl -F '{key}=@meme.jpg')")
                     files.append(await value.read())
             elif key in LIST_FIELDS:
-                data[key] = [str(v) for v in values]
+                fields[key] = [str(v) for v in values]
             else:
-                data[key] = values[-1] if isinstance(values[-1], str) else None
-        return validate(model, data), files
+                fields[key] = values[-1] if isinstance(values[-1], str) else None
+        return validate(model, fields), files
     raise UnsupportedImage("send multipart/form-data (an `image` file) or application/json (`image_base64`)")
 
 
@@ -63,7 +75,7 @@ class BadRequestBody(BadImage):
     """400: the body itself cannot be read."""
 
 
-def body_doc(model: type[BaseModel], files: dict[str, bool]) -> dict:
+def body_doc(model: type[BaseModel], files: dict[str, bool]) -> dict[str, Any]:
     """openapi_extra for a route that `parse`s MODEL: its JSON body, and the same fields as a
     multipart form with FILES (name -> repeated?) as binary parts, so /docs can call it."""
     schema = model.model_json_schema()
@@ -96,7 +108,7 @@ def check_json_shape(raw: bytes) -> None:
         raise BadRequestBody(f"the JSON body has {containers:,} arrays and objects; a request has a few")
 
 
-def validate(model: type[BaseModel], data: dict) -> BaseModel:
+def validate(model: type[Model], data: dict[str, Any]) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -105,7 +117,7 @@ def validate(model: type[BaseModel], data: dict) -> BaseModel:
         ) from None
 
 
-def image_or_template(body, files: list[bytes], *, max_bytes: int) -> bytes | None:
+def image_or_template(body: ImageOrTemplate, files: list[bytes], *, max_bytes: int) -> bytes | None:
     """The one image of a request (a file part or `image_base64`), or None when it names a `template`."""
     if body.image_base64 is not None and files:
         raise InvalidRequest("send the image once: as a file or as image_base64")

@@ -56,7 +56,7 @@ def already_have(request: Request, etag: str, cache_control: str) -> Response:
 async def image_response(
     request: Request,
     renderer: Renderer,
-    source,
+    source: bytes | Path,
     source_id: str,
     spec: RenderSpec,
     headers: dict[str, str] | None = None,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.settings import MAX_RENDER_SIDE
 from memefly.decoding.limits import MAX_BEAMS
 from memefly.decoding.options import DecodingOptions
+
+if TYPE_CHECKING:
+    from gateway.engine.service import MemeResult
 
 RenderFormat = Literal["png", "jpeg", "webp"]
 MAX_BOXES = 10
@@ -20,19 +23,19 @@ class RenderOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    case: Literal["upper", "keep"] = Field("upper", description="upper: the classic all-caps; keep: as written")
+    case: Literal["upper", "keep"] = Field(default="upper", description="upper: the classic all-caps; keep: as written")
     max_size: int | None = Field(
-        None,
+        default=None,
         ge=16,
         le=MAX_RENDER_SIDE,
         description="longest side of the image drawn, in pixels "
         "(default and limit: MEMEFLY_RENDER_MAX_SIDE); smaller images keep their size",
     )
     quality: int | None = Field(
-        None, ge=1, le=100, description="JPEG or WebP quality (default MEMEFLY_RENDER_JPEG_QUALITY)"
+        default=None, ge=1, le=100, description="JPEG or WebP quality (default MEMEFLY_RENDER_JPEG_QUALITY)"
     )
     layout: str | None = Field(
-        None,
+        default=None,
         max_length=200,
         description="draw in this template's boxes (default: the "
         "template named, or with an image the template recognised, if likely)",
@@ -119,13 +122,15 @@ class MemeResponse(BaseModel):
     image_sha256: str | None
 
     @classmethod
-    def from_result(cls, result, model_info: dict[str, str], urls: list[str | None] | None = None) -> MemeResponse:
+    def from_result(
+        cls, result: MemeResult, model_info: dict[str, str], urls: list[str | None] | None = None
+    ) -> MemeResponse:
         """From the service's MemeResult: the one shape of a result, over HTTP or from the client."""
         urls = urls or [None] * len(result.memes)
         return cls(
-            memes=[{**vars(m), "url": url} for m, url in zip(result.memes, urls, strict=True)],
-            template={"name": result.templates[0][0], "probability": result.templates[0][1], "known": result.known},
-            templates=[{"name": n, "probability": p} for n, p in result.templates],
+            memes=[MemeOut(**vars(m), url=url) for m, url in zip(result.memes, urls, strict=True)],
+            template=TemplateMatch(name=result.templates[0][0], probability=result.templates[0][1], known=result.known),
+            templates=[TemplateGuess(name=n, probability=p) for n, p in result.templates],
             model=model_info,
             timings_ms=result.timings_ms,
             image_sha256=result.image_sha256,

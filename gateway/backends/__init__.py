@@ -6,11 +6,12 @@ meaning (named numpy inputs in, named numpy outputs out) and raise gateway error
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from gateway.settings import Settings
+if TYPE_CHECKING:  # annotations only: the gRPC path imports without pydantic (tests/test_slim_protos.py)
+    from gateway.settings import Settings
 
 
 class Backend(Protocol):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -22,8 +23,10 @@ from gateway.backends.protos import (
 )
 from gateway.backends.tensors import from_proto, to_proto
 from gateway.errors import DeadlineExceeded, GatewayError, ModelError, ModelUnavailable, WrongTarget
-from gateway.settings import Settings
 from memefly import contract as c
+
+if TYPE_CHECKING:  # annotations only: the gRPC path imports without pydantic (tests/test_slim_protos.py)
+    from gateway.settings import Settings
 
 # The model server is at fault (or absent) for these; anything else means the call itself
 # was wrong, which is a gateway/model mismatch, never the HTTP client's fault.
@@ -137,11 +140,15 @@ class GrpcBackend:
             return False if error.code() == grpc.StatusCode.NOT_FOUND else None
         return True
 
-    async def predict(self, model, signature, inputs, outputs=None) -> dict[str, np.ndarray]:
+    async def predict(
+        self, model: str, signature: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         response = await self._call(model, signature, inputs, outputs, pin=True)
         return {name: from_proto(proto) for name, proto in response.outputs.items()}
 
-    async def _call(self, model, signature, inputs, outputs, pin: bool) -> predict_pb2.PredictResponse:
+    async def _call(
+        self, model: str, signature: str, inputs: dict[str, np.ndarray], outputs: list[str] | None, pin: bool
+    ) -> predict_pb2.PredictResponse:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self._served_names[model]
         request.model_spec.signature_name = signature

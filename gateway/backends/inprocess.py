@@ -6,8 +6,10 @@ Signatures run on worker threads (TensorFlow releases the GIL), never on the eve
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,8 +44,8 @@ class InProcessBackend:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.version: int | None = None
-        self._signatures: dict[str, dict] = {}
-        self._modules: list = []
+        self._signatures: dict[str, dict[str, Any]] = {}  # TensorFlow's concrete functions, by model and name
+        self._modules: list[Any] = []
         # One thread per model: a long encoder batch never delays a decoder step, and the
         # decoder's thread stays warm for the step-after-step loop.
         self._executors = {model: ThreadPoolExecutor(max_workers=1, thread_name_prefix=model) for model in MODELS}
@@ -56,7 +58,7 @@ class InProcessBackend:
         self._signatures = await loop.run_in_executor(self._executors[c.DECODER_MODEL], self._load, version)
         self.version = version
 
-    def _load(self, version: int) -> dict[str, dict]:
+    def _load(self, version: int) -> dict[str, dict[str, Any]]:
         import tensorflow as tf
 
         loaded = {}
@@ -66,7 +68,9 @@ class InProcessBackend:
             loaded[model] = dict(saved.signatures)
         return loaded
 
-    async def predict(self, model, signature, inputs, outputs=None) -> dict[str, np.ndarray]:
+    async def predict(
+        self, model: str, signature: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         if not self._signatures:
             raise ModelUnavailable("models are not loaded yet", retry_after_s=self.settings.retry_after_s)
         function = self._signatures[model].get(signature)
@@ -83,7 +87,9 @@ class InProcessBackend:
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _run(function, model: str, signature: str, inputs: dict, outputs: list[str] | None) -> dict[str, np.ndarray]:
+def _run(
+    function: Callable[..., Any], model: str, signature: str, inputs: dict[str, np.ndarray], outputs: list[str] | None
+) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     try:

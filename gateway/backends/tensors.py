@@ -9,11 +9,15 @@ them: every length as a varint, then all the bytes).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 from gateway.backends.protos import tensor_pb2, tensor_shape_pb2, types_pb2
 
-_DTYPES = {
+_DTYPES: dict[np.dtype[Any], int] = {
     np.dtype(np.float16): types_pb2.DT_HALF,
     np.dtype(np.float32): types_pb2.DT_FLOAT,
     np.dtype(np.float64): types_pb2.DT_DOUBLE,
@@ -21,7 +25,7 @@ _DTYPES = {
     np.dtype(np.int64): types_pb2.DT_INT64,
     np.dtype(np.uint8): types_pb2.DT_UINT8,
 }
-_NUMPY = {v: k for k, v in _DTYPES.items()}
+_NUMPY: dict[int, np.dtype[Any]] = {v: k for k, v in _DTYPES.items()}
 # Where each dtype's values sit when a tensor is not sent as tensor_content.
 _VALUE_FIELD = {
     types_pb2.DT_HALF: "half_val",  # the float16 bit patterns, one int32 each
@@ -33,11 +37,11 @@ _VALUE_FIELD = {
 }
 
 
-def _shape(shape) -> tensor_shape_pb2.TensorShapeProto:
+def _shape(shape: Iterable[int]) -> tensor_shape_pb2.TensorShapeProto:
     return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in shape])
 
 
-def to_proto(value) -> tensor_pb2.TensorProto:
+def to_proto(value: npt.ArrayLike) -> tensor_pb2.TensorProto:
     """A numpy array (numbers, or bytes/str for DT_STRING) as a TensorProto."""
     array = np.asarray(value)
     if array.dtype.kind in "SUO":
@@ -97,7 +101,7 @@ def _string_list(data: bytes, count: int) -> list[bytes]:
     return strings
 
 
-def _fill(values: np.ndarray, shape: tuple, size: int) -> np.ndarray:
+def _fill(values: np.ndarray, shape: tuple[int, ...], size: int) -> np.ndarray:
     # TensorFlow's rule: with fewer values than elements, the last value repeats.
     if values.size == size:
         return values.reshape(shape)

@@ -8,8 +8,8 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
@@ -92,7 +92,7 @@ class Correction:
 
     COLD, LEARNT_AFTER, MOST = 2.0, 16, 4.0
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._ratios: deque[float] = deque(maxlen=64)
         self.factor = self.COLD
 
@@ -112,7 +112,7 @@ class Correction:
         self.factor = min(self.MOST, max(0.5, learnt))
 
 
-def _quantile(values, q: float) -> float:
+def _quantile(values: Iterable[float], q: float) -> float:
     """np.quantile's default (linear) rule, in plain Python: this runs once per request, and
     numpy's fixed cost is ten times the work for 64 numbers."""
     ordered = sorted(values)
@@ -145,7 +145,7 @@ class WorkerPool:
             return None
         return (self.pending // self.workers + 1) * self.job_seconds
 
-    async def run(self, fn: Callable[..., T], *args) -> T:
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
         if self.pending >= self.workers:  # a free worker: always admitted
             admit("render", self.expected_seconds(), self.deadline_s, f"{self.pending} renders")
         loop = asyncio.get_running_loop()
@@ -156,7 +156,7 @@ class WorkerPool:
         result, _ = await asyncio.wrap_future(job)
         return result
 
-    def _finished(self, job) -> None:
+    def _finished(self, job: Future[tuple[T, float]]) -> None:
         self.pending -= 1
         if not job.cancelled() and job.exception() is None:
             seconds = job.result()[1]
@@ -168,6 +168,6 @@ class WorkerPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _timed(fn, args):
+def _timed(fn: Callable[..., T], args: tuple[object, ...]) -> tuple[T, float]:
     started = time.perf_counter()
     return fn(*args), time.perf_counter() - started

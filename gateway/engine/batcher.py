@@ -13,38 +13,42 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeAlias, TypeVar
+
+from opentelemetry.trace import SpanContext
 
 from gateway import tracing
 from gateway.engine.admission import Correction, CostModel, admit, ceil_div
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+# An item queued: its future, and the span of the request it came from (None: no request span).
+_Entry: TypeAlias = tuple[Item, asyncio.Future[Result], SpanContext | None]
 
 
 class MicroBatcher(Generic[Item, Result]):
     def __init__(
         self,
-        call: Callable[[list[Item]], Awaitable[list[Result]]],
+        call: Callable[[list[Item]], Awaitable[Sequence[Result | Exception]]],
         *,
         max_batch: int,
         max_wait_s: float,
         max_concurrent: int = 2,
         name: str = "encoder",
         on_batch: Callable[[int], None] = lambda size: None,
-    ):
+    ) -> None:
         self.call = call
         self.name = name  # which queue refused, in an Overloaded
         self.max_concurrent = max_concurrent
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch
-        self._queue: asyncio.Queue[tuple[Item, asyncio.Future]] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Entry[Item, Result]] = asyncio.Queue()
         # More than one batch may be in flight (the model server overlaps them), but not unboundedly.
         self._slots = asyncio.Semaphore(max_concurrent)
-        self._task: asyncio.Task | None = None
-        self._inflight: set[asyncio.Task] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
         self.cost = CostModel()  # a call's wall time by its batch size
         self.correction = Correction()  # learnt from how long admitted items really took
 
@@ -84,7 +88,7 @@ class MicroBatcher(Generic[Item, Result]):
         estimate = self._estimate()
         if self.waiting or self._inflight:  # an idle batcher always takes an item (and measures it)
             admit(self.name, self.correction.apply(estimate), deadline_s, f"{self.waiting} images queued")
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         await self._queue.put((item, future, tracing.current()))
         started = time.perf_counter()
         try:
@@ -125,7 +129,7 @@ class MicroBatcher(Generic[Item, Result]):
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-    async def _run(self, batch: list[tuple[Item, asyncio.Future, object]]) -> None:
+    async def _run(self, batch: list[_Entry[Item, Result]]) -> None:
         try:
             self.on_batch(len(batch))
             started = time.perf_counter()

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
 
 
-class LruCache:
+class LruCache(Generic[V]):
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, Any] = OrderedDict()
+        self._entries: OrderedDict[str, V] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> Any | None:
+    def get(self, key: str) -> V | None:
         value = self._entries.get(key)
         if value is None:
             self.misses += 1
@@ -29,7 +31,7 @@ class LruCache:
         """Whether an entry exists; counts nothing and keeps the order."""
         return key in self._entries
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: V) -> None:
         self._entries[key] = value
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from opentelemetry.trace import SpanContext
 
 from gateway import tracing
 from gateway.engine.admission import EWMA, Correction, CostModel, admit, ceil_div
@@ -37,12 +38,12 @@ SPLIT_MIN_ROWS = 64  # below this, one call: halves would cost more in per-call 
 @dataclass(eq=False)
 class _Entry:
     search: Search
-    future: asyncio.Future = field(repr=False)
+    future: asyncio.Future[None] = field(repr=False)
     busy: bool = False  # in a call right now
     steps: int = 0
     started: float = 0.0
     estimate: float | None = None  # what it was expected to take, before correction
-    trace: object = None  # the request's span context: each step call's span links to it
+    trace: SpanContext | None = None  # the request's span context: each step call's span links to it
 
 
 # Admission control: a request is refused at once (503, Retry-After) when the queue as it is
@@ -60,7 +61,7 @@ class DecodeScheduler:
         pipeline: int = 2,
         on_batch: Callable[[int], None] = lambda rows: None,
         table: SearchTable | None = None,
-    ):
+    ) -> None:
         self.step = step
         self.table = table or SearchTable()  # every search's rows: advanced together, call by call
         self.max_rows = max_rows
@@ -70,8 +71,8 @@ class DecodeScheduler:
         self._entries: list[_Entry] = []
         self._cursor = 0
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._inflight: set[asyncio.Task] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
         self.calls = 0
         self.cost = CostModel()  # a step call's wall time (model and the gateway's share) by its rows
         self.steps_per_search = TYPICAL_STEPS
@@ -177,7 +178,8 @@ class DecodeScheduler:
                 cap = min(cap, -(-idle_rows // 2))  # half now, the other half right after
         n = len(idle)
         start = self._cursor % n
-        batch, rows = [], 0
+        batch: list[_Entry] = []
+        rows = 0
         for offset in range(n):
             entry = idle[(start + offset) % n]
             if batch and rows + entry.search.rows > cap:
@@ -205,7 +207,7 @@ class DecodeScheduler:
             self._inflight.add(task)
             task.add_done_callback(self._call_done)
 
-    def _call_done(self, task: asyncio.Task) -> None:
+    def _call_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         self._wakeup.set()
 

@@ -5,6 +5,7 @@ Calls are split so that none exceeds the batch sizes the TF Serving configs allo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,11 +30,11 @@ def bits_to_counts(mask: int) -> frozenset[int] | None:
     return frozenset(b for b in range(1, 31) if mask >> b & 1) or None
 
 
-def _bytes(strings) -> np.ndarray:
+def _bytes(strings: Iterable[str | bytes]) -> np.ndarray:
     return np.array([s.encode("utf-8") if isinstance(s, str) else s for s in strings], dtype=object)
 
 
-def _text(values) -> list[str]:
+def _text(values: Iterable[object]) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
@@ -76,7 +77,9 @@ class ServedModels:
             np.concatenate(contexts).astype(self._state_dtype, copy=False),
         )
 
-    async def step(self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray):
+    async def step(
+        self, tokens: np.ndarray, state: np.ndarray, context: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One decoder step -> (top_ids [N, K], top_log_probs [N, K], state [N, H])."""
         out = await self.backend.predict(
             c.DECODER_MODEL,

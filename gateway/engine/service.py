@@ -14,8 +14,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 
 from gateway.backends import Backend, make_backend
 from gateway.engine.admission import Overloaded
@@ -74,7 +76,7 @@ class MemeResult:
     known: bool | None = None
 
 
-def _read_only(array) -> np.ndarray:
+def _read_only(array: npt.ArrayLike) -> np.ndarray:
     array = np.array(array, dtype=np.float32)
     array.setflags(write=False)  # shared by every later request that hits the cache
     return array
@@ -91,13 +93,13 @@ class MemeService:
             wire_state=settings.wire_state,
         )
         self.metrics = metrics or Metrics()
-        self.cache = LruCache(settings.template_cache_size)
+        self.cache: LruCache[Conditioning] = LruCache(settings.template_cache_size)
         self.readiness = Readiness()
         self.vocabulary: list[str] = []
         self.templates: list[Template] = []
         self.model_info: dict[str, str] = {}
         self.known_threshold: float | None = None
-        self._rewarm: asyncio.Task | None = None
+        self._rewarm: asyncio.Task[None] | None = None
         self._template_ids: dict[str, int] = {}
         self.captioner = Captioner([])
         self.layouts = Layouts.shipped()
@@ -120,7 +122,7 @@ class MemeService:
         self.initializer = MicroBatcher(
             self._init_rows, max_batch=settings.decoder_max_rows, max_wait_s=0.0, name="init"
         )
-        self._monitor: asyncio.Task | None = None
+        self._monitor: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._checked = asyncio.Event()  # the first start-up check has finished, either way
         self._check_now = asyncio.Event()  # a request saw the model servers fail: check them now
@@ -256,7 +258,7 @@ class MemeService:
         # and again (a tenth of the gateway's time per decoding row, measured: benchmarks/ceiling.py).
         gc.freeze()
 
-    def _same_models(self, encoder: dict, decoder: dict) -> bool:
+    def _same_models(self, encoder: dict[str, str], decoder: dict[str, str]) -> bool:
         info = self.model_info
         return (
             str(self.backend.version) == info.get("version")
@@ -286,7 +288,8 @@ class MemeService:
         buffer = io.BytesIO()
         Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, format="PNG")
         await self.encoder.submit(buffer.getvalue())
-        options = DecodingOptions(num_beams=2, num_return_sequences=1, max_length=3)
+        # model_validate, not the constructor: mypy sees Field(default)s given by position as required arguments.
+        options = DecodingOptions.model_validate({"num_beams": 2, "num_return_sequences": 1, "max_length": 3})
         key = template_input_key(0)
         await self._decode(await self._conditioning(key, probs=self._one_hot(0)), options, key)
 
@@ -435,6 +438,7 @@ class MemeService:
             return found
         self.metrics.cache_misses.inc()
         if probs is None:
+            assert image is not None, "_conditioning needs probs or an image"
             self.metrics.queue.set(self.encoder.waiting + 1)
             probs = await self._encode_views(image, deadline_s)
             self.metrics.queue.set(self.encoder.waiting)
@@ -452,7 +456,8 @@ class MemeService:
         # The encoder refused the batch: one image it cannot read must not fail the others'
         # requests, so each goes again alone and fails (or not) on its own.
         alone = await asyncio.gather(*(self.models.encode([image]) for image in images), return_exceptions=True)
-        return [probs if isinstance(probs, Exception) else probs[0] for probs in alone]
+        # The cast: gather's BaseExceptions that are no Exception (a cancellation) still fail on [0], as before.
+        return [probs if isinstance(probs, Exception) else cast(np.ndarray, probs)[0] for probs in alone]
 
     async def _init_rows(self, rows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         state, context = await self.models.init(np.stack(rows))

@@ -9,9 +9,11 @@ as people draw it there."""
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from gateway.rendering.fonts import MemeFont
 from gateway.rendering.layout import Box
@@ -52,7 +54,9 @@ def stroke_for(size: int) -> int:
     return max(1, round(size * STROKE_RATIO))
 
 
-def _wrap(text: str, font, stroke: int, max_width: int, break_words: bool = True) -> list[str] | None:
+def _wrap(
+    text: str, font: ImageFont.FreeTypeFont, stroke: int, max_width: int, break_words: bool = True
+) -> list[str] | None:
     """Greedy word wrap; a word wider than the box is broken between characters (or, without
     break_words, makes the wrap fail: None)."""
 
@@ -81,7 +85,7 @@ def _wrap(text: str, font, stroke: int, max_width: int, break_words: bool = True
     return lines
 
 
-def _longest_fitting_prefix(word: str, fits) -> int:
+def _longest_fitting_prefix(word: str, fits: Callable[[str], bool]) -> int:
     """How many characters of `word` fit on a line (at least 1): a binary search, so a
     500-character word costs 9 measurements, not 500."""
     low, high = 1, len(word)
@@ -94,13 +98,16 @@ def _longest_fitting_prefix(word: str, fits) -> int:
     return low
 
 
-def _layout_lines(lines: list[str], font, stroke: int) -> tuple[list[tuple[int, int]], tuple[int, int, int, int]]:
+def _layout_lines(
+    lines: list[str], font: ImageFont.FreeTypeFont, stroke: int
+) -> tuple[list[tuple[int, int]], tuple[int, int, int, int]]:
     """Each line centred on x = 0, lines stacked from y = 0; returns origins and the ink bounds."""
     ascent, descent = font.getmetrics()
     step = ascent + descent + stroke  # outlines of neighbouring lines may touch, not overlap letters
     origins, left, top, right, bottom = [], 0, 0, 0, 0
     for i, line in enumerate(lines):
-        x0, y0, x1, y1 = font.getbbox(line, stroke_width=stroke, anchor="la")
+        # Whole pixels: Pillow's bounds are floats only for a fractional stroke width.
+        x0, y0, x1, y1 = cast(tuple[int, int, int, int], font.getbbox(line, stroke_width=stroke, anchor="la"))
         x, y = -(x0 + x1) // 2, i * step
         origins.append((x, y))
         if i == 0:

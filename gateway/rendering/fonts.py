@@ -47,9 +47,11 @@ class MemeFont:
         self.path = path
         # A cache per font (lru_cache on the method would be one for all, keeping fonts alive).
         self.at = functools.lru_cache(maxsize=256)(self._load)
-        self.name = " ".join(self.at(16).getname())
+        self.name = " ".join(part for part in self.at(16).getname() if part is not None)  # family, style
 
     def _load(self, size: int) -> ImageFont.FreeTypeFont:
         if self.path is None:
-            return ImageFont.load_default(size)
+            font = ImageFont.load_default(size)
+            assert isinstance(font, ImageFont.FreeTypeFont)  # with a size, always the scalable one
+            return font
         return ImageFont.truetype(str(self.path), size)

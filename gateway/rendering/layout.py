@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from gateway.engine.template_names import template_key
 
@@ -78,7 +79,7 @@ class Layouts:
         return cls.parse(json.loads(text))
 
     @classmethod
-    def parse(cls, data: dict) -> Layouts:
+    def parse(cls, data: dict[str, Any]) -> Layouts:
         layouts = {}
         for name, entry in data["templates"].items():
             boxes = [Box(**box) for box in entry["boxes"]]

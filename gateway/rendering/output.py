@@ -11,7 +11,7 @@ CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 def open_for_drawing(data: bytes, max_side: int) -> Image.Image:
     """Upright RGB, no larger than max_side on its longer side (transparency over white)."""
-    image = Image.open(io.BytesIO(data))
+    image: Image.Image = Image.open(io.BytesIO(data))
     if image.format == "JPEG":
         image.draft("RGB", (max_side, max_side))  # decodes a large JPEG at a reduced scale: faster
     image = ImageOps.exif_transpose(image)

@@ -98,7 +98,7 @@ class Renderer:
         self.layouts = layouts or Layouts.shipped()
         self._template_files: dict[str, Path] = {}
         self._listed_at = -LIST_AGAIN_AFTER_S
-        self._in_progress: dict[str, asyncio.Future] = {}
+        self._in_progress: dict[str, asyncio.Future[Rendered]] = {}
         # What decides the pixels besides the request: bumped or edited, old ETags stop matching.
         self._drawing = json.dumps([RENDERER_VERSION, self.font.name, str(self.font.path), self.layouts.fingerprint])
 
@@ -122,17 +122,20 @@ class Renderer:
             try:
                 return replace(await asyncio.shield(self._in_progress[etag]), cached=True)
             except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():
+                this = asyncio.current_task()
+                assert this is not None  # a coroutine awaiting runs in a task
+                if this.cancelling():
                     raise  # this request was cancelled
                 # the one rendering it was cancelled (its client left): render it here instead
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Rendered] = asyncio.get_running_loop().create_future()
         self._in_progress[etag] = future
         try:
             if isinstance(source, Path):
+                path = source
                 try:
-                    source = await asyncio.to_thread(source.read_bytes)
+                    source = await asyncio.to_thread(path.read_bytes)
                 except OSError:  # removed or replaced since it was listed
-                    raise NotFound(f"the image of {source.stem!r} is gone from the templates folder") from None
+                    raise NotFound(f"the image of {path.stem!r} is gone from the templates folder") from None
             data = await self.pool.run(self.render_now, source, spec)
             rendered = Rendered(data, CONTENT_TYPES[spec.format], etag)
             self.cache.put(rendered)

@@ -9,6 +9,7 @@ import secrets
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -16,6 +17,9 @@ from gateway.rendering.layout import layout_for
 from gateway.settings import Settings
 from gateway.sharing.links import UploadLinks, template_path, url_expiry
 from gateway.sharing.uploads import UploadStore, make_store
+
+if TYPE_CHECKING:
+    from gateway.engine.service import MemeResult
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,7 @@ class Sharing:
         return (self.settings.public_url or str(request.base_url)).rstrip("/")
 
     async def meme_urls(
-        self, request: Request, result, upload: bytes | None, layout: str | None = None
+        self, request: Request, result: MemeResult, upload: bytes | None, layout: str | None = None
     ) -> list[str | None]:
         """One URL per meme of RESULT (MemeResult). An upload is kept in the store for its URLs;
         without a store (MEMEFLY_UPLOAD_STORE=off) upload memes have none."""
@@ -72,12 +76,12 @@ class Sharing:
             return [base + template_path(template, meme.boxes, "png") for meme in result.memes]
         if self.store is None:
             return [None] * len(result.memes)
+        upload_id = result.image_sha256
+        assert upload_id is not None  # the result of an upload carries its SHA-256
         expires = url_expiry(time.time(), self.settings.upload_ttl_s)
         try:
-            await self.store.put(result.image_sha256, upload, expires)
+            await self.store.put(upload_id, upload, expires)
         except Exception as error:  # the memes stand without their URLs
             log.warning("upload not kept for its shared URLs: %s", error)
             return [None] * len(result.memes)
-        return [
-            base + self.links.path(result.image_sha256, meme.boxes, "png", layout, expires) for meme in result.memes
-        ]
+        return [base + self.links.path(upload_id, meme.boxes, "png", layout, expires) for meme in result.memes]

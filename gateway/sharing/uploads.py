@@ -18,7 +18,10 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 60.0
@@ -155,10 +158,11 @@ class S3UploadStore:
             raise
         if int(found.get("Metadata", {}).get("expires", 0)) < time.time():
             return None
-        return found["Body"].read()
+        data: bytes = found["Body"].read()
+        return data
 
 
-def _missing(error) -> bool:
+def _missing(error: ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 

@@ -108,9 +108,10 @@ class Captioner:
         lenders = [top] if probs[top] >= DECIDES else [int(t) for t in np.flatnonzero(probs >= MIXTURE_SHARE)] or [top]
         counts: set[int] = set()
         for t in lenders:
-            if not self.box_counts[t]:
+            lent = self.box_counts[t]
+            if not lent:
                 return None  # a template without counts: leave the structure to the model
-            counts |= self.box_counts[t]
+            counts |= lent
         return frozenset(counts)
 
     def search(
@@ -176,7 +177,8 @@ def run_searches(searches: list[Search], step: Callable, max_rows: int = 1024) -
     try:
         live = [s for s in searches if not s.done]
         while live:
-            batch, rows = [], 0
+            batch: list[Search] = []
+            rows = 0
             for search in live:
                 if batch and rows + search.rows > max_rows:
                     break

@@ -109,6 +109,7 @@ class DecodingOptions(BaseModel):
             for name, value in fallback.items():
                 if getattr(self, name) is None:
                     resolved[name] = value if value is not None else self.num_return_sequences
+            assert self.num_candidates is not None  # the fallback above fills it when None
             if "num_candidates" not in self.model_fields_set:  # never fewer than the captions asked for
                 resolved["num_candidates"] = max(self.num_candidates, self.num_return_sequences)
             if self.num_candidates < self.num_return_sequences:
@@ -150,4 +151,7 @@ class DecodingOptions(BaseModel):
     @property
     def rows(self) -> int:
         """Decoder rows this request occupies per step."""
-        return self.num_candidates if self.do_sample else self.num_beams
+        if self.do_sample:
+            assert self.num_candidates is not None  # resolved by validation whenever do_sample
+            return self.num_candidates
+        return self.num_beams

@@ -29,7 +29,7 @@ class RuleTables:
     """Per-vocabulary lookups shared by rows with the same rules: `blocked` and `words` arrays
     are interned by identity, so the thousands of rows of one service use one table each."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._index: dict[tuple[int, int], int] = {}
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
         self._refs: list[int] = []
@@ -88,6 +88,29 @@ class StepRows:
 class RowTable:
     """Struct-of-arrays storage of rows; `allocate` and `free` hand out blocks of slots."""
 
+    # The per-row columns of _COLUMNS, [capacity, ...]: made (and grown) by `_grow`.
+    alive: np.ndarray
+    history: np.ndarray
+    length: np.ndarray
+    log_prob: np.ndarray
+    rank: np.ndarray
+    group_floor: np.ndarray
+    boxes: np.ndarray
+    open_len: np.ndarray
+    open_hash: np.ndarray
+    closed_hash: np.ndarray
+    closed_len: np.ndarray
+    table: np.ndarray
+    min_length: np.ndarray
+    max_length: np.ndarray
+    ngram: np.ndarray
+    box_mask: np.ndarray
+    max_boxes: np.ndarray
+    repetition_penalty: np.ndarray
+    temperature: np.ndarray
+    top_k: np.ndarray
+    top_p: np.ndarray
+
     def __init__(self, capacity: int = 64):
         self.capacity = 0
         self._top = 0  # slots below this have been handed out at some time
@@ -143,7 +166,7 @@ class RowTable:
 
     def allocate(self, rows: int, state: np.ndarray, context: np.ndarray) -> np.ndarray:
         """A block of ROWS slots (cleared); STATE and CONTEXT fix the dtypes and widths at the first call."""
-        if self.state is None:
+        if self.state is None or self.context is None:  # made together, at the first search
             self.state = np.zeros((self.capacity, state.size), dtype=state.dtype)
             self.context = np.zeros((self.capacity, context.size), dtype=context.dtype)
         elif state.size != self.state.shape[1] or context.size != self.context.shape[1]:
@@ -181,6 +204,7 @@ class RowTable:
         self.open_len[slots] = 0
         self.open_hash[slots] = 0
         self.used_words[slots] = 0
+        assert self.state is not None  # made by `allocate`, which gave out these slots
         self.state[slots] = initial_state
 
     def last_tokens(self, slots: np.ndarray) -> np.ndarray:

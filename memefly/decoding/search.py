@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -93,7 +93,7 @@ class Search:
 
 
 class BeamSearch(Search):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         options = self.options
         self.per_group = options.num_beams // options.num_beam_groups
@@ -123,6 +123,7 @@ class BeamSearch(Search):
             best = self._best_scores[group]  # a min-heap of the group's best per_group scores
             (heapq.heappush if len(best) < self.per_group else heapq.heappushpop)(best, score)
             if len(best) == self.per_group:
+                assert self.table is not None  # only a search in a table is stepped
                 self.table.group_floor[self.slots[0] + group] = best[0]
 
     def _cut(self, ids: tuple[int, ...], log_prob: float) -> None:
@@ -154,16 +155,19 @@ class SampleSearch(Search):
     """num_candidates independent samples (a refused one starts again, a few times); the
     results are the best num_return_sequences of them."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rng = np.random.default_rng(self.options.seed)
-        self.restarts_left = 2 * self.options.num_candidates
+        candidates = self.block_rows
+        self.restarts_left = 2 * candidates
         self.finished: list[Hypothesis] = []
-        self.live_rows = self.options.num_candidates
+        self.live_rows = candidates
 
     @property
     def block_rows(self) -> int:
-        return self.options.num_candidates
+        candidates = self.options.num_candidates
+        assert candidates is not None  # sampling options always have it (DecodingOptions resolves it)
+        return candidates
 
     def _join(self, table: RowTable) -> None:
         super()._join(table)
@@ -190,7 +194,7 @@ class SearchTable:
     """The rows of every search a driver (the gateway's scheduler, `run_searches`) steps: `add` a
     search, take `inputs` for some of them, call the decoder, `advance` them with its outputs."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rows = RowTable()
 
     def add(self, search: Search) -> None:
@@ -217,6 +221,7 @@ class SearchTable:
         alive = table.alive[blocks]
         slots, owner = blocks[alive], owners[alive]
         step = StepRows(searches, slots, owner, blocks, owners)
+        assert table.state is not None and table.context is not None  # made when the first search joined
         return step, table.last_tokens(slots), table.state[slots], table.context[slots]
 
     def advance(
@@ -257,9 +262,9 @@ class SearchTable:
         step_parts = (slots, owner, top_ids, log_probs, ranked, mask, state)
         for kind, rows in ((_advance_beams, beam), (_advance_samples, ~beam)):
             if rows.all():  # one kind of search only (the usual case): no copies
-                kind(table, searches, *step_parts, failures)
+                kind(table, searches, *step_parts, failures=failures)
             elif rows.any():
-                kind(table, searches, *(part[rows] for part in step_parts), failures)
+                kind(table, searches, *(part[rows] for part in step_parts), failures=failures)
         for i in failures:
             table.alive[searches[i].slots] = False
         alive = table.alive[step.blocks] & present[step.block_owner]  # a removed search's block may be reused
@@ -278,7 +283,7 @@ def _owners_in_order(owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.cumsum(first) - 1, owner[first]
 
 
-def _advance_beams(table, searches, slots, owner, ids, log_probs, ranked, mask, state, failures) -> None:
+def _advance_beams(table, searches, slots, owner, ids, log_probs, ranked, mask, state, *, failures) -> None:
     """One step of every beam search in the call, group by group (diverse beam search's groups see
     the tokens earlier groups chose at this step); within a group pass, all searches at once."""
     per_group = np.array([getattr(s, "per_group", 1) for s in searches])
@@ -399,7 +404,7 @@ def _finished_captions(table, searches, g, seg_owner, ends, parent_rows, totals,
             failures[search_index] = error
 
 
-def _advance_samples(table, searches, slots, owner, ids, log_probs, ranked, mask, state, failures) -> None:
+def _advance_samples(table, searches, slots, owner, ids, log_probs, ranked, mask, state, *, failures) -> None:
     """One draw for every sampling row in the call, with each search's own random numbers."""
     probs, valid = _distributions(table, slots, ranked, ~mask)
     uniform = np.zeros(slots.size)
@@ -456,7 +461,7 @@ def _distributions(table, slots, log_probs: np.ndarray, allowed: np.ndarray) -> 
         ranked[dropped] = -np.inf
         np.put_along_axis(logits, order, ranked, axis=1)
     finite = np.isfinite(logits)
-    valid = finite.any(axis=1)
+    valid = cast(np.ndarray, finite.any(axis=1))  # [rows] (numpy's stubs allow a scalar for any axis)
     highest = np.where(finite, logits, -np.inf).max(axis=1, initial=-np.inf)
     with np.errstate(invalid="ignore"):  # rows with nothing allowed: NaN, never drawn from
         probs = np.exp(logits - np.where(valid, highest, 0.0)[:, None])

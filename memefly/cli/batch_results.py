@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import BinaryIO
 
 
 class ResultsFile:
@@ -16,7 +17,7 @@ class ResultsFile:
         self.path = Path(path)
         self.done: set[tuple[str, str | None]] = set()  # (path, sha256) of each line
         self.repaired_bytes = 0
-        self._file = None
+        self._file: BinaryIO | None = None
 
     def __enter__(self) -> ResultsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,5 +57,6 @@ class ResultsFile:
         # ASCII (non-ASCII as \u escapes): a file name that is not valid UTF-8 (kept by Python
         # as lone surrogates) still makes a valid line, and reads back as the same path.
         line = json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n"
+        assert self._file is not None, "write() inside `with ResultsFile(...)` only"
         self._file.write(line.encode("ascii"))
         self.done.add((record["path"], record.get("sha256")))

@@ -20,7 +20,7 @@ from gateway.errors import GatewayError
 from gateway.pipeline import Item, ItemResult, MemePipeline
 from gateway.rendering.layout import layout_for
 from gateway.rendering.renderer import Renderer, RenderSpec
-from memefly.batch_results import ResultsFile
+from memefly.cli.batch_results import ResultsFile
 from memefly.decoding.options import DecodingOptions
 
 
@@ -101,7 +101,7 @@ async def run_batch(
         summary.written += 1
         summary.errors += "error" in body
 
-    async def finish(result: ItemResult, digest: str, data: bytes) -> None:
+    async def finish(render: RenderTo, result: ItemResult, digest: str, data: bytes) -> None:
         body = _memes(result)
         try:
             body["rendered"] = await _render(render, result, digest, data)
@@ -123,7 +123,7 @@ async def run_batch(
             elif render is not None:
                 while len(drawing) >= concurrency:
                     _, drawing = await asyncio.wait(drawing, return_when=asyncio.FIRST_COMPLETED)
-                drawing.add(asyncio.create_task(finish(result, digest, data)))
+                drawing.add(asyncio.create_task(finish(render, result, digest, data)))
                 continue
             else:
                 write(result.label, digest, **_memes(result))
@@ -139,12 +139,14 @@ async def run_batch(
 
 def _memes(result: ItemResult) -> dict:
     """A line's answer: POST /memes' fields (the image's SHA-256 is the line's own `sha256`)."""
+    assert result.response is not None, "only results without an error have memes"
     return result.response.model_dump(mode="json", exclude={"image_sha256"})
 
 
 async def _render(render: RenderTo, result: ItemResult, digest: str, data: bytes) -> list[str]:
     """Draws the best memes into the render folder: <name>-<sha256[:12]>-<rank>.<format>."""
     response = result.response
+    assert response is not None, "only results without an error are drawn"
     layout = layout_for(None, [(t.name, t.probability) for t in response.templates])
     render.folder.mkdir(parents=True, exist_ok=True)
     written = []
