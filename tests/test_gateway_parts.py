@@ -321,7 +321,9 @@ def test_a_render_whose_client_left_holds_its_worker_until_drawn():
         assert pool.pending == 1
         with pytest.raises(Overloaded):  # the one worker is busy: 2 x 0.1 s > 80% of 0.25 s
             await pool.run(time.sleep, 0.1)
-        await asyncio.sleep(0.4)
+        deadline = time.monotonic() + 5  # the cancelled job's thread finishes its 0.3 s
+        while pool.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         assert pool.pending == 0
         await pool.run(time.sleep, 0.01)
         pool.close()
