@@ -14,8 +14,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# CI (.ci/run) runs the property tests on hypothesis' fixed examples (derandomize: the same
+# inputs every run, so a commit passes or fails on its code, not on the draw) and without the
+# per-example deadline a loaded runner misses; everyone else's runs explore new inputs.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 # Gateways the tests start keep their uploads and URL secret here, not in the user's data folder.
 os.environ.setdefault("MEMEFLY_DATA_DIR", tempfile.mkdtemp(prefix="memefly-tests-"))
 
