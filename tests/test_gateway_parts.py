@@ -633,3 +633,35 @@ def test_a_body_that_trickles_in_gets_408_and_the_connection_is_freed(tmp_path):
         with gateway.client() as client:
             response = client.post("/render", json={"boxes": ["a"], "template": "Nope"})
             assert response.status_code == 404
+
+
+def test_an_image_the_encoder_refuses_fails_alone_and_a_cancellation_goes_on_up():
+    """A refused encoder batch goes again image by image: the unreadable one gets its error, the
+    others their probabilities; a cancellation meanwhile is nobody's image's fault."""
+    from types import SimpleNamespace
+
+    from gateway.engine.service import MemeService
+    from gateway.errors import ModelError
+
+    class Models:
+        def __init__(self, one_image):
+            self.one_image = one_image
+
+        async def encode(self, images):
+            if len(images) > 1:
+                raise ModelError("the batch has an image the encoder cannot read")
+            return await self.one_image(images[0])
+
+    async def readable_unless_bad(image):
+        if image == b"bad":
+            raise ModelError("cannot read this one")
+        return np.array([[float(len(image))]])
+
+    async def cancelled(image):
+        raise asyncio.CancelledError
+
+    service = SimpleNamespace(models=Models(readable_unless_bad))
+    out = asyncio.run(MemeService._encode(service, [b"ok", b"bad", b"fine"]))
+    assert out[0].tolist() == [2.0] and isinstance(out[1], ModelError) and out[2].tolist() == [4.0]
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(MemeService._encode(SimpleNamespace(models=Models(cancelled)), [b"a", b"b"]))

@@ -456,7 +456,9 @@ class MemeService:
         # The encoder refused the batch: one image it cannot read must not fail the others'
         # requests, so each goes again alone and fails (or not) on its own.
         alone = await asyncio.gather(*(self.models.encode([image]) for image in images), return_exceptions=True)
-        # The cast: gather's BaseExceptions that are no Exception (a cancellation) still fail on [0], as before.
+        for outcome in alone:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # a cancellation is nobody's image's fault: it goes on up
         return [probs if isinstance(probs, Exception) else cast(np.ndarray, probs)[0] for probs in alone]
 
     async def _init_rows(self, rows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
