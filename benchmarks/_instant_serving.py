@@ -34,7 +34,7 @@ class InstantStep(prediction_service_pb2_grpc.PredictionServiceServicer):
         )
         self.recorded = recorded
 
-    def Predict(self, request, context):  # noqa: N802 (the proto's name)
+    def Predict(self, request, context):  # the proto's name
         spec = request.model_spec
         if spec.name != c.DECODER_MODEL or (spec.signature_name or "serving_default") != c.STEP_SIGNATURE:
             return self.upstream.Predict(request, timeout=30)

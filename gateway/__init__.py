@@ -1,4 +1,6 @@
-"""The user-facing FastAPI service: HTTP API, decoding scheduler, model backends, rendering.
+"""The user-facing service: HTTP API (api/), serving engine (engine/), model backends
+(backends/), rendering, shareable image URLs, and the same pipeline as a library (pipeline.py).
 
-It may import `memefly.contract` but nothing from `model_export` (training code).
+It stands on the core (`memefly`, not its `cli`) and never imports `model_export` (training
+code): tests/test_layering.py.
 """

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from memefly import contract as c
 from memefly.decoding.limits import MAX_BEAMS, MAX_CANDIDATES
@@ -25,7 +26,7 @@ class Settings(BaseSettings):
     """Settings(...) is what it is given (and the defaults below); Settings.from_env() reads the
     MEMEFLY_* variables. Checked whole on construction: a bad value is a ValueError."""
 
-    model_config = SettingsConfigDict(env_prefix="MEMEFLY_", env_ignore_empty=True, frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
 
     # Where the models are: "grpc" (TF Serving) or "inprocess" (the SavedModels in this process).
     backend: str = "inprocess"
@@ -235,15 +236,24 @@ class Settings(BaseSettings):
         storage(self.rate_limit_storage)
 
 
-class _Environment(EnvSettingsSource):
-    """The MEMEFLY_* variables of ENVIRON (os.environ, or a mapping a test or a caller gives)."""
+class _Environment(PydanticBaseSettingsSource):
+    """MEMEFLY_<FIELD> (exactly so: names are case-sensitive, as on Linux) from ENVIRON, os.environ
+    or a mapping a caller gives; an empty value counts as unset."""
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
-        self._environ = environ
         super().__init__(settings_cls)
+        self._environ = environ
 
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {name.lower(): value for name, value in self._environ.items() if value != ""}
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._environ.get(f"MEMEFLY_{field_name.upper()}"), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value = self.get_field_value(field, name)[0]
+            if value not in (None, ""):
+                values[name] = value
+        return values
 
 
 def _first_problem(error: ValidationError) -> str:
@@ -254,6 +264,6 @@ def _first_problem(error: ValidationError) -> str:
         return str(problem["ctx"]["error"])
     name = str(problem["loc"][0]) if problem["loc"] else ""
     if name not in Settings.model_fields:
-        return problem["msg"]
+        return f"{name}: {problem['msg']}" if name else problem["msg"]  # e.g. a misspelled override
     kind = Settings.model_fields[name].annotation
     return f"MEMEFLY_{name.upper()}={problem['input']!r} is not a valid {getattr(kind, '__name__', str(kind))}"

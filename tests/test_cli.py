@@ -120,6 +120,13 @@ def test_train_without_prepared_data_says_what_to_run(tmp_path, capsys):
     assert "memefly data prepare" in capsys.readouterr().err
 
 
+def test_evaluate_and_loopback_without_models_say_so(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "no_run")]) == 2
+    assert "holds no trained weights" in capsys.readouterr().err
+    assert main(["loopback", "--models-dir", str(tmp_path / "no_models"), "--port", "0"]) == 2
+    assert "no exported models in" in capsys.readouterr().err
+
+
 def test_prepare_command_end_to_end(tiny_dataset, tmp_path, capsys):
     assert main(["data", "prepare", "--dataset", str(tiny_dataset), "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out

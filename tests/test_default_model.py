@@ -46,9 +46,14 @@ def test_it_is_the_model_its_metrics_were_measured_on(default_run):
     assert metrics["perplexity"] < baseline["perplexity"]
 
 
-def test_first_starts_build_from_it(monkeypatch):
+def test_first_starts_build_from_it_unless_told_otherwise(monkeypatch, tmp_path):
+    from model_export.first_run import BuildSettings
+
     monkeypatch.delenv("MEMEFLY_DECODER_RUN", raising=False)
-    assert paths.decoder_run() == DEFAULT
+    shipped = BuildSettings().run  # what `memefly serve` builds its first models from
+    assert {p.name for p in shipped.iterdir()} == SHIPPED  # the model the tests above check
+    monkeypatch.setenv("MEMEFLY_DECODER_RUN", str(tmp_path / "mine"))
+    assert BuildSettings().run == tmp_path / "mine"
 
 
 @pytest.mark.slow

@@ -126,7 +126,10 @@ def test_admission_refuses_at_once_what_the_queue_cannot_finish_in_time():
             assert 0 < alone < 1.0
             # Twelve searches of 4 rows: 6 calls a step, 10 steps, 20 ms a call: about 1.2 s.
             queue = [asyncio.ensure_future(scheduler.run(CountingSearch(rows=4, steps=10, tag=i))) for i in range(12)]
-            await asyncio.sleep(0.05)
+            loop = asyncio.get_running_loop()
+            joined_by = loop.time() + 5  # the queued searches join the scheduler's rows
+            while scheduler.expected_seconds(4) <= 5 * alone and loop.time() < joined_by:
+                await asyncio.sleep(0.005)
             assert scheduler.expected_seconds(4) > 5 * alone  # 52 rows in calls of 8: 7 calls a step
             started = asyncio.get_running_loop().time()
             with pytest.raises(Overloaded, match="busy") as refused:
@@ -489,10 +492,24 @@ def test_settings_come_from_the_environment():
     assert settings.continuous_batching is False and str(settings.models_dir) == "/srv/models"
     assert Settings.from_env({"MEMEFLY_MODEL_VERSION": "latest"}).model_version is None
     assert Settings.from_env({"MEMEFLY_BACKEND": "grpc"}, backend="inprocess").backend == "inprocess"
-    with pytest.raises(ValueError, match="MEMEFLY_DECODER_MAX_ROWS"):
-        Settings.from_env({"MEMEFLY_DECODER_MAX_ROWS": "many"})
-    with pytest.raises(ValueError, match="MEMEFLY_BACKEND"):
-        Settings.from_env({"MEMEFLY_BACKEND": "tfserving"})
+    # Unset, empty, of another case or no setting at all: the defaults.
+    quiet = Settings.from_env({"MEMEFLY_WORKERS": "", "memefly_backend": "grpc", "MEMEFLY_ENCODER_WEIGHTS": "random"})
+    assert quiet == Settings()
+    # The errors name the variable and its value, or say what the check wants.
+    for environ, message in (
+        ({"MEMEFLY_DECODER_MAX_ROWS": "many"}, "MEMEFLY_DECODER_MAX_ROWS='many' is not a valid int"),
+        ({"MEMEFLY_ADMISSION_CONTROL": "maybe"}, "MEMEFLY_ADMISSION_CONTROL='maybe' is not a valid bool"),
+        ({"MEMEFLY_MODEL_VERSION": "newest"}, "MEMEFLY_MODEL_VERSION='newest' is not a valid int | None"),
+        ({"MEMEFLY_BACKEND": "tfserving"}, "MEMEFLY_BACKEND must be 'grpc' or 'inprocess', not 'tfserving'"),
+        ({"MEMEFLY_DECODER_MAX_ROWS": "8"}, "MEMEFLY_DECODER_MAX_ROWS must be at least 64"),
+    ):
+        with pytest.raises(ValueError) as error:
+            Settings.from_env(environ)
+        assert str(error.value).startswith(message), str(error.value)
+    with pytest.raises(ValueError, match="^encoder_max_batchh: Extra inputs are not permitted"):
+        Settings.from_env({}, encoder_max_batchh=8)  # a misspelled override is named
+    with pytest.raises(ValueError, match="MEMEFLY_WORKERS must be at least 1"):
+        Settings().replace(workers=0)  # a copy is checked as a new one is
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -41,14 +41,17 @@ def run(args) -> int:
         DecodingOptions(**(options or {}))
     except (ValueError, TypeError) as e:
         raise CommandError(f"--options: {e}") from e
-    metrics = evaluate_run(
-        args.run,
-        prepared=args.prepared,
-        per_template=args.per_template,
-        max_test=args.max_test,
-        seed=args.seed,
-        panels=Layouts.shipped().panels,
-        options=options,
-    )
+    try:
+        metrics = evaluate_run(
+            args.run,
+            prepared=args.prepared,
+            per_template=args.per_template,
+            max_test=args.max_test,
+            seed=args.seed,
+            panels=Layouts.shipped().panels,
+            options=options,
+        )
+    except FileNotFoundError as e:  # no trained run there, or its prepared captions are gone
+        raise CommandError(str(e)) from e
     print(json.dumps(metrics, indent=1) if args.json else format_metrics(metrics))
     return 0
