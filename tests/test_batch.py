@@ -428,3 +428,18 @@ def test_batch_usage_errors(tmp_path):
     assert missing.returncode == 2 and "no such file" in missing.stderr
     half = batch(str(tmp_path), "--out", str(tmp_path / "o.jsonl"), "--encoder", "localhost:1")
     assert half.returncode == 2 and "both --encoder" in half.stderr
+
+
+def test_the_pipelines_old_import_still_works_and_says_its_new_name():
+    code = (
+        "import warnings; warnings.simplefilter('error')\n"
+        "try:\n"
+        "    import gateway.client\n"
+        "except DeprecationWarning as warning:\n"
+        "    print(warning)\n"
+        "warnings.simplefilter('ignore')\n"
+        "import gateway.client, gateway.pipeline\n"
+        "print(gateway.client.MemeflyClient is gateway.pipeline.MemePipeline)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["gateway.client is now gateway.pipeline, and MemeflyClient is MemePipeline", "True"]
