@@ -139,7 +139,7 @@ class MemePipeline:
         self, items: Iterable[Item | bytes | str], options: DecodingOptions | None = None
     ) -> list[ItemResult]:
         """One result per item, in order. An item is an Item, image bytes, or a template name."""
-        options = options or _default_options()
+        options = options or DecodingOptions()
         return list(await asyncio.gather(*(self.generate_one(_item(i, x), options) for i, x in enumerate(items))))
 
     async def stream(
@@ -151,7 +151,7 @@ class MemePipeline:
     ) -> AsyncIterator[ItemResult]:
         """Results as they finish, with at most `concurrency` items in flight: items are taken
         from the iterable only as places free up, so a list of millions stays cheap."""
-        options = options or _default_options()
+        options = options or DecodingOptions()
         limit = max(1, concurrency or self.max_in_flight)
         pending: set[asyncio.Task[ItemResult]] = set()
         try:
@@ -186,11 +186,6 @@ def _item(index: int, value: Item | bytes | str) -> Item:
     if isinstance(value, (bytes, bytearray)):
         return Item(f"#{index}", image=bytes(value))
     return Item(value, template=value)
-
-
-def _default_options() -> DecodingOptions:
-    # model_validate, not DecodingOptions(): mypy sees Field(default)s given by position as required arguments.
-    return DecodingOptions.model_validate({})
 
 
 async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:

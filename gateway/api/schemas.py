@@ -23,19 +23,19 @@ class RenderOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    case: Literal["upper", "keep"] = Field(default="upper", description="upper: the classic all-caps; keep: as written")
+    case: Literal["upper", "keep"] = Field("upper", description="upper: the classic all-caps; keep: as written")
     max_size: int | None = Field(
-        default=None,
+        None,
         ge=16,
         le=MAX_RENDER_SIDE,
         description="longest side of the image drawn, in pixels "
         "(default and limit: MEMEFLY_RENDER_MAX_SIDE); smaller images keep their size",
     )
     quality: int | None = Field(
-        default=None, ge=1, le=100, description="JPEG or WebP quality (default MEMEFLY_RENDER_JPEG_QUALITY)"
+        None, ge=1, le=100, description="JPEG or WebP quality (default MEMEFLY_RENDER_JPEG_QUALITY)"
     )
     layout: str | None = Field(
-        default=None,
+        None,
         max_length=200,
         description="draw in this template's boxes (default: the "
         "template named, or with an image the template recognised, if likely)",

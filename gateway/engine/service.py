@@ -288,8 +288,7 @@ class MemeService:
         buffer = io.BytesIO()
         Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, format="PNG")
         await self.encoder.submit(buffer.getvalue())
-        # model_validate, not the constructor: mypy sees Field(default)s given by position as required arguments.
-        options = DecodingOptions.model_validate({"num_beams": 2, "num_return_sequences": 1, "max_length": 3})
+        options = DecodingOptions(num_beams=2, num_return_sequences=1, max_length=3)
         key = template_input_key(0)
         await self._decode(await self._conditioning(key, probs=self._one_hot(0)), options, key)
 
