@@ -97,12 +97,7 @@ def run(args) -> int:
     except (InputError, ValueError) as e:
         raise CommandError(str(e)) from e
     if settings.backend == "inprocess":  # (over gRPC nothing here imports TensorFlow)
-        from model_export.first_run import BuildError
-
-        try:
-            settings = with_built_models(settings)
-        except BuildError as e:
-            raise CommandError(str(e)) from e
+        settings = with_built_models(settings)
     render = None
     if args.render:
         render = RenderTo(

@@ -17,8 +17,12 @@ def quiet_tensorflow() -> None:
 
 def with_built_models(settings):
     """In-process settings pinned to a served pair: the exported one, or one built now from
-    the default model (model_export.first_run). Raises first_run.BuildError."""
-    from model_export.first_run import BuildSettings, ensure_models
+    the default model (model_export.first_run). A failed build is a CommandError (its message
+    says which setting to point where)."""
+    from model_export.first_run import BuildError, BuildSettings, ensure_models
 
-    version = ensure_models(BuildSettings(models_dir=Path(settings.models_dir)))
+    try:
+        version = ensure_models(BuildSettings(models_dir=Path(settings.models_dir)))
+    except BuildError as e:
+        raise CommandError(str(e)) from e
     return settings if settings.model_version is not None else settings.replace(model_version=version)

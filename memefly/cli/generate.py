@@ -43,7 +43,6 @@ def run(args) -> int:
     from gateway.errors import GatewayError
     from gateway.pipeline import Item, ItemResult, MemePipeline
     from gateway.settings import Settings
-    from model_export.first_run import BuildError
 
     if not args.images and not args.template:
         raise CommandError("give one or more images, or --template NAME")
@@ -60,7 +59,7 @@ def run(args) -> int:
         if not items:  # nothing readable: no models needed to say so
             return _print_results(slots, args.json)
         settings = with_built_models(Settings.from_env(backend="inprocess", models_dir=args.models_dir))
-    except (ValueError, BuildError) as e:  # bad options (pydantic's message), bad settings, or a failed build
+    except ValueError as e:  # bad options (pydantic's message) or bad settings; a failed build says so itself
         raise CommandError(str(e)) from e
 
     async def run():

@@ -54,12 +54,7 @@ def run(args) -> int:
 
     logs.configure(args.log_level)
     if settings.backend == "inprocess":
-        from model_export.first_run import BuildError
-
-        try:
-            settings = with_built_models(settings)
-        except BuildError as e:  # it says which setting to point where
-            raise CommandError(str(e)) from e
+        settings = with_built_models(settings)
     from gateway.errors import WrongTarget
     from gateway.workers import serve
 
