@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """MEMEFLY_<FIELD> for every field (e.g. MEMEFLY_BACKEND=grpc); overrides that are not None win."""
-        values = {**_Environment(cls, os.environ if environ is None else environ)()}
+        values = _Environment(cls, os.environ if environ is None else environ)()
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**values)

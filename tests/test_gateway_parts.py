@@ -116,6 +116,17 @@ def test_batch_cap_is_respected_and_nobody_starves():
     assert all(s.done for s in searches)
 
 
+async def until(condition, timeout_s: float = 5.0) -> bool:
+    """Whether CONDITION() came true within TIMEOUT_S, checked as the event loop runs."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
 def test_admission_refuses_at_once_what_the_queue_cannot_finish_in_time():
     async def scenario():
         scheduler = counting_scheduler(RecordingStep(delay_s=0.02), max_rows=8, pipeline=1)
@@ -126,11 +137,8 @@ def test_admission_refuses_at_once_what_the_queue_cannot_finish_in_time():
             assert 0 < alone < 1.0
             # Twelve searches of 4 rows: 6 calls a step, 10 steps, 20 ms a call: about 1.2 s.
             queue = [asyncio.ensure_future(scheduler.run(CountingSearch(rows=4, steps=10, tag=i))) for i in range(12)]
-            loop = asyncio.get_running_loop()
-            joined_by = loop.time() + 5  # the queued searches join the scheduler's rows
-            while scheduler.expected_seconds(4) <= 5 * alone and loop.time() < joined_by:
-                await asyncio.sleep(0.005)
-            assert scheduler.expected_seconds(4) > 5 * alone  # 52 rows in calls of 8: 7 calls a step
+            # Once the queued searches join the scheduler's rows: 52 rows in calls of 8, 7 calls a step.
+            assert await until(lambda: scheduler.expected_seconds(4) > 5 * alone)
             started = asyncio.get_running_loop().time()
             with pytest.raises(Overloaded, match="busy") as refused:
                 await scheduler.run(CountingSearch(rows=4, steps=10, tag=99), deadline_s=0.5)
@@ -324,10 +332,7 @@ def test_a_render_whose_client_left_holds_its_worker_until_drawn():
         assert pool.pending == 1
         with pytest.raises(Overloaded):  # the one worker is busy: 2 x 0.1 s > 80% of 0.25 s
             await pool.run(time.sleep, 0.1)
-        deadline = time.monotonic() + 5  # the cancelled job's thread finishes its 0.3 s
-        while pool.pending and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert pool.pending == 0
+        assert await until(lambda: pool.pending == 0)  # the cancelled job's thread finishes its 0.3 s
         await pool.run(time.sleep, 0.01)
         pool.close()
 
