@@ -54,10 +54,9 @@ def test_batch_takes_the_models_folder_by_the_name_serve_and_generate_use():
 def test_serve_starts_the_gateway_on_the_exported_models(served_models_dir, tmp_path):
     import os
     import signal
-    import time
 
     import httpx
-    from net import free_port
+    from net import free_port, wait_until_ready
 
     port = free_port()
     env = dict(os.environ, MEMEFLY_BACKEND="grpc")  # the flag must win over the environment
@@ -81,16 +80,7 @@ def test_serve_starts_the_gateway_on_the_exported_models(served_models_dir, tmp_
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, "memefly serve exited"
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "not ready after 180 s"
-            time.sleep(0.3)
+        wait_until_ready(url, process, 180, tmp_path / "serve.log")
         assert httpx.get(url + "/readyz").json()["model"]["backend"] == "inprocess"
         response = httpx.post(url + "/memes", json={"template": "Grumpy-Cat"}, timeout=60)
         assert response.status_code == 200 and len(response.json()["memes"]) == 5

@@ -8,13 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
-from net import free_port, unreachable_url
+from net import free_port, unreachable_url, wait_until_ready
 
 from memefly import contract as c
 from memefly import paths
@@ -160,16 +159,7 @@ def test_serve_builds_on_first_start_and_serves(settings, tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "not ready after 300 s"
-            time.sleep(0.5)
+        wait_until_ready(f"http://127.0.0.1:{port}", process, 300, log)
         response = httpx.post(f"http://127.0.0.1:{port}/memes", json={"template": "Sparta-Leonidas"}, timeout=60)
         assert response.status_code == 200 and len(response.json()["memes"]) == 5
         assert response.json()["model"]["version"] == "1"

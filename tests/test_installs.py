@@ -7,12 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from net import free_port
+from net import free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_TENSORFLOW = """
@@ -86,17 +85,8 @@ def test_the_base_install_is_the_client_and_serve_runs_the_gateway_without_tenso
             [str(memefly), "serve", "--port", str(port)], env=env, cwd=tmp_path, stdout=output, stderr=output
         )
     try:
+        wait_until_ready(f"http://127.0.0.1:{port}", server, 180, log)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            deadline = time.monotonic() + 180
-            while True:
-                assert server.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
             template = client.get("/templates").json()["templates"][0]["name"]
             answer = client.post("/memes", json={"template": template})
         assert answer.status_code == 200, answer.text

@@ -6,12 +6,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 from gateway_harness import gateway_settings, running_gateway
-from net import free_port
+from net import free_port, wait_until_ready
 
 from gateway.settings import Settings
 
@@ -143,16 +142,7 @@ def test_every_log_line_of_a_request_carries_its_id(loopback, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()[-2000:]
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.1)
+        wait_until_ready(url, process, 120, log)
         ok = httpx.post(url + "/memes", json=TEMPLATE, headers={"X-Request-ID": "trace-me-1"}, timeout=60)
         gone = httpx.post(
             url + "/memes",

@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from net import free_port
+from net import free_port, wait_until_ready
 from PIL import Image
 
 from memefly import contract as c
@@ -51,16 +51,8 @@ def start_serve(loopback, grace_s: float, log_path, *flags: str) -> tuple[subpro
         stderr=log_path.open("w"),
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, log_path.read_text()[-2000:]
-        try:
-            if httpx.get(url + "/readyz").status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "not ready after 120 s"
-        time.sleep(0.2)
+    wait_until_ready(url, process, 120, log_path)
+    return process, url
 
 
 def assert_draining(url: str) -> None:
