@@ -57,6 +57,20 @@ OPTION_SETS = {
 RECORDED_ROWS = 1024
 
 
+def _gateway_module(name: str, before: str):
+    """The measured checkout's module NAME, or BEFORE in a checkout from before the gateway was
+    grouped into folders (the commit before issue 16's work is measured too). By file: a module
+    missing from the checkout would be imported from this project's editable install instead."""
+    import importlib
+
+    return importlib.import_module(name if (CODE / (name.replace(".", "/") + ".py")).exists() else before)
+
+
+def _pipeline_class():
+    module = _gateway_module("gateway.pipeline", "gateway.client")
+    return getattr(module, "MemePipeline", None) or module.MemeflyClient
+
+
 def _commit(code: Path) -> str:
     """The checkout's commit, with "+" when its tracked files have changes not committed."""
     result = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -124,7 +138,8 @@ def wire_us(inputs: dict, outputs: dict, repeats: int = 50) -> dict:
     import numpy as np
     from tensorflow_serving.apis import predict_pb2
 
-    from gateway.backends.tensors import from_proto, to_proto
+    tensors = _gateway_module("gateway.backends.tensors", "gateway.tensors")
+    from_proto, to_proto = tensors.from_proto, tensors.to_proto
 
     reply = predict_pb2.PredictResponse()
     for name, value in outputs.items():
@@ -185,9 +200,9 @@ async def _load(service, template: str, options, clients: int, seconds: float, s
 
 
 async def measure(models_dir: Path, seconds: float, clients: list[int]) -> dict:
-    from gateway.pipeline import MemePipeline
     from memefly.decoding.options import DecodingOptions
 
+    MemePipeline = _pipeline_class()
     results = {"commit": _commit(CODE), "runs": []}
     async with MemePipeline(models_dir=models_dir, max_in_flight=max(clients)) as client:
         service = client.service
@@ -234,9 +249,9 @@ async def _measure_grpc(models_dir: Path, seconds: float, clients: list[int], ou
     import numpy as np
     from _servers import loopback_serving
 
-    from gateway.pipeline import MemePipeline
     from memefly.decoding.options import DecodingOptions
 
+    MemePipeline = _pipeline_class()
     with tempfile.TemporaryDirectory() as work, loopback_serving(models_dir, code=CODE) as upstream:
         step_file = Path(work) / "step.npz"
         np.savez(step_file, **outputs)

@@ -344,6 +344,16 @@ def test_dockerfile():
     ]
     assert not [r for r in requirements if r.lower().startswith("tensorflow")]
     assert "slim_serving_protos.py" in stages["protos"]
+    # The search's compiled kernels are built into the image, in the cache the gateway reads.
+    assert "compile_kernels()" in stages["gateway-build"]
+    cache = re.search(r"^ENV NUMBA_CACHE_DIR=(\S+)", stages["gateway-build"], re.MULTILINE).group(1)
+    assert re.search(rf"^ENV .*\bNUMBA_CACHE_DIR={re.escape(cache)}\b", final_stage, re.MULTILINE)
+    assert re.search(
+        rf"^COPY --from=gateway-build --chown=memefly {re.escape(cache)} {re.escape(cache)}$", final_stage, re.MULTILINE
+    )
+    from memefly.decoding.captioner import compile_kernels  # what the build runs exists
+
+    compile_kernels()
     # The meme font comes from its Debian package, at the path the renderer looks for.
     from gateway.rendering.fonts import DEBIAN_FONT, DEBIAN_PACKAGE
 

@@ -371,3 +371,19 @@ def test_properties(
             assert h.ids[i] not in repeated_ngram_bans(h.ids[:i], no_repeat)
         assert math.isclose(h.log_prob, model.sequence_log_prob(h.ids, h.finished), abs_tol=1e-6)
         assert math.isclose(h.score, normalized(h.log_prob, len(h.ids), length_penalty), abs_tol=1e-9)
+
+
+def test_a_caption_is_never_written_past_its_history_columns():
+    """The compiled row writes (memefly/decoding/kernels.py) check the bound that numpy's
+    indexing checked for them: a full row refuses another token instead of writing past it."""
+    from memefly.decoding.rows import WIDTH, RowTable
+
+    table = RowTable(capacity=2)
+    slots = table.allocate(1, np.zeros(1, np.float32), np.zeros(1, np.float32))
+    Constraints(10).set_rows(table, slots)
+    table.start_rows(slots, np.zeros(1, np.float32))
+    for _ in range(WIDTH):
+        table.append(slots, np.array([5]))
+    with pytest.raises(IndexError):
+        table.append(slots, np.array([6]))
+    assert table.length[slots[0]] == WIDTH and table.ids(int(slots[0])) == (5,) * WIDTH

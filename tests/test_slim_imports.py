@@ -23,11 +23,17 @@ spec = importlib.util.find_spec("tensorflow")
 stub = types.ModuleType("tensorflow")
 stub.__path__ = list(spec.submodule_search_locations)
 sys.modules["tensorflow"] = stub
+# Not in the gateway image: numba imports them only where they are installed (its config
+# file's reader, its BLAS check, its cffi support), so here they are absent as they are there.
+sys.modules["scipy"] = sys.modules["yaml"] = sys.modules["cffi"] = None
 import gateway.api.app, gateway.backends.grpc_backend, gateway.pipeline, memefly.cli.batch_run, memefly.cli
 app = gateway.api.app.create_app(gateway.settings.Settings(backend="grpc"))
 # memefly batch imports what it needs when it runs: up to its first check of the arguments.
 assert memefly.cli.main(["batch", "--out", "unused.jsonl", "--encoder", "h:1", "--decoder", "h:1"]) == 2
-tops = {name.split(".")[0] for name in sys.modules}
+# The searches' compiled kernels build (or load) without them too.
+from memefly.decoding.captioner import compile_kernels
+compile_kernels()
+tops = {name.split(".")[0] for name, module in sys.modules.items() if module is not None}
 owners = importlib.metadata.packages_distributions()
 distributions = sorted({d for t in tops for d in owners.get(t, [])})
 print(json.dumps({"modules": sorted(sys.modules), "distributions": distributions}))

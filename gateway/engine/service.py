@@ -288,9 +288,14 @@ class MemeService:
         buffer = io.BytesIO()
         Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, format="PNG")
         await self.encoder.submit(buffer.getvalue())
-        options = DecodingOptions(num_beams=2, num_return_sequences=1, max_length=3)
         key = template_input_key(0)
-        await self._decode(await self._conditioning(key, probs=self._one_hot(0)), options, key)
+        conditioning = await self._conditioning(key, probs=self._one_hot(0))
+        # Both kinds of search (beams; the default strategy samples): their compiled steps load now.
+        for options in (
+            DecodingOptions(num_beams=2, num_return_sequences=1, max_length=3),
+            DecodingOptions(max_length=3),
+        ):
+            await self._decode(conditioning, options, key)
 
     # ---- serving --------------------------------------------------------------------
     def require_ready(self) -> None:

@@ -192,3 +192,31 @@ def run_searches(searches: list[Search], step: Callable, max_rows: int = 1024) -
     finally:
         for search in searches:
             table.remove(search)
+
+
+def compile_kernels() -> None:
+    """One tiny beam search and one search of the default strategy (sampling, repetition
+    penalty) over a made-up step, so that numba compiles the step's kernels now, or loads them
+    from its cache, instead of during a first request. The gateway image runs it at build."""
+    vocabulary = [*c.SPECIAL_TOKENS, "a", "b", "c"]
+    words = np.array([token not in c.SPECIAL_TOKENS for token in vocabulary])
+    top_ids = np.array([range(len(vocabulary))], np.int32)
+    log_probs = np.full(top_ids.shape, -np.log(len(vocabulary)), np.float32)
+
+    def step(tokens, state, context):
+        rows = len(tokens)
+        return np.repeat(top_ids, rows, 0), np.repeat(log_probs, rows, 0), state
+
+    searches = [
+        make_search(
+            np.zeros(2, np.float32),
+            np.zeros(2, np.float32),
+            options,
+            Constraints(len(vocabulary), max_length=4, no_repeat_ngram_size=2, box_counts={1, 2}, word_ids=words),
+        )
+        for options in (
+            DecodingOptions(num_beams=2, num_return_sequences=1, max_length=4),
+            DecodingOptions(max_length=4),
+        )
+    ]
+    run_searches(searches, step)

@@ -15,11 +15,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from memefly.contract import END_ID, PAD_ID, SEP_ID, START_ID, UNK_ID
+from memefly.contract import PAD_ID, START_ID, UNK_ID
+from memefly.decoding import kernels
+from memefly.decoding.kernels import ANY_COUNT
 from memefly.decoding.rows import RowTable
 
 ALWAYS_BLOCKED = (PAD_ID, START_ID, UNK_ID)  # never generated, whatever the request
-ANY_COUNT = -1  # box_mask with every bit set
 
 
 @lru_cache(maxsize=256)
@@ -61,21 +62,20 @@ class Constraints:
         # The box counts a caption may end with (None: any).
         self.box_counts = frozenset(box_counts) if box_counts else None
         self.max_boxes = max(self.box_counts) if self.box_counts else None
+        # As the row table's columns have them: bit b set where a caption may end with b boxes.
+        self._box_mask = ANY_COUNT if self.box_counts is None else sum(1 << b for b in self.box_counts if 0 <= b < 63)
+        self._max_boxes = np.iinfo(np.int32).max if self.max_boxes is None else self.max_boxes
         # Bool [V]: tokens that are words; boxes are compared by these ("Yes!" repeats "yes").
         self.word_ids = word_ids if word_ids is not None else _every_token_a_word(vocab_size)
 
-    def set_rows(self, table: RowTable, slots: np.ndarray) -> None:
+    def set_rows(self, table: RowTable, slots: np.ndarray | slice) -> None:
         """Write these rules into the rows' rule columns (once, when a search takes its rows)."""
         table.table[slots] = table.rules.acquire(self.blocked, self.word_ids)
         table.min_length[slots] = self.min_length
         table.max_length[slots] = self.max_length
         table.ngram[slots] = self.no_repeat_ngram_size
-        if self.box_counts is None:
-            table.box_mask[slots] = ANY_COUNT
-            table.max_boxes[slots] = np.iinfo(np.int32).max
-        else:
-            table.box_mask[slots] = sum(1 << b for b in self.box_counts if 0 <= b < 63)
-            table.max_boxes[slots] = self.max_boxes
+        table.box_mask[slots] = self._box_mask
+        table.max_boxes[slots] = self._max_boxes
 
     def release_rows(self, table: RowTable, slots: np.ndarray) -> None:
         table.rules.release(int(table.table[slots[0]]))
@@ -102,52 +102,11 @@ class Constraints:
 
 def forbidden(table: RowTable, slots: np.ndarray, top_ids: np.ndarray) -> np.ndarray:
     """Bool [rows, K]: True where row `slots[i]` may not take candidate top_ids[i, k]."""
-    rules = table.rules
-    mask = rules.lookup(rules.blocked, table.table[slots], top_ids, outside=True)
-    lengths = table.length[slots][:, None]
-    is_end = top_ids == END_ID
-    mask |= is_end & (lengths < table.min_length[slots][:, None])
-    mask |= ~is_end & (lengths >= table.max_length[slots][:, None])  # full: only <end> may follow
-    _ban_repeated_ngrams(table, slots, top_ids, mask)
-    # Box structure: <sep> and <end> close the open box.
-    is_sep = top_ids == SEP_ID
-    closing = is_sep | is_end
-    if closing.any():
-        boxes = table.boxes[slots]
-        bad = (table.open_len[slots] == 0) | table.open_box_repeats(slots)  # no empty box, no box twice
-        mask |= bad[:, None] & np.where(lengths > 0, closing, is_sep)
-        box_mask = table.box_mask[slots]
-        counted = ~bad & (box_mask != ANY_COUNT)
-        mask |= (counted & (boxes >= table.max_boxes[slots]))[:, None] & is_sep
-        allowed = (boxes < 63) & (((box_mask >> np.minimum(boxes, 62)) & 1) == 1)
-        mask |= (counted & ~allowed)[:, None] & is_end
-    return mask
-
-
-def _ban_repeated_ngrams(table: RowTable, slots: np.ndarray, top_ids: np.ndarray, mask: np.ndarray) -> None:
-    """No n-gram twice: a candidate that would complete an n-gram already in the caption."""
-    sizes = table.ngram[slots]
-    for n in np.unique(sizes[sizes > 0]).tolist():
-        rows = np.flatnonzero(sizes == n)
-        history = table.histories_array(slots[rows])
-        length = table.length[slots[rows]]
-        k = n - 1
-        if k == 0:  # unigrams: no token twice
-            hits = (top_ids[rows][:, :, None] == history[:, None, :]).any(axis=2)
-            mask[rows] |= hits
-            continue
-        windows = history.shape[1] - k
-        if windows <= 0:
-            continue
-        # The last k tokens against every earlier window of k; the token after a match is banned.
-        match = np.arange(windows)[None] < (length - k)[:, None]
-        for t in range(k):
-            last = history[np.arange(len(rows)), np.maximum(length - k + t, 0)]
-            match &= history[:, t : t + windows] == last[:, None]
-        row, start = np.nonzero(match)
-        if row.size:
-            banned = history[row, start + k]
-            np.logical_or.at(mask, rows[row], top_ids[rows[row]] == banned[:, None])
+    return kernels.forbidden_mask(
+        slots, np.asarray(top_ids), table.table, table.length, table.min_length, table.max_length,
+        table.ngram, table.history, table.boxes, table.open_len, table.open_hash, table.closed_hash,
+        table.closed_len, table.box_mask, table.max_boxes, table.rules.blocked, table.rules.words,
+    )  # fmt: skip
 
 
 def repeated(table: RowTable, slots: np.ndarray, top_ids: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ key is computed from a training caption's raw text (at export) and from generate
 from __future__ import annotations
 
 import hashlib
+import itertools
+import operator
 import re
 from collections.abc import Iterable, Sequence
 
@@ -34,7 +36,7 @@ def near_duplicate(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> bo
 
 def all_words(words: Sequence[Sequence[str]]) -> tuple[str, ...]:
     """caption_words without the box breaks."""
-    return tuple(w for box in words for w in box)
+    return tuple(itertools.chain.from_iterable(words))
 
 
 def near_duplicate_flat(a, a_words: tuple[str, ...], b, b_words: tuple[str, ...]) -> bool:
@@ -42,9 +44,7 @@ def near_duplicate_flat(a, a_words: tuple[str, ...], b, b_words: tuple[str, ...]
     candidate with every caption it kept)."""
     if a_words == b_words:
         return True
-    if len(a) == len(b) >= 2:
-        return sum(x != y for x, y in zip(a, b, strict=True)) <= 1
-    return False
+    return len(a) == len(b) >= 2 and sum(map(operator.ne, a, b)) <= 1
 
 
 def repeats_a_box(boxes: Sequence[str]) -> bool:

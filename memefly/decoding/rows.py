@@ -1,5 +1,5 @@
 """The rows of every search a driver steps, as arrays: one table, so each step's bookkeeping is a
-few numpy operations over all rows of all searches at once instead of Python per row.
+few passes over all rows of all searches at once (compiled: `kernels.py`) instead of Python per row.
 
 Each search owns a block of slots (rows) for its life: beam search `num_beams` (group g's beams
 in slots g*P ... g*P+P-1, live ones first), sampling `num_candidates`. A row's caption lives in
@@ -16,13 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memefly.contract import SEP_ID, START_ID
+from memefly.contract import START_ID
+from memefly.decoding import kernels
 from memefly.decoding.limits import MAX_LENGTH
 
 WIDTH = MAX_LENGTH  # history columns: the longest caption a request may ask for
 MAX_BOXES = MAX_LENGTH + 1  # every token a <sep>: the most boxes a history can open
-NO_TOKEN = np.iinfo(np.int32).min  # equal to no candidate id
-_HASH_PRIME = np.uint64(1_000_003)
 
 
 class RuleTables:
@@ -51,16 +50,6 @@ class RuleTables:
             self._stack()
         self._refs[index] += 1
         return index
-
-    @staticmethod
-    def lookup(tables: np.ndarray, which: np.ndarray, tokens: np.ndarray, outside: bool) -> np.ndarray:
-        """tables[which[i], tokens[i, ...]], OUTSIDE for tokens out of range; one flat take (a
-        two-index gather costs twice as much)."""
-        width = tables.shape[1]
-        inside = (tokens >= 0) & (tokens < width)
-        index = np.where(inside, tokens, 0) + (which * width).reshape(which.shape + (1,) * (tokens.ndim - 1))
-        found = tables.ravel().take(index)
-        return np.where(inside, found, outside)
 
     def release(self, index: int) -> None:
         self._refs[index] -= 1
@@ -100,6 +89,7 @@ class RowTable:
     open_hash: np.ndarray
     closed_hash: np.ndarray
     closed_len: np.ndarray
+    block_start: np.ndarray
     table: np.ndarray
     min_length: np.ndarray
     max_length: np.ndarray
@@ -107,6 +97,9 @@ class RowTable:
     box_mask: np.ndarray
     max_boxes: np.ndarray
     repetition_penalty: np.ndarray
+    per_group: np.ndarray
+    diversity: np.ndarray
+    cut_length: np.ndarray
     temperature: np.ndarray
     top_k: np.ndarray
     top_p: np.ndarray
@@ -131,6 +124,7 @@ class RowTable:
         "log_prob": (np.float64, ()),
         "rank": (np.float64, ()),  # beam search: log_prob minus diversity penalties so far
         "group_floor": (np.float64, ()),  # beam search: group g's worst kept score, at its block's slot g (NaN: none)
+        "block_start": (np.int64, ()),  # the first slot of the row's search
         "boxes": (np.int32, ()),  # boxes so far, the open one included
         "open_len": (np.int32, ()),  # words in the open box
         "open_hash": (np.uint64, ()),
@@ -144,6 +138,9 @@ class RowTable:
         "box_mask": (np.int64, ()),  # bit b: a caption may end with b boxes (all ones: any)
         "max_boxes": (np.int32, ()),
         "repetition_penalty": (np.float64, ()),
+        "per_group": (np.int64, ()),  # beam search: beams per group
+        "diversity": (np.float64, ()),  # beam search: diversity_penalty
+        "cut_length": (np.int32, ()),  # beam search: a caption this long is cut if <end> may not follow
         "temperature": (np.float64, ()),
         "top_k": (np.int32, ()),
         "top_p": (np.float64, ()),
@@ -183,18 +180,19 @@ class RowTable:
             self._top += size
             if self._top > self.capacity:
                 self._grow(max(2 * self.capacity, self._top))
-        slots = np.arange(start, start + rows)
-        self.alive[slots] = False
-        self.length[slots] = 0
-        self.context[slots] = context
-        return slots
+        block = slice(start, start + rows)
+        self.block_start[block] = start
+        self.alive[block] = False
+        self.length[block] = 0
+        self.context[block] = context
+        return np.arange(start, start + rows)
 
     def free(self, slots: np.ndarray) -> None:
         self.alive[slots] = False
         size = 1 << max(len(slots) - 1, 0).bit_length()
         self._free.setdefault(size, []).append(int(slots[0]))
 
-    def start_rows(self, slots: np.ndarray, initial_state: np.ndarray) -> None:
+    def start_rows(self, slots: np.ndarray | slice, initial_state: np.ndarray) -> None:
         """Rows with an empty caption at <start>, alive."""
         self.alive[slots] = True
         self.length[slots] = 0
@@ -217,49 +215,26 @@ class RowTable:
 
     def copy_rows(self, to: np.ndarray, source: np.ndarray) -> None:
         """Children take their parents' captions (beam search); SOURCE is read before TO is written."""
-        for name in ("history", "length", "log_prob", "rank", "boxes", "open_len", "open_hash"):
-            column = getattr(self, name)
-            column[to] = column[source]
-        tracked = self.repetition_penalty[to] != 1.0  # the only rows whose used words are read
-        if tracked.any():
-            self.used_words[to[tracked]] = self.used_words[source[tracked]]
-        limit = int(self.boxes[source].max(initial=1))  # closed boxes in use: the rest is never read
-        self.closed_hash[to, :limit] = self.closed_hash[source, :limit]
-        self.closed_len[to, :limit] = self.closed_len[source, :limit]
+        self._fit_used_words()
+        kernels.copy_rows(
+            to, source, self.history, self.length, self.log_prob, self.rank, self.boxes, self.open_len,
+            self.open_hash, self.closed_hash, self.closed_len, self.repetition_penalty, self.used_words,
+        )  # fmt: skip
 
     def append(self, slots: np.ndarray, tokens: np.ndarray) -> None:
         """Append TOKENS [rows] to the rows' captions, keeping the box hashes up to date."""
-        length = self.length[slots]
-        self.history[slots, length] = tokens
-        self.length[slots] = length + 1
-        sep = tokens == SEP_ID
-        if sep.any():
-            closing, boxes = slots[sep], self.boxes[slots[sep]]
-            self.closed_hash[closing, boxes - 1] = self.open_hash[closing]
-            self.closed_len[closing, boxes - 1] = self.open_len[closing]
-            self.boxes[closing] = boxes + 1
-            self.open_hash[closing] = 0
-            self.open_len[closing] = 0
-        word = ~sep & self.is_word(slots, tokens)
-        if word.any():
-            growing = slots[word]
-            self.open_hash[growing] = self.open_hash[growing] * _HASH_PRIME + tokens[word].astype(np.uint64) + 1
-            self.open_len[growing] += 1
-            tracked = self.repetition_penalty[growing] != 1.0
-            if tracked.any():
-                self._fit_used_words()
-                growing, added = growing[tracked], tokens[word][tracked]
-                self.used_words[growing, added >> 3] |= (1 << (added & 7)).astype(np.uint8)
+        self._fit_used_words()
+        kernels.append_tokens(
+            slots, np.asarray(tokens, np.int64), self.table, self.history, self.length, self.boxes, self.open_len,
+            self.open_hash, self.closed_hash, self.closed_len, self.rules.words, self.repetition_penalty,
+            self.used_words,
+        )  # fmt: skip
 
     def has_used(self, slots: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Bool [rows, K]: token [i, k] is a word row slots[i] already used (kept for rows with a
         repetition_penalty)."""
         self._fit_used_words()
-        width = self.used_words.shape[1]
-        inside = (tokens >= 0) & (tokens < 8 * width)
-        ids = np.where(inside, tokens, 0)
-        found = self.used_words.ravel().take((ids >> 3) + (slots * width)[:, None])
-        return inside & ((found >> (ids & 7)) & 1).astype(bool)
+        return kernels.used_before(slots, np.asarray(tokens), self.used_words)
 
     def _fit_used_words(self) -> None:
         """As many bits per row as the rule tables have tokens (they grow with a bigger vocabulary)."""
@@ -268,41 +243,3 @@ class RowTable:
             grown = np.zeros((self.capacity, width), dtype=np.uint8)
             grown[:, : self.used_words.shape[1]] = self.used_words
             self.used_words = grown
-
-    def is_word(self, slots: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        return self.rules.lookup(self.rules.words, self.table[slots], tokens, outside=False)
-
-    def open_box_repeats(self, slots: np.ndarray) -> np.ndarray:
-        """Bool [rows]: the open box has words and they are those of a closed box."""
-        boxes, open_len = self.boxes[slots], self.open_len[slots]
-        maybe = (open_len > 0) & (boxes > 1)
-        if not maybe.any():
-            return maybe
-        limit = int(boxes.max()) - 1
-        closed = np.arange(limit)[None] < (boxes - 1)[:, None]
-        same = (
-            closed
-            & (self.closed_hash[slots, :limit] == self.open_hash[slots][:, None])
-            & (self.closed_len[slots, :limit] == open_len[:, None])
-        )
-        repeats = maybe & same.any(axis=1)
-        for i in np.flatnonzero(repeats):  # a hash match: confirm on the words (rare)
-            repeats[i] = self._repeats_exactly(int(slots[i]))
-        return repeats
-
-    def _repeats_exactly(self, slot: int) -> bool:
-        words = self.rules.words[self.table[slot]]
-        boxes: list[tuple[int, ...]] = [()]
-        for token in self.ids(slot):
-            if token == SEP_ID:
-                boxes.append(())
-            elif 0 <= token < words.size and words[token]:
-                boxes[-1] += (token,)
-        return bool(boxes[-1]) and boxes[-1] in boxes[:-1]
-
-    def histories_array(self, slots: np.ndarray) -> np.ndarray:
-        """History columns up to the longest caption among SLOTS, NO_TOKEN past each row's end."""
-        length = self.length[slots]
-        width = int(length.max(initial=0))
-        history = self.history[slots, :width]
-        return np.where(np.arange(width)[None] < length[:, None], history, NO_TOKEN)

@@ -9,8 +9,9 @@ captions of which no two are near-duplicates (`memefly.decoding.distinct`).
 
 A `Search` is one request's bookkeeping: its options, rules, finished captions and results.
 Its rows live in a `SearchTable` shared by every search a driver steps, and `SearchTable.advance`
-moves all of them at once: selection, sampling and the caption rules are array operations over
-[rows, K]; Python runs once per finished caption, not per row.
+moves all of them at once: the caption rules and beam selection are compiled loops over
+[rows, K] (`kernels.py`), sampling is numpy array operations; Python runs once per finished
+caption, not per row.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 
 from memefly.contract import END_ID
+from memefly.decoding import kernels
 from memefly.decoding.constraints import Constraints, forbidden, repeated
 from memefly.decoding.distinct import all_words, near_duplicate_flat
 from memefly.decoding.options import DecodingOptions
@@ -65,6 +67,7 @@ class Search:
         self.context = np.asarray(context).reshape(-1)  # the same for every row
         self.table: RowTable | None = None
         self.slots = np.zeros(0, dtype=np.int64)  # this search's block of the table
+        self.first_slot = 0
         self.live_rows = 0
 
     @property
@@ -82,8 +85,14 @@ class Search:
     def _join(self, table: RowTable) -> None:
         self.table = table
         self.slots = table.allocate(self.block_rows, self.initial_state, self.context)
-        self.constraints.set_rows(table, self.slots)
-        table.repetition_penalty[self.slots] = self.options.repetition_penalty
+        self.first_slot = int(self.slots[0])
+        self.constraints.set_rows(table, self.block)
+        table.repetition_penalty[self.block] = self.options.repetition_penalty
+
+    @property
+    def block(self) -> slice:
+        """The search's slots as a slice (they are consecutive): cheaper to write through than an index array."""
+        return slice(self.first_slot, self.first_slot + self.slots.size)
 
     def _leave(self) -> None:
         if self.table is not None:
@@ -103,7 +112,6 @@ class BeamSearch(Search):
         # worst kept caption's, mirrored in the table's group_floor for the array-wide check.
         self._best_scores: list[list[float]] = [[] for _ in range(groups)]
         self.cut: list[Hypothesis] = []  # full-length beams whose <end> was not among the top K
-        self.length = 0
         self.live_rows = groups  # every group starts from the one <start> beam
 
     @property
@@ -113,34 +121,43 @@ class BeamSearch(Search):
     def _join(self, table: RowTable) -> None:
         super()._join(table)
         # Every group starts from the one <start> beam (HF: other beams start at -inf).
-        table.start_rows(self.slots[:: self.per_group], self.initial_state)
-        table.group_floor[self.slots] = np.nan  # group g's at slots[g]: none until per_group captions finish
+        block = self.block
+        table.start_rows(slice(block.start, block.stop, self.per_group), self.initial_state)
+        table.group_floor[block] = np.nan  # group g's at slots[g]: none until per_group captions finish
+        table.per_group[block] = self.per_group
+        table.diversity[block] = self.options.diversity_penalty
+        table.cut_length[block] = self.options.max_length
 
     def _finish(self, group: int, ids: tuple[int, ...], log_prob: float) -> None:
-        if self.accept(ids):
-            score = normalized(log_prob, len(ids), self.options.length_penalty)
-            self.finished[group].append(Hypothesis(ids, log_prob, score, True))
-            best = self._best_scores[group]  # a min-heap of the group's best per_group scores
-            (heapq.heappush if len(best) < self.per_group else heapq.heappushpop)(best, score)
-            if len(best) == self.per_group:
-                assert self.table is not None  # only a search in a table is stepped
-                self.table.group_floor[self.slots[0] + group] = best[0]
+        if not self.accept(ids):
+            return
+        score = normalized(log_prob, len(ids), self.options.length_penalty)
+        self.finished[group].append(Hypothesis(ids, log_prob, score, True))
+        best = self._best_scores[group]  # a min-heap of the group's best per_group scores
+        if len(best) < self.per_group:
+            heapq.heappush(best, score)
+            if len(best) < self.per_group:
+                return
+        elif heapq.heappushpop(best, score) == score:  # no better than the worst kept: the floor stays
+            return
+        assert self.table is not None  # only a search in a table is stepped
+        self.table.group_floor[self.first_slot + group] = best[0]
 
     def _cut(self, ids: tuple[int, ...], log_prob: float) -> None:
         if self.accept(ids):
             score = normalized(log_prob, len(ids), self.options.length_penalty)
             self.cut.append(Hypothesis(ids, log_prob, score, finished=False))
 
-    def _group_done(self, group: int, best: float) -> bool:
-        """Whether no live beam (the best has log-prob BEST) can still beat the group's worst kept
-        caption (HF early_stopping="never")."""
+    def _group_done(self, group: int, best: float, length: int) -> bool:
+        """Whether no live beam (the best has log-prob BEST, LENGTH tokens) can still beat the
+        group's worst kept caption (HF early_stopping="never")."""
         kept = self._best_scores[group]
         if len(kept) < self.per_group:
             return False
         floor = kept[0]
         lp = self.options.length_penalty
         # Log-probs only fall as a caption grows; with lp > 0 a longer caption divides by more.
-        length = self.options.max_length if lp > 0 else self.length
+        length = self.options.max_length if lp > 0 else length
         return normalized(best, length, lp) <= floor
 
     def results(self) -> list[Hypothesis]:
@@ -172,10 +189,11 @@ class SampleSearch(Search):
     def _join(self, table: RowTable) -> None:
         super()._join(table)
         options = self.options
-        table.temperature[self.slots] = options.temperature
-        table.top_k[self.slots] = options.top_k
-        table.top_p[self.slots] = options.top_p
-        table.start_rows(self.slots, self.initial_state)
+        block = self.block
+        table.temperature[block] = options.temperature
+        table.top_k[block] = options.top_k
+        table.top_p[block] = options.top_p
+        table.start_rows(block, self.initial_state)
 
     def _finish(self, ids: tuple[int, ...], log_prob: float, finished: bool) -> bool:
         if not self.accept(ids):
@@ -222,7 +240,13 @@ class SearchTable:
         slots, owner = blocks[alive], owners[alive]
         step = StepRows(searches, slots, owner, blocks, owners)
         assert table.state is not None and table.context is not None  # made when the first search joined
-        return step, table.last_tokens(slots), table.state[slots], table.context[slots]
+        # np.take: a row gather at about half the cost of fancy indexing.
+        return (
+            step,
+            table.last_tokens(slots),
+            np.take(table.state, slots, axis=0),
+            np.take(table.context, slots, axis=0),
+        )
 
     def advance(
         self, step: StepRows, top_ids: np.ndarray, top_log_probs: np.ndarray, state: np.ndarray
@@ -276,130 +300,55 @@ class SearchTable:
         return [(searches[i], error) for i, error in failures.items()]
 
 
-def _owners_in_order(owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For rows grouped by owner: each row's segment and each segment's owner."""
-    first = np.ones(owner.size, dtype=bool)
-    first[1:] = owner[1:] != owner[:-1]
-    return np.cumsum(first) - 1, owner[first]
-
-
 def _advance_beams(table, searches, slots, owner, ids, log_probs, ranked, mask, state, *, failures) -> None:
-    """One step of every beam search in the call, group by group (diverse beam search's groups see
-    the tokens earlier groups chose at this step); within a group pass, all searches at once."""
-    per_group = np.array([getattr(s, "per_group", 1) for s in searches])
-    diversity = np.array([getattr(s.options, "diversity_penalty", 0.0) for s in searches])
-    starts = np.array([s.slots[0] if s.slots.size else 0 for s in searches])
-    for i in np.unique(owner).tolist():
-        searches[i].length += 1
-    offset = slots - starts[owner]
-    group = offset // per_group[owner]
-    column = offset % per_group[owner]
-    total = table.log_prob[slots][:, None] + log_probs
-    rank = table.rank[slots][:, None] + ranked
-    cut_length = np.array([s.options.max_length for s in searches])[owner]
-    full = table.length[slots] >= cut_length
-    K = ids.shape[1]
-    children = []  # per pass: (rows, tokens, totals, ranks, dest slots, owners)
-    chosen_owner, chosen_token = np.zeros(0, np.int64), np.zeros(0, ids.dtype)
-    for g in range(int(group.max(initial=-1)) + 1):
-        rows = np.flatnonzero(group == g)
-        if not rows.size:
-            continue
-        row_owner = owner[rows]
-        g_rank = rank[rows]
-        if g and chosen_owner.size and diversity[row_owner].any():
-            g_rank = g_rank - diversity[row_owner][:, None] * _uses(chosen_owner, chosen_token, row_owner, ids[rows])
-        sorted_rows = bool((g_rank[:, 1:] <= g_rank[:, :-1]).all())  # before the mask: NaN is unsorted
-        g_rank[mask[rows]] = -np.inf
-        segment, seg_owner = _owners_in_order(row_owner)
-        segments = seg_owner.size
-        P = per_group[seg_owner]
-        width = int(P.max())
-        row_at = np.full((segments, width), -1)  # [segment, column] -> index into ROWS
-        row_at[segment, column[rows]] = np.arange(rows.size)
-        if sorted_rows:
-            order, values = _best_of_sorted_rows(g_rank, segment, column[rows], segments, width)
-        else:
-            flat = np.full((segments, width, K), -np.inf)
-            flat[segment, column[rows]] = g_rank
-            order, values = _best_first(flat.reshape(segments, width * K), min(2 * width, width * K))
-        parent = row_at[np.arange(segments)[:, None], order // K]  # -1: a padding column (-inf)
-        k = order % K
-        parent_rows = rows[np.maximum(parent, 0)]
-        tokens = ids[parent_rows, k]
-        totals = total[parent_rows, k]
-        finite = np.isfinite(values)
-        is_end = tokens == END_ID
-        position = np.arange(order.shape[1])[None]
-        needed = P + np.bincount(segment, minlength=segments)
-        # As in HF: an <end> only counts when it ranks among the group's beams.
-        ends = finite & is_end & (position < P[:, None])
-        live = finite & ~is_end & (position < needed[:, None])
-        taken = np.cumsum(live, axis=1)
-        live &= taken <= P[:, None]
-        # At full length with no <end> it may take (none among the top K, or one the box rules
-        # forbid): kept as a cut caption, not lost.
-        cut = full[rows] & ~(np.isfinite(g_rank) & (ids[rows] == END_ID)).any(axis=1)
-        _finished_captions(table, searches, g, seg_owner, ends, parent_rows, totals, slots, rows[cut], owner, failures)
-        # A group is done without live beams, or when none can beat its worst kept caption.
-        done = ~live.any(axis=1)
-        may_stop = ~done & ~np.isnan(table.group_floor[starts[seg_owner] + g])
-        if may_stop.any():
-            best = np.where(live, totals, -np.inf).max(axis=1)
-            for s_index in np.flatnonzero(may_stop).tolist():
-                done[s_index] = searches[seg_owner[s_index]]._group_done(g, float(best[s_index]))
-        seg, pos = np.nonzero(live)
-        if diversity.any():
-            chosen_owner = np.concatenate([chosen_owner, seg_owner[seg]])
-            chosen_token = np.concatenate([chosen_token, tokens[seg, pos]])
-        going = ~done[seg]
-        seg, pos = seg[going], pos[going]
-        dest = starts[seg_owner[seg]] + g * P[seg] + taken[seg, pos] - 1
-        children.append((parent_rows[seg, pos], tokens[seg, pos], totals[seg, pos], values[seg, pos], dest))
+    """One step of every beam search in the call: the compiled selection (`kernels.select_beams`)
+    ranks each group's candidates and picks its children; then, group by group, each search sees
+    its finished and cut captions (`accept` in the order the row-by-row search used) and a group
+    stops when none of its beams can still beat its worst kept caption; the children are written last."""
+    children, segments, events = kernels.select_beams(
+        owner, slots, ids, log_probs, ranked, mask, table.log_prob, table.rank, table.length,
+        table.per_group, table.diversity, table.block_start, table.cut_length,
+    )  # fmt: skip
+    _finished_captions(table, searches, slots, events, failures)
+    # A group is done without children, or when none can beat its worst kept caption.
+    done = segments[:, 2] == 0
+    floors = table.group_floor[(segments[:, 4] + segments[:, 1]).astype(np.int64)]
+    for index in np.flatnonzero(~done & ~np.isnan(floors)).tolist():
+        search_index, group, _, best, _, length = segments[index].tolist()
+        done[index] = searches[int(search_index)]._group_done(int(group), best, int(length))
     table.alive[slots] = False
-    if not children:
+    children = children[~done[children[:, 5].astype(np.int64)]]
+    if not children.size:
         return
-    parent_rows, tokens, totals, ranks, dest = (np.concatenate(parts) for parts in zip(*children, strict=True))
+    parent_rows, dest = children[:, 0].astype(np.int64), children[:, 4].astype(np.int64)
     table.copy_rows(dest, slots[parent_rows])
-    table.log_prob[dest] = totals
-    table.rank[dest] = ranks
-    table.append(dest, tokens)
-    table.state[dest] = state[parent_rows]
+    table.log_prob[dest] = children[:, 2]
+    table.rank[dest] = children[:, 3]
+    table.append(dest, children[:, 1].astype(np.int64))
+    table.state[dest] = np.take(state, parent_rows, axis=0)
     table.alive[dest] = True
 
 
-def _uses(chosen_owner, chosen_token, row_owner, candidates) -> np.ndarray:
-    """Float [rows, K]: how often earlier groups of the row's search chose each candidate at this step."""
-    order = np.argsort(chosen_owner, kind="stable")
-    owners, tokens = chosen_owner[order], chosen_token[order]
-    first = np.searchsorted(owners, owners)
-    rank = np.arange(owners.size) - first
-    table = np.full((int(owners.max()) + 1, int(rank.max()) + 1), -1, dtype=np.int64)
-    table[owners, rank] = tokens
-    mine = table[np.minimum(row_owner, table.shape[0] - 1)]
-    mine[row_owner >= table.shape[0]] = -1
-    return (candidates[:, :, None] == mine[:, None, :]).sum(axis=2).astype(np.float64)
-
-
-def _finished_captions(table, searches, g, seg_owner, ends, parent_rows, totals, slots, cut_rows, owner, failures):
-    """The Python part of a beam step, once per caption: per search, its group's finished captions
-    in rank order, then its cut ones in beam order (`accept` sees them in the order the
-    row-by-row search used)."""
-    seg, pos = np.nonzero(ends)
-    events = [(int(seg_owner[s]), 0, int(p), int(s)) for s, p in zip(seg.tolist(), pos.tolist(), strict=True)]
-    events += [(int(owner[r]), 1, int(r), 0) for r in cut_rows.tolist()]
-    events.sort()
-    for search_index, kind, index, s in events:
+def _finished_captions(table, searches, slots, events, failures) -> None:
+    """The Python part of a beam step, once per caption, in the order `select_beams` gives:
+    finished ([kind 0, owner, group, row, total]) and cut ([1, owner, group, row, -]) captions."""
+    if not events.size:
+        return
+    rows = slots[events[:, 3].astype(np.int64)]
+    lengths = table.length[rows]
+    captions = table.history[rows, : int(lengths.max())].tolist()  # one read for all, not one per caption
+    for (kind, owner, group, _, total), caption, length, slot in zip(
+        events.tolist(), captions, lengths.tolist(), rows.tolist(), strict=True
+    ):
+        search_index = int(owner)
         if search_index in failures:
             continue
-        search = searches[search_index]
+        search, ids = searches[search_index], tuple(caption[:length])
         try:
             if kind == 0:
-                row = int(parent_rows[s, index])
-                search._finish(g, table.ids(int(slots[row])), float(totals[s, index]))
+                search._finish(int(group), ids, total)
             else:
-                slot = int(slots[index])
-                search._cut(table.ids(slot), float(table.log_prob[slot]))
+                search._cut(ids, float(table.log_prob[slot]))
         except Exception as error:  # a refusal check that raised: this search fails, not the call
             failures[search_index] = error
 
@@ -476,43 +425,6 @@ def _distributions(table, slots, log_probs: np.ndarray, allowed: np.ndarray) -> 
             part /= part.sum(axis=1, keepdims=True)
             probs[nucleus] = part
     return probs, valid
-
-
-def _best_of_sorted_rows(rank, segment, column, segments: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """_best_first over each segment's rows laid side by side ([segments, width * K] indices), for
-    rows whose finite ranks fall from left to right (the decoder sends its top-K best first): a
-    segment's best `2 * width` are among its rows' first `2 * width` finite candidates, so only
-    those are sorted."""
-    K = rank.shape[1]
-    m = min(K, 2 * width)
-    short = np.full((segments, width, m), -np.inf)
-    if np.isfinite(rank[:, :m]).all():  # the usual case: nothing forbidden among each row's first m
-        short[segment, column] = rank[:, :m]
-        order, values = _best_first(short.reshape(segments, width * m), min(2 * width, width * m))
-        return (order // m) * K + order % m, values
-    finite = np.isfinite(rank)
-    nth = np.cumsum(finite, axis=1)
-    row, k = np.nonzero(finite & (nth <= m))
-    j = nth[row, k] - 1
-    short[segment[row], column[row], j] = rank[row, k]
-    k_of = np.zeros((segments, width, m), dtype=np.int64)
-    k_of[segment[row], column[row], j] = k
-    order, values = _best_first(short.reshape(segments, width * m), min(2 * width, width * m))
-    k_chosen = np.take_along_axis(k_of.reshape(segments, width * m), order, axis=1)
-    return (order // m) * K + k_chosen, values
-
-
-def _best_first(scores: np.ndarray, needed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of SCORES [segments, n]: the indices of the `needed` highest, highest first, and
-    their scores. A group never looks further: its beams, plus at most one <end> per row that
-    cannot take a place."""
-    if scores.shape[1] > needed:
-        top = np.argpartition(-scores, needed - 1, axis=1)[:, :needed]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return order, np.take_along_axis(scores, order, axis=1)
 
 
 def pick_distinct(ranked: list[Hypothesis], n: int, words: Words | None) -> list[Hypothesis]:
