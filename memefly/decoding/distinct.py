@@ -31,7 +31,11 @@ def caption_words(boxes: Sequence[str]) -> tuple[tuple[str, ...], ...]:
 def near_duplicate(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> bool:
     """a, b: caption_words. The same meme told twice: the same words (box breaks aside), or, with
     two or more boxes each, as many boxes and all of them but one identical."""
-    return near_duplicate_flat(a, all_words(a), b, all_words(b))
+    return all_words(a) == all_words(b) or _one_box_apart(a, b)
+
+
+def _one_box_apart(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> bool:
+    return len(a) == len(b) >= 2 and sum(map(operator.ne, a, b)) <= 1
 
 
 def all_words(words: Sequence[Sequence[str]]) -> tuple[str, ...]:
@@ -39,12 +43,24 @@ def all_words(words: Sequence[Sequence[str]]) -> tuple[str, ...]:
     return tuple(itertools.chain.from_iterable(words))
 
 
-def near_duplicate_flat(a, a_words: tuple[str, ...], b, b_words: tuple[str, ...]) -> bool:
-    """near_duplicate with each caption's all_words already made (a search compares each
-    candidate with every caption it kept)."""
-    if a_words == b_words:
+class DistinctCaptions:
+    """Captions of which no two are near-duplicates (`near_duplicate`), grown one at a time: a
+    search keeps its distinct results here. The same words are a set lookup, and only captions
+    with as many boxes are compared box by box."""
+
+    def __init__(self) -> None:
+        self._words: set[tuple[str, ...]] = set()
+        self._by_boxes: dict[int, list[Sequence[Sequence[str]]]] = {}
+
+    def add(self, caption: Sequence[Sequence[str]]) -> bool:
+        """Keeps CAPTION (caption_words) and says True, unless it is a near-duplicate of one kept."""
+        flat = all_words(caption)
+        same_boxes = self._by_boxes.setdefault(len(caption), [])
+        if flat in self._words or any(_one_box_apart(caption, other) for other in same_boxes):
+            return False
+        self._words.add(flat)
+        same_boxes.append(caption)
         return True
-    return len(a) == len(b) >= 2 and sum(map(operator.ne, a, b)) <= 1
 
 
 def repeats_a_box(boxes: Sequence[str]) -> bool:

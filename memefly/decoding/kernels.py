@@ -404,6 +404,27 @@ def select_beams(
 
 
 @jit
+def groups_done(segments, group_floor, length_penalty, max_length):
+    """Bool per segment of `select_beams`: the group is done, having no children, or none that can
+    still beat its worst kept caption (HF early_stopping="never"; GROUP_FLOOR is NaN until the
+    group has kept its beams' worth). The score is `search.normalized`'s, the same C pow()."""
+    done = np.empty(segments.shape[0], np.bool_)
+    for i in range(segments.shape[0]):
+        start = int(segments[i, 4])
+        floor = group_floor[start + int(segments[i, 1])]
+        if segments[i, 2] == 0.0:
+            done[i] = True
+        elif np.isnan(floor):
+            done[i] = False
+        else:
+            lp = length_penalty[start]
+            # Log-probs only fall as a caption grows; with lp > 0 a longer caption divides by more.
+            length = max_length[start] if lp > 0 else int(segments[i, 5])
+            done[i] = segments[i, 3] / float(length + 1) ** lp <= floor
+    return done
+
+
+@jit
 def _falls(values) -> bool:
     """VALUES never rise from left to right (NaN anywhere: no)."""
     for k in range(1, values.size):

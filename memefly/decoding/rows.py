@@ -100,6 +100,7 @@ class RowTable:
     per_group: np.ndarray
     diversity: np.ndarray
     cut_length: np.ndarray
+    length_penalty: np.ndarray
     temperature: np.ndarray
     top_k: np.ndarray
     top_p: np.ndarray
@@ -140,7 +141,8 @@ class RowTable:
         "repetition_penalty": (np.float64, ()),
         "per_group": (np.int64, ()),  # beam search: beams per group
         "diversity": (np.float64, ()),  # beam search: diversity_penalty
-        "cut_length": (np.int32, ()),  # beam search: a caption this long is cut if <end> may not follow
+        "cut_length": (np.int32, ()),  # beam search: max_length (a caption this long is cut if <end> may not follow)
+        "length_penalty": (np.float64, ()),  # beam search
         "temperature": (np.float64, ()),
         "top_k": (np.int32, ()),
         "top_p": (np.float64, ()),

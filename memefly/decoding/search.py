@@ -25,7 +25,7 @@ import numpy as np
 from memefly.contract import END_ID
 from memefly.decoding import kernels
 from memefly.decoding.constraints import Constraints, forbidden, repeated
-from memefly.decoding.distinct import all_words, near_duplicate_flat
+from memefly.decoding.distinct import DistinctCaptions
 from memefly.decoding.options import DecodingOptions
 from memefly.decoding.rows import RowTable, StepRows
 
@@ -127,6 +127,7 @@ class BeamSearch(Search):
         table.per_group[block] = self.per_group
         table.diversity[block] = self.options.diversity_penalty
         table.cut_length[block] = self.options.max_length
+        table.length_penalty[block] = self.options.length_penalty
 
     def _finish(self, group: int, ids: tuple[int, ...], log_prob: float) -> None:
         if not self.accept(ids):
@@ -147,18 +148,6 @@ class BeamSearch(Search):
         if self.accept(ids):
             score = normalized(log_prob, len(ids), self.options.length_penalty)
             self.cut.append(Hypothesis(ids, log_prob, score, finished=False))
-
-    def _group_done(self, group: int, best: float, length: int) -> bool:
-        """Whether no live beam (the best has log-prob BEST, LENGTH tokens) can still beat the
-        group's worst kept caption (HF early_stopping="never")."""
-        kept = self._best_scores[group]
-        if len(kept) < self.per_group:
-            return False
-        floor = kept[0]
-        lp = self.options.length_penalty
-        # Log-probs only fall as a caption grows; with lp > 0 a longer caption divides by more.
-        length = self.options.max_length if lp > 0 else length
-        return normalized(best, length, lp) <= floor
 
     def results(self) -> list[Hypothesis]:
         finished = sorted((h for group in self.finished for h in group), key=lambda h: -h.score)
@@ -258,8 +247,9 @@ class SearchTable:
         top_ids, state = np.asarray(top_ids), np.asarray(state)
         if not (len(top_ids) == len(top_log_probs) == len(state) == len(slots)):
             raise ValueError(f"the step returned {len(top_ids)} rows for {len(slots)}")
-        present = np.array([s.table is self.rows and not s.done for s in searches], dtype=bool)
-        if not present.all():
+        present_list = [s.table is self.rows and not s.done for s in searches]
+        present = np.array(present_list, dtype=bool)
+        if not all(present_list):
             keep = present[owner]
             slots, owner, top_ids, top_log_probs, state = (
                 slots[keep],
@@ -293,10 +283,10 @@ class SearchTable:
             table.alive[searches[i].slots] = False
         alive = table.alive[step.blocks] & present[step.block_owner]  # a removed search's block may be reused
         counts = np.bincount(step.block_owner[alive], minlength=len(searches)).tolist()
-        for i, search in enumerate(searches):
-            if present[i]:
-                search.live_rows = counts[i]
-                search.done = search.live_rows == 0
+        for search, is_present, count in zip(searches, present_list, counts, strict=True):
+            if is_present:
+                search.live_rows = count
+                search.done = count == 0
         return [(searches[i], error) for i, error in failures.items()]
 
 
@@ -311,11 +301,7 @@ def _advance_beams(table, searches, slots, owner, ids, log_probs, ranked, mask, 
     )  # fmt: skip
     _finished_captions(table, searches, slots, events, failures)
     # A group is done without children, or when none can beat its worst kept caption.
-    done = segments[:, 2] == 0
-    floors = table.group_floor[(segments[:, 4] + segments[:, 1]).astype(np.int64)]
-    for index in np.flatnonzero(~done & ~np.isnan(floors)).tolist():
-        search_index, group, _, best, _, length = segments[index].tolist()
-        done[index] = searches[int(search_index)]._group_done(int(group), best, int(length))
+    done = kernels.groups_done(segments, table.group_floor, table.length_penalty, table.cut_length)
     table.alive[slots] = False
     children = children[~done[children[:, 5].astype(np.int64)]]
     if not children.size:
@@ -433,18 +419,12 @@ def pick_distinct(ranked: list[Hypothesis], n: int, words: Words | None) -> list
     if words is None:
         return ranked[:n]
     kept: list[Hypothesis] = []
-    kept_words: list[tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]] = []
+    distinct = DistinctCaptions()
     rest: list[Hypothesis] = []
     for hypothesis in ranked:
         if len(kept) == n:
             break
-        caption = words(hypothesis.ids)
-        flat = all_words(caption)
-        if any(near_duplicate_flat(caption, flat, *other) for other in kept_words):
-            rest.append(hypothesis)
-        else:
-            kept.append(hypothesis)
-            kept_words.append((caption, flat))
+        (kept if distinct.add(words(hypothesis.ids)) else rest).append(hypothesis)
     return kept + rest[: n - len(kept)]
 
 
