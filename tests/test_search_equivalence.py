@@ -212,3 +212,23 @@ def test_each_step_sends_the_rows_the_row_by_row_search_sent():
             expected.advance(*model.step(expected_tokens, expected_state, _))
         assert table.advance(rows, *model.step(tokens, state, context)) == []
     assert all(search.done for search, _ in pairs)
+
+
+def test_the_sampling_kernels_sum_and_sort_as_numpy_does():
+    """Sampling draws the same tokens only if its sums and orders are numpy's to the last bit:
+    the kernels' row sum is numpy's pairwise order (at the decoder's K = 64 too, which the
+    searches above, with 14 words, never reach), and their order is a stable argsort."""
+    from memefly.decoding.kernels import _order_best_first, _pairwise_sum
+
+    rng = np.random.default_rng(0)
+    for width in (*range(1, 20), 63, 64, 65, 127, 128, 129, 200, 300):
+        rows = np.exp(rng.normal(size=(200, width)) * 3)
+        rows[rng.random(rows.shape) < 0.2] = 0.0
+        sums = rows.sum(axis=1)
+        assert all(_pairwise_sum(row, 0, width) == total for row, total in zip(rows, sums, strict=True)), width
+        logits = np.round(rng.normal(size=(50, width)), 1)  # ties
+        logits[rng.random(logits.shape) < 0.3] = -np.inf
+        for row in logits:
+            order = np.empty(width, np.int64)
+            _order_best_first(row, order)
+            assert np.array_equal(order, np.argsort(-row, kind="stable"))

@@ -1,5 +1,5 @@
-"""The inner loops of a search step, compiled (numba): the caption rules, beam selection and the
-row writes, each one pass over the step's rows instead of dozens of numpy passes.
+"""The inner loops of a search step, compiled (numba): the caption rules, beam selection,
+sampling and the row writes, each one pass over the step's rows instead of dozens of numpy passes.
 
 Why compiled: a step's bookkeeping is a few dozen small operations per row. As numpy array
 passes each costs a fixed 1-3 us whatever the rows, so a lone request's 5-row step paid
@@ -7,9 +7,11 @@ passes each costs a fixed 1-3 us whatever the rows, so a lone request's 5-row st
 
 The functions take the `RowTable` columns they read and write (numba compiles plain arrays,
 not objects); `rows.py`, `constraints.py` and `search.py` call them. They are compiled at first
-use and cached on disk (`cache=True`: next to this file, or NUMBA_CACHE_DIR). Every result is
-what the numpy code they replaced gave, bit for bit: tests/test_search_equivalence.py checks
-them against the row-by-row reference search.
+use and cached on disk (`cache=True`: next to this file, or NUMBA_CACHE_DIR), and
+`captioner.compile_kernels` compiles them ahead (the gateway image does, at build). What they
+give is what the row-by-row reference search gives, bit for bit (tests/test_search_equivalence.py);
+where two candidates rank exactly the same, the earlier row and candidate come first. numba
+does not check bounds: the writes check the one bound a caller could cross (a full caption).
 """
 
 from __future__ import annotations
@@ -455,3 +457,124 @@ def _better(a, b) -> bool:
     if np.isnan(a):
         return False
     return np.isnan(b) or a > b
+
+
+# ---- sampling ------------------------------------------------------------------------------
+# Numbers as numpy makes them, so that draws stay the same: its exp stays numpy's (between the
+# two kernels), its row sums are `_pairwise_sum`, numpy's own order, and cumulative sums run
+# left to right as numpy's do.
+
+
+@jit
+def sampling_logits(slots, ranked, mask, temperature, top_k):
+    """Per row: the logits (log-probs over the row's temperature; forbidden, NaN and past top-k:
+    -inf) less the highest finite one, ready for exp; the candidates best first (ties: the
+    earlier first); and whether any candidate may be drawn. TEMPERATURE, TOP_K: table columns."""
+    rows, K = ranked.shape
+    shifted = np.empty((rows, K))
+    order = np.empty((rows, K), np.int64)
+    valid = np.zeros(rows, np.bool_)
+    for i in range(rows):
+        s = slots[i]
+        logits = shifted[i]
+        for k in range(K):
+            v = ranked[i, k]
+            logits[k] = -np.inf if mask[i, k] or np.isnan(v) else v / temperature[s]
+        _order_best_first(logits, order[i])
+        if top_k[s] > 0:
+            for place in range(top_k[s], K):
+                logits[order[i, place]] = -np.inf
+        highest = -np.inf
+        for k in range(K):
+            if np.isfinite(logits[k]):
+                valid[i] = True
+                highest = max(highest, logits[k])
+        base = highest if valid[i] else 0.0
+        for k in range(K):
+            logits[k] = logits[k] - base
+    return shifted, order, valid
+
+
+@jit
+def _order_best_first(values, order):
+    """ORDER = numpy's stable argsort of -VALUES (no NaN in VALUES)."""
+    for k in range(values.size):
+        order[k] = k
+        j = k
+        while j > 0 and -values[order[j - 1]] > -values[k]:
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = k
+
+
+@jit
+def sampling_draw(probs, order, valid, uniform, slots, top_p):
+    """Per valid row of PROBS (exp of `sampling_logits`, written over): normalise, keep the
+    smallest best-first set whose mass reaches top_p (renormalised), and draw the candidate
+    whose normalised cumulative sum first passes the row's UNIFORM number, as
+    `rng.choice(K, p=row)` would. Returns the drawn candidate per row (0 for invalid rows)."""
+    rows, K = probs.shape
+    drawn = np.zeros(rows, np.int64)
+    cdf = np.empty(K)
+    for i in range(rows):
+        if not valid[i]:
+            continue
+        row = probs[i]
+        total = _pairwise_sum(row, 0, K)
+        for k in range(K):
+            row[k] = row[k] / total
+        p = top_p[slots[i]]
+        if p < 1.0:
+            mass = 0.0  # best first, as numpy's cumsum adds them
+            for place in range(K):
+                k = order[i, place]
+                value = row[k]
+                mass += value
+                if not mass - value < p:  # the mass before it had reached top_p (the first always stays)
+                    row[k] = 0.0
+            total = _pairwise_sum(row, 0, K)
+            for k in range(K):
+                row[k] = row[k] / total
+        running = 0.0
+        for k in range(K):
+            running += row[k]
+            cdf[k] = running
+        count = 0
+        for k in range(K):
+            if cdf[k] / cdf[K - 1] <= uniform[i]:
+                count += 1
+        drawn[i] = count
+    return drawn
+
+
+@jit
+def _pairwise_sum(a, start, n):
+    """sum(a[start:start + n]) in numpy's own order (its pairwise summation: 8 running sums in
+    blocks of up to 128), so that a row sums to the very float numpy's sum(axis=1) gives."""
+    if n < 8:
+        total = 0.0
+        for i in range(n):
+            total += a[start + i]
+        return total
+    if n <= 128:
+        r0, r1, r2, r3 = a[start], a[start + 1], a[start + 2], a[start + 3]
+        r4, r5, r6, r7 = a[start + 4], a[start + 5], a[start + 6], a[start + 7]
+        i = 8
+        while i < n - n % 8:
+            r0 += a[start + i]
+            r1 += a[start + i + 1]
+            r2 += a[start + i + 2]
+            r3 += a[start + i + 3]
+            r4 += a[start + i + 4]
+            r5 += a[start + i + 5]
+            r6 += a[start + i + 6]
+            r7 += a[start + i + 7]
+            i += 8
+        total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            total += a[start + i]
+            i += 1
+        return total
+    half = n // 2
+    half -= half % 8
+    return _pairwise_sum(a, start, half) + _pairwise_sum(a, start + half, n - half)

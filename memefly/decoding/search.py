@@ -9,16 +9,15 @@ captions of which no two are near-duplicates (`memefly.decoding.distinct`).
 
 A `Search` is one request's bookkeeping: its options, rules, finished captions and results.
 Its rows live in a `SearchTable` shared by every search a driver steps, and `SearchTable.advance`
-moves all of them at once: the caption rules and beam selection are compiled loops over
-[rows, K] (`kernels.py`), sampling is numpy array operations; Python runs once per finished
-caption, not per row.
+moves all of them at once: the caption rules, beam selection and sampling are compiled loops
+over [rows, K] (`kernels.py`); Python runs once per finished caption, not per row.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -341,18 +340,16 @@ def _finished_captions(table, searches, slots, events, failures) -> None:
 
 def _advance_samples(table, searches, slots, owner, ids, log_probs, ranked, mask, state, *, failures) -> None:
     """One draw for every sampling row in the call, with each search's own random numbers."""
-    probs, valid = _distributions(table, slots, ranked, ~mask)
+    shifted, order, valid = kernels.sampling_logits(slots, ranked, mask, table.temperature, table.top_k)
+    with np.errstate(invalid="ignore"):
+        probs = np.exp(shifted)  # numpy's exp, as the draws have always used
     uniform = np.zeros(slots.size)
     counts = np.bincount(owner[valid], minlength=len(searches))
     draws = [searches[i].rng.random(int(n)) for i, n in enumerate(counts.tolist()) if n]
     if draws:
         # Rows are grouped by search: each search's numbers go to its valid rows, in row order.
         uniform[valid] = np.concatenate(draws)
-    drawn = np.zeros(slots.size, dtype=np.int64)
-    if valid.any():
-        cdf = probs[valid].cumsum(axis=1)
-        cdf /= cdf[:, -1:]
-        drawn[valid] = (cdf <= uniform[valid][:, None]).sum(axis=1)
+    drawn = kernels.sampling_draw(probs, order, valid, uniform, slots, table.top_p)
     rows = np.arange(slots.size)
     tokens = ids[rows, drawn]
     totals = table.log_prob[slots] + log_probs[rows, drawn]
@@ -380,37 +377,6 @@ def _advance_samples(table, searches, slots, owner, ids, log_probs, ranked, mask
             continue
         search.restarts_left -= 1  # refused: draw this one again from <start>
         table.start_rows(np.array([slot]), search.initial_state)
-
-
-def _distributions(table, slots, log_probs: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sampling probabilities [rows, K] over each row's candidates (temperature, then top-k,
-    then top-p, each row with its search's settings), and which rows have any (a row with
-    nothing allowed has none)."""
-    temperature, top_k, top_p = table.temperature[slots], table.top_k[slots], table.top_p[slots]
-    # A NaN log-prob (a broken model) is never drawn: it would make the row's sums NaN.
-    logits = np.where(allowed & ~np.isnan(log_probs), log_probs / temperature[:, None], -np.inf)
-    order = np.argsort(-logits, axis=1, kind="stable")
-    if top_k.any():
-        dropped = (np.arange(logits.shape[1])[None] >= top_k[:, None]) & (top_k > 0)[:, None]
-        ranked = np.take_along_axis(logits, order, axis=1)
-        ranked[dropped] = -np.inf
-        np.put_along_axis(logits, order, ranked, axis=1)
-    finite = np.isfinite(logits)
-    valid = cast(np.ndarray, finite.any(axis=1))  # [rows] (numpy's stubs allow a scalar for any axis)
-    highest = np.where(finite, logits, -np.inf).max(axis=1, initial=-np.inf)
-    with np.errstate(invalid="ignore"):  # rows with nothing allowed: NaN, never drawn from
-        probs = np.exp(logits - np.where(valid, highest, 0.0)[:, None])
-        probs /= probs.sum(axis=1, keepdims=True)
-        nucleus = np.flatnonzero(top_p < 1.0)
-        if nucleus.size:
-            part, part_order = probs[nucleus], order[nucleus]
-            sorted_probs = np.take_along_axis(part, part_order, axis=1)
-            # Keep the smallest set whose mass reaches top_p (the first token always stays).
-            keep = np.cumsum(sorted_probs, axis=1) - sorted_probs < top_p[nucleus][:, None]
-            np.put_along_axis(part, part_order, np.where(keep, sorted_probs, 0.0), axis=1)
-            part /= part.sum(axis=1, keepdims=True)
-            probs[nucleus] = part
-    return probs, valid
 
 
 def pick_distinct(ranked: list[Hypothesis], n: int, words: Words | None) -> list[Hypothesis]:
