@@ -60,12 +60,14 @@ COPY gateway gateway
 RUN pip install --no-deps .
 COPY --from=protos /protos /opt/venv/lib/python3.11/site-packages/
 # The search step's kernels (numba), compiled here into the image instead of at every
-# container's start (about 7 s of CPU). A host with another CPU compiles its own once, beside.
-ENV NUMBA_CACHE_DIR=/opt/numba-cache
+# container's start (about 7 s of CPU), for any x86-64 CPU (generic: numba's cache is keyed by
+# the CPU it compiled for, and a container's own writes are lost when it stops).
+ENV NUMBA_CACHE_DIR=/opt/numba-cache NUMBA_CPU_NAME=generic
 RUN python -c "from memefly.decoding.captioner import compile_kernels; compile_kernels()"
 
 FROM python:3.11-slim AS gateway
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 NUMBA_CACHE_DIR=/opt/numba-cache
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    NUMBA_CACHE_DIR=/opt/numba-cache NUMBA_CPU_NAME=generic
 # The meme font (Roboto Condensed Bold, Apache-2.0) comes from Debian, not from the repository.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends fonts-roboto-unhinted \

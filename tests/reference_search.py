@@ -404,12 +404,11 @@ def pick_distinct(ranked: list[Hypothesis], n: int, words: Words | None) -> list
 
 
 def _best_first(scores: np.ndarray, needed: int) -> np.ndarray:
-    """Indices of the `needed` highest scores, highest first. A group never looks further:
-    its beams, plus at most one <end> per row that cannot take a place."""
-    if scores.size > needed:
-        top = np.argpartition(-scores, needed - 1)[:needed]
-        return top[np.argsort(-scores[top], kind="stable")]
-    return np.argsort(-scores, kind="stable")
+    """Indices of the `needed` highest scores, highest first; equal scores by index (the earlier
+    beam and candidate first). A group never looks further: its beams, plus at most one <end>
+    per row that cannot take a place. (Until the compiled search, a partition chose among
+    scores tied at the cut: an order numpy leaves open, which no search promised.)"""
+    return np.argsort(-scores, kind="stable")[:needed]
 
 
 def make_search(

@@ -387,3 +387,20 @@ def test_a_caption_is_never_written_past_its_history_columns():
     with pytest.raises(IndexError):
         table.append(slots, np.array([6]))
     assert table.length[slots[0]] == WIDTH and table.ids(int(slots[0])) == (5,) * WIDTH
+
+
+@pytest.mark.slow
+def test_the_compiled_kernels_load_from_their_cache_in_a_new_process(tmp_path):
+    """What the gateway image does: one process compiles the kernels into NUMBA_CACHE_DIR (the
+    build), later ones load them from there (every start). Both must run a search of each kind
+    (a recursive kernel, once, compiled fine and crashed every process that loaded it)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    run = [sys.executable, "-c", "from memefly.decoding.captioner import compile_kernels; compile_kernels()"]
+    for attempt in ("compiles", "loads"):
+        result = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, (attempt, result.returncode, result.stderr[-2000:])
+        assert any((tmp_path / "cache").rglob("*.nbi")), attempt  # the cache's index files

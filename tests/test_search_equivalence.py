@@ -28,8 +28,10 @@ class HashModel:
     """A decoder whose next-token log-probs are a fixed function of the caption so far (a hash),
     so a row's outputs are the same whichever rows share its call. The state names the caption."""
 
-    def __init__(self, seed: int, k: int | None = None, sharpness: float = 2.0, shuffled: bool = False):
-        self.seed, self.k, self.sharpness, self.shuffled = seed, k, sharpness, shuffled
+    def __init__(
+        self, seed: int, k: int | None = None, sharpness: float = 2.0, shuffled: bool = False, ties: bool = False
+    ):
+        self.seed, self.k, self.sharpness, self.shuffled, self.ties = seed, k, sharpness, shuffled, ties
         self.captions: list[tuple[int, ...]] = [()]
         self.index = {(): 0}
 
@@ -39,6 +41,8 @@ class HashModel:
 
     def log_probs(self, caption: tuple[int, ...]) -> np.ndarray:
         logits = self.rng(caption).normal(size=VOCAB) * self.sharpness
+        if self.ties:  # whole numbers: many candidates, and many beams' totals, exactly equal
+            logits = np.round(logits)
         return logits - np.logaddexp.reduce(logits)
 
     def step(self, tokens, state, context):
@@ -141,18 +145,28 @@ def signature(search):
     return kept, cut, results
 
 
-@pytest.mark.parametrize("seed, k, shuffled", [(0, None, False), (1, 6, False), (2, None, True), (3, 9, True)])
+@pytest.mark.parametrize(
+    "seed, k, shuffled, ties",
+    [
+        (0, None, False, False),
+        (1, 6, False, False),
+        (2, None, True, False),
+        (3, 9, True, False),
+        (4, None, False, True),
+    ],
+)
 @pytest.mark.parametrize("max_rows", [1024, 23])
-def test_all_searches_stepped_together_equal_the_row_by_row_searches(seed, k, shuffled, max_rows):
+def test_all_searches_stepped_together_equal_the_row_by_row_searches(seed, k, shuffled, ties, max_rows):
+    """Exact ties included (`ties`): the earlier row and candidate rank first, in both."""
     cases = list(itertools.product(BEAMS + SAMPLING, RULES))
     pairs = []
     for i, (strategy, rules) in enumerate(cases):
         options, search_rules = options_of(strategy, rules, seed * 1000 + i)
         pairs.append(make_pair(options, search_rules))
     new = [n for n, _ in pairs]
-    run_searches(new, HashModel(seed, k, shuffled=shuffled).step, max_rows=max_rows)
+    run_searches(new, HashModel(seed, k, shuffled=shuffled, ties=ties).step, max_rows=max_rows)
     for (search, expected), (strategy, rules) in zip(pairs, cases, strict=True):
-        run_reference(expected, HashModel(seed, k, shuffled=shuffled))
+        run_reference(expected, HashModel(seed, k, shuffled=shuffled, ties=ties))
         assert signature(search) == signature(expected), (strategy, rules)
         if isinstance(search, SampleSearch):
             assert search.rng.random() == expected.rng.random()  # the same number of draws
@@ -221,7 +235,7 @@ def test_the_sampling_kernels_sum_and_sort_as_numpy_does():
     from memefly.decoding.kernels import _order_best_first, _pairwise_sum
 
     rng = np.random.default_rng(0)
-    for width in (*range(1, 20), 63, 64, 65, 127, 128, 129, 200, 300):
+    for width in (*range(1, 20), 63, 64, 65, 127, 128, 129, 200, 300, 1000, 2053):
         rows = np.exp(rng.normal(size=(200, width)) * 3)
         rows[rng.random(rows.shape) < 0.2] = 0.0
         sums = rows.sum(axis=1)

@@ -6,7 +6,7 @@ searches in flight, up to `max_rows`, makes one step call, and advances all of t
 rows do not all fit, the ones left out go first next time: nobody starves.
 
 Two calls may be in flight (`pipeline=2`), each with its own searches: while the model
-computes one, the gateway advances the other's beams in numpy, so neither the model nor
+computes one, the gateway advances the other's searches, so neither the model nor
 the gateway waits for the other. A large cohort is split in two halves to keep both busy.
 
 With `continuous=False` the loop serves one search at a time, first come first served,

@@ -22,7 +22,8 @@ import numpy as np
 from memefly.contract import END_ID, SEP_ID
 
 ANY_COUNT = -1  # box_mask with every bit set: any box count
-HASH_PRIME = np.uint64(1_000_003)
+FINISHED, CUT = 0, 1  # the kinds of select_beams' events
+_HASH_PRIME = np.uint64(1_000_003)
 
 jit = numba.njit(cache=True, nogil=True)
 
@@ -192,11 +193,12 @@ def append_tokens(
 ):
     """Append tokens[i] to row slots[i]'s caption, keeping its boxes' hashes and (for rows with
     a repetition penalty) its used words up to date."""
+    for i in range(slots.size):  # first, as numpy's indexing did: nothing written if one row is full
+        if length[slots[i]] >= history.shape[1]:
+            raise IndexError("a caption longer than the history's columns")
     for i in range(slots.size):
         s, t = slots[i], tokens[i]
         n = length[s]
-        if n >= history.shape[1]:
-            raise IndexError("a caption longer than the history's columns")
         history[s, n] = t
         length[s] = n + 1
         if t == SEP_ID:
@@ -207,7 +209,7 @@ def append_tokens(
             open_hash[s] = 0
             open_len[s] = 0
         elif _is_word(words[table[s]], t):
-            open_hash[s] = open_hash[s] * HASH_PRIME + np.uint64(t) + np.uint64(1)
+            open_hash[s] = open_hash[s] * _HASH_PRIME + np.uint64(t) + np.uint64(1)
             open_len[s] += 1
             if repetition_penalty[s] != 1.0:
                 used_words[s, t >> 3] |= np.uint8(1 << (t & 7))
@@ -283,12 +285,12 @@ def select_beams(
     first `beams` other finite ones are its children. A row at full length with no <end> it may
     take is a cut caption.
 
-    Returns (children, segments, events):
-    - children [n, 6] float64: parent row, token, total log-prob, rank, destination slot, segment;
-    - segments [m, 6] float64: owner, group, whether it has children, the best child's total,
-      its search's first slot, the captions' length after this step;
-    - events [e, 5] float64: kind (0: finished, 1: cut), owner, group, row, total log-prob;
-      in the order the searches must see them (group, owner, kind, place or row).
+    Returns three tuples of arrays, one element per child, segment and event:
+    - children: parent row, token, total log-prob, rank, destination slot, segment;
+    - segments: owner, group, whether it has children, the best child's total log-prob, its
+      search's first slot, the captions' length after this step;
+    - events (finished and cut captions, in the order the searches must see them: group,
+      owner, kind, place or row): kind (FINISHED or CUT), owner, group, row, total log-prob.
     """
     rows, K = ids.shape
     groups = np.zeros(rows, np.int64)
@@ -303,9 +305,15 @@ def select_beams(
     # Diversity: the tokens each search's earlier groups chose at this step.
     chosen = np.zeros((searches, widest * n_groups), np.int64)
     n_chosen = np.zeros(searches, np.int64)
-    children = np.empty((places, 6))
-    segments = np.empty((rows, 6))
-    events = np.empty((places + rows, 5))
+    c_parent, c_token = np.empty(places, np.int64), np.empty(places, np.int64)
+    c_dest, c_segment = np.empty(places, np.int64), np.empty(places, np.int64)
+    c_total, c_rank = np.empty(places), np.empty(places)
+    s_owner, s_group = np.empty(rows, np.int64), np.empty(rows, np.int64)
+    s_start, s_length = np.empty(rows, np.int64), np.empty(rows, np.int64)
+    s_children, s_best = np.empty(rows, np.bool_), np.empty(rows)
+    e_kind, e_owner = np.empty(places + rows, np.int64), np.empty(places + rows, np.int64)
+    e_group, e_row = np.empty(places + rows, np.int64), np.empty(places + rows, np.int64)
+    e_total = np.empty(places + rows)
     n_children = n_segments = n_events = 0
     # Per segment: its ranked candidates (value, row, k), and its cut rows.
     best_v = np.empty(2 * widest + rows)
@@ -383,7 +391,9 @@ def select_beams(
                 total = row_log_prob[slots[row]] + log_probs[row, k]
                 if token == END_ID:
                     if p < P:
-                        n_events = _event(events, n_events, 0, s, g, row, total)
+                        e_kind[n_events], e_owner[n_events], e_group[n_events] = FINISHED, s, g
+                        e_row[n_events], e_total[n_events] = row, total
+                        n_events += 1
                     continue
                 taken += 1
                 if taken > P:
@@ -391,38 +401,50 @@ def select_beams(
                 chosen[s, n_chosen[s]] = token
                 n_chosen[s] += 1
                 best_total = max(best_total, total)
-                child = children[n_children]
-                child[0], child[1], child[2], child[3] = row, token, total, v
-                child[4], child[5] = start + g * P + taken - 1, n_segments
+                c_parent[n_children], c_token[n_children], c_total[n_children], c_rank[n_children] = (
+                    row,
+                    token,
+                    total,
+                    v,
+                )
+                c_dest[n_children], c_segment[n_children] = start + g * P + taken - 1, n_segments
                 n_children += 1
             for c in range(n_cut):
-                n_events = _event(events, n_events, 1, s, g, cut_rows[c], 0.0)
-            segment = segments[n_segments]
-            segment[0], segment[1], segment[2], segment[3] = s, g, 1.0 if taken > 0 else 0.0, best_total
-            segment[4], segment[5] = start, row_length[first_slot] + 1
+                e_kind[n_events], e_owner[n_events], e_group[n_events] = CUT, s, g
+                e_row[n_events], e_total[n_events] = cut_rows[c], 0.0
+                n_events += 1
+            s_owner[n_segments], s_group[n_segments], s_children[n_segments] = s, g, taken > 0
+            s_best[n_segments], s_start[n_segments] = best_total, start
+            s_length[n_segments] = row_length[first_slot] + 1
             n_segments += 1
             r = last
-    return children[:n_children], segments[:n_segments], events[:n_events]
+    n, m, e = n_children, n_segments, n_events
+    return (
+        (c_parent[:n], c_token[:n], c_total[:n], c_rank[:n], c_dest[:n], c_segment[:n]),
+        (s_owner[:m], s_group[:m], s_children[:m], s_best[:m], s_start[:m], s_length[:m]),
+        (e_kind[:e], e_owner[:e], e_group[:e], e_row[:e], e_total[:e]),
+    )
 
 
 @jit
-def groups_done(segments, group_floor, length_penalty, max_length):
-    """Bool per segment of `select_beams`: the group is done, having no children, or none that can
-    still beat its worst kept caption (HF early_stopping="never"; GROUP_FLOOR is NaN until the
-    group has kept its beams' worth). The score is `search.normalized`'s, the same C pow()."""
-    done = np.empty(segments.shape[0], np.bool_)
-    for i in range(segments.shape[0]):
-        start = int(segments[i, 4])
-        floor = group_floor[start + int(segments[i, 1])]
-        if segments[i, 2] == 0.0:
+def groups_done(group, has_children, best, start, length, group_floor, length_penalty, cut_length):
+    """Per segment of `select_beams` (its group, whether it has children, their best total
+    log-prob, its search's first slot, the captions' length): the group is done, having no
+    children, or none that can still beat its worst kept caption (HF early_stopping="never";
+    GROUP_FLOOR is NaN until the group has kept its beams' worth). The score is
+    `search.normalized`'s, with the same C pow()."""
+    done = np.empty(group.size, np.bool_)
+    for i in range(group.size):
+        floor = group_floor[start[i] + group[i]]
+        if not has_children[i]:
             done[i] = True
         elif np.isnan(floor):
             done[i] = False
         else:
-            lp = length_penalty[start]
+            lp = length_penalty[start[i]]
             # Log-probs only fall as a caption grows; with lp > 0 a longer caption divides by more.
-            length = max_length[start] if lp > 0 else int(segments[i, 5])
-            done[i] = segments[i, 3] / float(length + 1) ** lp <= floor
+            steps = cut_length[start[i]] if lp > 0 else length[i]
+            done[i] = best[i] / float(steps + 1) ** lp <= floor
     return done
 
 
@@ -442,13 +464,6 @@ def _may_end(ids, mask, base_rank, ranked, start) -> bool:
         if ids[k] == END_ID and not mask[k] and np.isfinite(base_rank + ranked[k]):
             return True
     return False
-
-
-@jit
-def _event(events, n, kind, owner, group, row, total) -> int:
-    event = events[n]
-    event[0], event[1], event[2], event[3], event[4] = kind, owner, group, row, total
-    return n + 1
 
 
 @jit
@@ -549,32 +564,64 @@ def sampling_draw(probs, order, valid, uniform, slots, top_p):
 
 @jit
 def _pairwise_sum(a, start, n):
-    """sum(a[start:start + n]) in numpy's own order (its pairwise summation: 8 running sums in
-    blocks of up to 128), so that a row sums to the very float numpy's sum(axis=1) gives."""
+    """sum(a[start:start + n]) in numpy's own order, so that a row sums to the very float
+    numpy's sum(axis=1) gives: runs of up to 128 summed by `_block_sum`; a longer run split in
+    two (the first half a multiple of 8) and the halves' sums added. The split tree is walked
+    with a stack, not recursion: numba cannot load a cached recursive function (numba#6061:
+    every process after the one that compiled it crashed)."""
+    if n <= 128:
+        return _block_sum(a, start, n)
+    depth = 64  # halving from n > 128 down to 128 takes at most 57 levels
+    lo = np.empty(depth, np.int64)
+    size = np.empty(depth, np.int64)
+    stage = np.zeros(depth, np.int64)  # 0: sum the left half next; 1: the right; 2: add them
+    left = np.empty(depth)
+    lo[0], size[0] = start, n
+    top, value = 0, 0.0  # value: what the last finished run summed to
+    while top >= 0:
+        if size[top] <= 128:
+            value = _block_sum(a, lo[top], size[top])
+            top -= 1
+            continue
+        half = size[top] // 2
+        half -= half % 8
+        if stage[top] == 0:
+            stage[top] = 1
+            top += 1
+            lo[top], size[top], stage[top] = lo[top - 1], half, 0
+        elif stage[top] == 1:
+            left[top], stage[top] = value, 2
+            top += 1
+            lo[top], size[top], stage[top] = lo[top - 1] + half, size[top - 1] - half, 0
+        else:
+            value = left[top] + value
+            top -= 1
+    return value
+
+
+@jit
+def _block_sum(a, start, n):
+    """numpy's pairwise summation of a run of at most 128: 8 running sums, then the rest."""
     if n < 8:
         total = 0.0
         for i in range(n):
             total += a[start + i]
         return total
-    if n <= 128:
-        r0, r1, r2, r3 = a[start], a[start + 1], a[start + 2], a[start + 3]
-        r4, r5, r6, r7 = a[start + 4], a[start + 5], a[start + 6], a[start + 7]
-        i = 8
-        while i < n - n % 8:
-            r0 += a[start + i]
-            r1 += a[start + i + 1]
-            r2 += a[start + i + 2]
-            r3 += a[start + i + 3]
-            r4 += a[start + i + 4]
-            r5 += a[start + i + 5]
-            r6 += a[start + i + 6]
-            r7 += a[start + i + 7]
-            i += 8
-        total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < n:
-            total += a[start + i]
-            i += 1
-        return total
-    half = n // 2
-    half -= half % 8
-    return _pairwise_sum(a, start, half) + _pairwise_sum(a, start + half, n - half)
+    r0, r1, r2, r3 = a[start], a[start + 1], a[start + 2], a[start + 3]
+    r4, r5, r6, r7 = a[start + 4], a[start + 5], a[start + 6], a[start + 7]
+    i = 8
+    while i < n - n % 8:
+        r0 += a[start + i]
+        r1 += a[start + i + 1]
+        r2 += a[start + i + 2]
+        r3 += a[start + i + 3]
+        r4 += a[start + i + 4]
+        r5 += a[start + i + 5]
+        r6 += a[start + i + 6]
+        r7 += a[start + i + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        total += a[start + i]
+        i += 1
+    return total

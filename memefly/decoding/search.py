@@ -299,50 +299,54 @@ def _advance_beams(table, searches, slots, owner, ids, log_probs, ranked, mask, 
         table.per_group, table.diversity, table.block_start, table.cut_length,
     )  # fmt: skip
     _finished_captions(table, searches, slots, events, failures)
-    # A group is done without children, or when none can beat its worst kept caption.
-    done = kernels.groups_done(segments, table.group_floor, table.length_penalty, table.cut_length)
+    # A group is done without children, or when none can beat its worst kept caption (its
+    # floor: the captions just finished count).
+    _, group, has_children, best, start, length = segments
+    done = kernels.groups_done(
+        group, has_children, best, start, length, table.group_floor, table.length_penalty, table.cut_length
+    )
     table.alive[slots] = False
-    children = children[~done[children[:, 5].astype(np.int64)]]
-    if not children.size:
+    going = ~done[children[5]]
+    parent_rows, tokens, totals, ranks, dest = (column[going] for column in children[:5])
+    if not dest.size:
         return
-    parent_rows, dest = children[:, 0].astype(np.int64), children[:, 4].astype(np.int64)
     table.copy_rows(dest, slots[parent_rows])
-    table.log_prob[dest] = children[:, 2]
-    table.rank[dest] = children[:, 3]
-    table.append(dest, children[:, 1].astype(np.int64))
+    table.log_prob[dest] = totals
+    table.rank[dest] = ranks
+    table.append(dest, tokens)
     table.state[dest] = np.take(state, parent_rows, axis=0)
     table.alive[dest] = True
 
 
 def _finished_captions(table, searches, slots, events, failures) -> None:
     """The Python part of a beam step, once per caption, in the order `select_beams` gives:
-    finished ([kind 0, owner, group, row, total]) and cut ([1, owner, group, row, -]) captions."""
-    if not events.size:
+    finished and cut captions (EVENTS: kind, owner, group, row, total log-prob)."""
+    kinds, owners, groups, rows, totals = events
+    if not kinds.size:
         return
-    rows = slots[events[:, 3].astype(np.int64)]
-    lengths = table.length[rows]
-    captions = table.history[rows, : int(lengths.max())].tolist()  # one read for all, not one per caption
-    for (kind, owner, group, _, total), caption, length, slot in zip(
-        events.tolist(), captions, lengths.tolist(), rows.tolist(), strict=True
-    ):
-        search_index = int(owner)
-        if search_index in failures:
+    event_slots = slots[rows]
+    lengths = table.length[event_slots]
+    captions = table.history[event_slots, : int(lengths.max())].tolist()  # one read for all, not one per caption
+    for kind, owner, group, total, caption, length, slot in zip(
+        kinds.tolist(), owners.tolist(), groups.tolist(), totals.tolist(), captions, lengths.tolist(),
+        event_slots.tolist(), strict=True,
+    ):  # fmt: skip
+        if owner in failures:
             continue
-        search, ids = searches[search_index], tuple(caption[:length])
+        search, ids = searches[owner], tuple(caption[:length])
         try:
-            if kind == 0:
-                search._finish(int(group), ids, total)
+            if kind == kernels.FINISHED:
+                search._finish(group, ids, total)
             else:
                 search._cut(ids, float(table.log_prob[slot]))
         except Exception as error:  # a refusal check that raised: this search fails, not the call
-            failures[search_index] = error
+            failures[owner] = error
 
 
 def _advance_samples(table, searches, slots, owner, ids, log_probs, ranked, mask, state, *, failures) -> None:
     """One draw for every sampling row in the call, with each search's own random numbers."""
     shifted, order, valid = kernels.sampling_logits(slots, ranked, mask, table.temperature, table.top_k)
-    with np.errstate(invalid="ignore"):
-        probs = np.exp(shifted)  # numpy's exp, as the draws have always used
+    probs = np.exp(shifted)  # numpy's exp, as the draws have always used
     uniform = np.zeros(slots.size)
     counts = np.bincount(owner[valid], minlength=len(searches))
     draws = [searches[i].rng.random(int(n)) for i, n in enumerate(counts.tolist()) if n]
