@@ -29,9 +29,16 @@ class HashModel:
     so a row's outputs are the same whichever rows share its call. The state names the caption."""
 
     def __init__(
-        self, seed: int, k: int | None = None, sharpness: float = 2.0, shuffled: bool = False, ties: bool = False
+        self,
+        seed: int,
+        k: int | None = None,
+        sharpness: float = 2.0,
+        shuffled: bool = False,
+        ties: bool = False,
+        nans: bool = False,
     ):
-        self.seed, self.k, self.sharpness, self.shuffled, self.ties = seed, k, sharpness, shuffled, ties
+        self.seed, self.k, self.sharpness, self.shuffled = seed, k, sharpness, shuffled
+        self.ties, self.nans = ties, nans
         self.captions: list[tuple[int, ...]] = [()]
         self.index = {(): 0}
 
@@ -43,7 +50,10 @@ class HashModel:
         logits = self.rng(caption).normal(size=VOCAB) * self.sharpness
         if self.ties:  # whole numbers: many candidates, and many beams' totals, exactly equal
             logits = np.round(logits)
-        return logits - np.logaddexp.reduce(logits)
+        log_probs = logits - np.logaddexp.reduce(logits)
+        if self.nans:  # a broken model's NaN here and there: never chosen, never drawn
+            log_probs[self.rng(caption + (-2,)).random(VOCAB) < 0.15] = np.nan
+        return log_probs
 
     def step(self, tokens, state, context):
         k = self.k or VOCAB
@@ -146,27 +156,30 @@ def signature(search):
 
 
 @pytest.mark.parametrize(
-    "seed, k, shuffled, ties",
+    "seed, k, shuffled, ties, nans",
     [
-        (0, None, False, False),
-        (1, 6, False, False),
-        (2, None, True, False),
-        (3, 9, True, False),
-        (4, None, False, True),
+        (0, None, False, False, False),
+        (1, 6, False, False, False),
+        (2, None, True, False, False),
+        (3, 9, True, False, False),
+        (4, None, False, True, False),
+        (5, None, True, False, True),
     ],
 )
 @pytest.mark.parametrize("max_rows", [1024, 23])
-def test_all_searches_stepped_together_equal_the_row_by_row_searches(seed, k, shuffled, ties, max_rows):
-    """Exact ties included (`ties`): the earlier row and candidate rank first, in both."""
+def test_all_searches_stepped_together_equal_the_row_by_row_searches(seed, k, shuffled, ties, nans, max_rows):
+    """Exact ties included (`ties`: the earlier row and candidate rank first, in both), and a
+    model that sends NaN log-probs (`nans`)."""
     cases = list(itertools.product(BEAMS + SAMPLING, RULES))
     pairs = []
     for i, (strategy, rules) in enumerate(cases):
         options, search_rules = options_of(strategy, rules, seed * 1000 + i)
         pairs.append(make_pair(options, search_rules))
     new = [n for n, _ in pairs]
-    run_searches(new, HashModel(seed, k, shuffled=shuffled, ties=ties).step, max_rows=max_rows)
+    model = dict(shuffled=shuffled, ties=ties, nans=nans)
+    run_searches(new, HashModel(seed, k, **model).step, max_rows=max_rows)
     for (search, expected), (strategy, rules) in zip(pairs, cases, strict=True):
-        run_reference(expected, HashModel(seed, k, shuffled=shuffled, ties=ties))
+        run_reference(expected, HashModel(seed, k, **model))
         assert signature(search) == signature(expected), (strategy, rules)
         if isinstance(search, SampleSearch):
             assert search.rng.random() == expected.rng.random()  # the same number of draws
