@@ -394,13 +394,34 @@ def test_the_compiled_kernels_load_from_their_cache_in_a_new_process(tmp_path):
     """What the gateway image does: one process compiles the kernels into NUMBA_CACHE_DIR (the
     build), later ones load them from there (every start). Both must run a search of each kind
     (a recursive kernel, once, compiled fine and crashed every process that loaded it)."""
+    import json
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
-    run = [sys.executable, "-c", "from memefly.decoding.captioner import compile_kernels; compile_kernels()"]
+    # Then, for each kernel the searches called: how many signatures came from the cache, how many were compiled.
+    script = """
+import json, numba
+from memefly.decoding import kernels
+from memefly.decoding.captioner import compile_kernels
+compile_kernels()
+used = {name: f.stats for name, f in vars(kernels).items() if isinstance(f, numba.core.registry.CPUDispatcher)}
+print(json.dumps({name: [sum(s.cache_hits.values()), sum(s.cache_misses.values())] for name, s in used.items()}))
+"""
+    counts = {}
     for attempt in ("compiles", "loads"):
-        result = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, (attempt, result.returncode, result.stderr[-2000:])
-        assert any((tmp_path / "cache").rglob("*.nbi")), attempt  # the cache's index files
+        counts[attempt] = json.loads(result.stdout.splitlines()[-1])
+    searches_call = (
+        "select_beams",
+        "groups_done",
+        "forbidden_mask",
+        "sampling_logits",
+        "sampling_draw",
+        "append_tokens",
+    )
+    assert all(counts["compiles"][name][1] > 0 for name in searches_call), counts["compiles"]
+    assert all(counts["loads"][name][0] > 0 for name in searches_call), counts["loads"]
+    assert not any(misses for _, misses in counts["loads"].values()), counts["loads"]  # nothing compiled again

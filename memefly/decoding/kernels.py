@@ -19,7 +19,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from memefly.contract import END_ID, SEP_ID
+from memefly import contract
+
+# Written here, not imported: numba's cache is keyed by this file alone, so a value read from
+# another module would stay frozen in the compiled code if that module changed.
+END_ID, SEP_ID = 2, 4
+if (END_ID, SEP_ID) != (contract.END_ID, contract.SEP_ID):
+    raise ImportError("kernels.py's END_ID and SEP_ID differ from memefly.contract's: update them")
 
 ANY_COUNT = -1  # box_mask with every bit set: any box count
 FINISHED, CUT = 0, 1  # the kinds of select_beams' events
@@ -287,10 +293,11 @@ def select_beams(
 
     Returns three tuples of arrays, one element per child, segment and event:
     - children: parent row, token, total log-prob, rank, destination slot, segment;
-    - segments: owner, group, whether it has children, the best child's total log-prob, its
-      search's first slot, the captions' length after this step;
+    - segments: group, whether it has children, the best child's total log-prob, its search's
+      first slot, the captions' length after this step;
     - events (finished and cut captions, in the order the searches must see them: group,
-      owner, kind, place or row): kind (FINISHED or CUT), owner, group, row, total log-prob.
+      owner, kind, place or row): kind (FINISHED or CUT), owner, group, row, total log-prob
+      (a cut caption's: its row's, without <end>).
     """
     rows, K = ids.shape
     groups = np.zeros(rows, np.int64)
@@ -308,7 +315,7 @@ def select_beams(
     c_parent, c_token = np.empty(places, np.int64), np.empty(places, np.int64)
     c_dest, c_segment = np.empty(places, np.int64), np.empty(places, np.int64)
     c_total, c_rank = np.empty(places), np.empty(places)
-    s_owner, s_group = np.empty(rows, np.int64), np.empty(rows, np.int64)
+    s_group = np.empty(rows, np.int64)
     s_start, s_length = np.empty(rows, np.int64), np.empty(rows, np.int64)
     s_children, s_best = np.empty(rows, np.bool_), np.empty(rows)
     e_kind, e_owner = np.empty(places + rows, np.int64), np.empty(places + rows, np.int64)
@@ -411,9 +418,9 @@ def select_beams(
                 n_children += 1
             for c in range(n_cut):
                 e_kind[n_events], e_owner[n_events], e_group[n_events] = CUT, s, g
-                e_row[n_events], e_total[n_events] = cut_rows[c], 0.0
+                e_row[n_events], e_total[n_events] = cut_rows[c], row_log_prob[slots[cut_rows[c]]]
                 n_events += 1
-            s_owner[n_segments], s_group[n_segments], s_children[n_segments] = s, g, taken > 0
+            s_group[n_segments], s_children[n_segments] = g, taken > 0
             s_best[n_segments], s_start[n_segments] = best_total, start
             s_length[n_segments] = row_length[first_slot] + 1
             n_segments += 1
@@ -421,7 +428,7 @@ def select_beams(
     n, m, e = n_children, n_segments, n_events
     return (
         (c_parent[:n], c_token[:n], c_total[:n], c_rank[:n], c_dest[:n], c_segment[:n]),
-        (s_owner[:m], s_group[:m], s_children[:m], s_best[:m], s_start[:m], s_length[:m]),
+        (s_group[:m], s_children[:m], s_best[:m], s_start[:m], s_length[:m]),
         (e_kind[:e], e_owner[:e], e_group[:e], e_row[:e], e_total[:e]),
     )
 

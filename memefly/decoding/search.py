@@ -301,7 +301,7 @@ def _advance_beams(table, searches, slots, owner, ids, log_probs, ranked, mask, 
     _finished_captions(table, searches, slots, events, failures)
     # A group is done without children, or when none can beat its worst kept caption (its
     # floor: the captions just finished count).
-    _, group, has_children, best, start, length = segments
+    group, has_children, best, start, length = segments
     done = kernels.groups_done(
         group, has_children, best, start, length, table.group_floor, table.length_penalty, table.cut_length
     )
@@ -327,10 +327,9 @@ def _finished_captions(table, searches, slots, events, failures) -> None:
     event_slots = slots[rows]
     lengths = table.length[event_slots]
     captions = table.history[event_slots, : int(lengths.max())].tolist()  # one read for all, not one per caption
-    for kind, owner, group, total, caption, length, slot in zip(
-        kinds.tolist(), owners.tolist(), groups.tolist(), totals.tolist(), captions, lengths.tolist(),
-        event_slots.tolist(), strict=True,
-    ):  # fmt: skip
+    for kind, owner, group, total, caption, length in zip(
+        kinds.tolist(), owners.tolist(), groups.tolist(), totals.tolist(), captions, lengths.tolist(), strict=True
+    ):
         if owner in failures:
             continue
         search, ids = searches[owner], tuple(caption[:length])
@@ -338,7 +337,7 @@ def _finished_captions(table, searches, slots, events, failures) -> None:
             if kind == kernels.FINISHED:
                 search._finish(group, ids, total)
             else:
-                search._cut(ids, float(table.log_prob[slot]))
+                search._cut(ids, total)
         except Exception as error:  # a refusal check that raised: this search fails, not the call
             failures[owner] = error
 
