@@ -425,3 +425,27 @@ print(json.dumps({name: [sum(s.cache_hits.values()), sum(s.cache_misses.values()
     assert all(counts["compiles"][name][1] > 0 for name in searches_call), counts["compiles"]
     assert all(counts["loads"][name][0] > 0 for name in searches_call), counts["loads"]
     assert not any(misses for _, misses in counts["loads"].values()), counts["loads"]  # nothing compiled again
+
+
+@pytest.mark.slow
+def test_the_kernels_run_where_numba_may_write_no_cache(tmp_path):
+    """A read-only image, or a user without a home: numba finds no folder for its cache. The
+    kernels then compile in memory, with one warning, instead of failing the import."""
+    import os
+    import subprocess
+    import sys
+
+    # numba's own setting for where it looks: here, one place that never has room.
+    (tmp_path / "no_folder.py").write_text(
+        "class Nowhere:\n    @classmethod\n    def from_function(cls, function, source):\n        return None\n"
+    )
+    env = {
+        **os.environ,
+        "NUMBA_CACHE_LOCATOR_CLASSES": "no_folder.Nowhere",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    script = "import logging; logging.basicConfig(); from memefly.decoding.captioner import compile_kernels; "
+    script += "compile_kernels(); print('searched')"
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "searched" in result.stdout, result.stderr[-2000:]
+    assert result.stderr.count("the search kernels compile at every start") == 1, result.stderr[-2000:]

@@ -16,6 +16,8 @@ does not check bounds: the writes check the one bound a caller could cross (a fu
 
 from __future__ import annotations
 
+import logging
+
 import numba
 import numpy as np
 
@@ -31,7 +33,24 @@ ANY_COUNT = -1  # box_mask with every bit set: any box count
 FINISHED, CUT = 0, 1  # the kinds of select_beams' events
 _HASH_PRIME = np.uint64(1_000_003)
 
-jit = numba.njit(cache=True, nogil=True)
+
+log = logging.getLogger(__name__)
+_uncached = False  # warned already: numba found no cache folder
+
+
+def jit(function):
+    """numba.njit, cached on disk where numba finds a folder it may write (NUMBA_CACHE_DIR, else
+    beside this file, else the user's cache folder). Where it finds none (a read-only image, a
+    user without a home), the kernels still compile, in memory, at each start: slower to
+    start, never unable to."""
+    global _uncached
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError as error:  # numba's "cannot cache function ...: no locator available"
+        if not _uncached:
+            _uncached = True
+            log.warning("the search kernels compile at every start (about 10 s): %s; set NUMBA_CACHE_DIR", error)
+        return numba.njit(nogil=True)(function)
 
 
 # ---- the caption rules ---------------------------------------------------------------------
