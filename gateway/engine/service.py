@@ -33,7 +33,7 @@ from gateway.rendering.layout import Layouts
 from gateway.settings import Settings
 from memefly import contract as c
 from memefly.content_view import most_confident
-from memefly.decoding.captioner import Captioner, template_box_counts, template_input_key
+from memefly.decoding.captioner import Captioner, compile_kernels, template_box_counts, template_input_key
 from memefly.decoding.options import DecodingOptions
 from memefly.decoding.safety import offensive_token_ids
 from memefly.decoding.search import Hypothesis
@@ -289,13 +289,9 @@ class MemeService:
         Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, format="PNG")
         await self.encoder.submit(buffer.getvalue())
         key = template_input_key(0)
-        conditioning = await self._conditioning(key, probs=self._one_hot(0))
-        # Both kinds of search (beams; the default strategy samples): their compiled steps load now.
-        for options in (
-            DecodingOptions(num_beams=2, num_return_sequences=1, max_length=3),
-            DecodingOptions(max_length=3),
-        ):
-            await self._decode(conditioning, options, key)
+        options = DecodingOptions(num_beams=2, num_return_sequences=1, max_length=3)
+        await self._decode(await self._conditioning(key, probs=self._one_hot(0)), options, key)
+        compile_kernels()  # every kind of search's compiled step, not only the beams' just run
 
     # ---- serving --------------------------------------------------------------------
     def require_ready(self) -> None:

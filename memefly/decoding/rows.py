@@ -217,7 +217,6 @@ class RowTable:
 
     def copy_rows(self, to: np.ndarray, source: np.ndarray) -> None:
         """Children take their parents' captions (beam search); SOURCE is read before TO is written."""
-        self._fit_used_words()
         kernels.copy_rows(
             to, source, self.history, self.length, self.log_prob, self.rank, self.boxes, self.open_len,
             self.open_hash, self.closed_hash, self.closed_len, self.repetition_penalty, self.used_words,
